@@ -1,0 +1,17 @@
+"""The sans-I/O core: framing, protocol schema, policy and broker state.
+
+Imports neither ``trio`` nor ``socket``, and makes no OS calls (``tests/core/test_sans_io.py``).
+"""
+
+from .broker import Broker, Connection, Push, Wake, WaitForMail
+from .config import BrokerConfig
+from .errors import ErrorCode, RpcError
+from .policy import Admission, DefaultPolicy, PeerCredentials
+from .protocol import FrameBuffer, FrameTooLarge
+from .store import MemoryStore, Store
+
+__all__ = [
+    "Admission", "Broker", "BrokerConfig", "Connection", "DefaultPolicy", "ErrorCode",
+    "FrameBuffer", "FrameTooLarge", "MemoryStore", "PeerCredentials", "Push", "RpcError",
+    "Store", "Wake", "WaitForMail",
+]

@@ -1,0 +1,600 @@
+"""The broker's state machine: sessions, mailboxes, leases, forwards and the method rules.
+
+Sans-I/O: :class:`Broker` takes already-read peer credentials and complete NDJSON frames, and
+returns response frames plus *effects* (notifications to push to other connections, mailboxes to
+wake long-pollers on). It never touches a socket, a file or a clock of its own: time comes from
+the injected ``clock`` and randomness from the injected ``token_bytes``.
+
+Rules come from ``docs/protocol.md`` (protocol v1) and the JSON-RPC 2.0 specification.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+from msgspec import UNSET
+
+from . import protocol as p
+from .config import BrokerConfig
+from .errors import ErrorCode, RpcError
+from .policy import (
+    SCOPE_BROADCAST,
+    SCOPE_LIST,
+    SCOPE_RECEIVE,
+    SCOPE_RENAME,
+    SCOPE_SEND,
+    Admission,
+    PeerCredentials,
+    Policy,
+)
+from .store import MemoryStore, Session, Store, StoredMessage
+from .timefmt import IdGenerator, rfc3339
+
+log = logging.getLogger("parrot_ipc.broker")
+AuditSink = Callable[[str, dict[str, Any]], None]
+
+_PURGE_INTERVAL_S: Final = 60.0
+_MAX_FORWARD_HOPS: Final = 8
+_PUBLIC: Final = "public"
+_SESSION: Final = "session"
+
+
+def default_audit(event: str, fields: dict[str, Any]) -> None:
+    """Write one JSON audit line to the ``parrot_ipc.audit`` logger (never tokens or content)."""
+    logging.getLogger("parrot_ipc.audit").info(
+        "%s", msgspec.json.encode({"event": event, **fields}).decode()
+    )
+
+
+def token_hash(token: str) -> bytes:
+    """SHA-256 of a session token's text: the only form in which a token is kept."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Connection:
+    """The core's view of one client connection: its peer, its admission and its session."""
+
+    __slots__ = ("conn_id", "peer", "admission", "session", "subscribed", "push_inflight")
+
+    def __init__(self, conn_id: int, peer: PeerCredentials, admission: Admission) -> None:
+        self.conn_id = conn_id
+        self.peer = peer
+        self.admission = admission
+        self.session: Session | None = None
+        self.subscribed = False
+        self.push_inflight: set[str] = set()
+
+    @property
+    def instance_id(self) -> str | None:
+        """The instance this connection acts as, or None before get_token/authenticate."""
+        s = self.session
+        return None if s is None or s.revoked else s.instance_id
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.conn_id} uid={self.peer.uid} pid={self.peer.pid} as={self.instance_id}>"
+
+
+@dataclass(slots=True)
+class Push:
+    """Effect: write ``frame`` (a notification) to ``conn``, after the current response."""
+
+    conn: Connection
+    frame: bytes
+
+
+@dataclass(slots=True)
+class Wake:
+    """Effect: mail may be ready for ``instance_id``; wake any long-poll ``receive`` on it."""
+
+    instance_id: str
+
+
+Effect = Push | Wake
+
+
+@dataclass(slots=True)
+class WaitForMail:
+    """Returned for a ``receive`` with ``wait_s`` > 0 that found nothing.
+
+    The shell waits up to ``wait_s`` seconds (or until a :class:`Wake` for the connection's
+    instance), then calls :meth:`Broker.poll_receive`.
+    """
+
+    request_id: p.RequestId
+    max_count: int
+    wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Method:
+    handler: Callable[[Broker, Connection, Any, p.RequestId], Any]
+    decoder: msgspec.json.Decoder[Any]
+    needs: str  # _PUBLIC, _SESSION, or a scope name
+
+
+class Broker:
+    """One broker's state and rules.
+
+    Args:
+        config: tunables (units in the field names).
+        policy: decides at accept which peers are admitted, with which scopes.
+        store: where sessions, mailboxes, forwards and idempotency keys live
+            (default: a fresh :class:`MemoryStore`).
+        clock: wall clock, seconds since the Unix epoch (injectable for tests).
+        token_bytes: source of random bytes for tokens (default :func:`secrets.token_bytes`).
+        audit: sink for security events ``(event, fields)``; fields never hold tokens,
+            secrets or message content.
+        shared_secret: optional bytes; when set, ``get_token`` needs
+            ``shared_secret_proof`` = hex HMAC-SHA256(secret, instance_id).
+
+    Every public method is total: a peer's bad input becomes an error frame, and a bug becomes
+    -32603 with a logged traceback. None of them raise.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: BrokerConfig | None = None,
+        policy: Policy,
+        store: Store | None = None,
+        clock: Callable[[], float],
+        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        audit: AuditSink = default_audit,
+        shared_secret: bytes | None = None,
+    ) -> None:
+        self.config = config or BrokerConfig()
+        self.policy = policy
+        self.store: Store = store if store is not None else MemoryStore()
+        self._clock = clock
+        self._token_bytes = token_bytes
+        self._audit = audit
+        self._shared_secret = shared_secret
+        self._ids = IdGenerator()
+        self._next_conn_id = 1
+        self._bound: dict[str, set[Connection]] = {}
+        self._pushed: dict[str, Connection] = {}
+        self._effects: list[Effect] = []
+        self._next_purge = clock() + _PURGE_INTERVAL_S
+        self.connections = 0
+
+    # ------------------------------------------------------------------ connection life
+    def accept(self, peer: PeerCredentials) -> Connection | bytes:
+        """Run the admission policy on a new peer, before any byte is read from it.
+
+        Returns a :class:`Connection` for an admitted peer, or the one -32002 error frame to
+        write before closing a refused one. Both outcomes are audited.
+        """
+        adm = self.policy.admit(peer)
+        fields = {"uid": peer.uid, "gid": peer.gid, "pid": peer.pid, "rule": adm.rule}
+        if not adm.allowed:
+            self._audit("peer_refused", {**fields, "reason": adm.reason})
+            return p.encode_error(
+                None,
+                ErrorCode.FORBIDDEN,
+                f"Peer uid {peer.uid} is not allowed to use this broker.",
+                {"reason": adm.reason},
+            )
+        conn = Connection(self._next_conn_id, peer, adm)
+        self._next_conn_id += 1
+        self.connections += 1
+        self._audit("peer_admitted", {**fields, "conn": conn.conn_id, "pidfd": peer.has_pidfd})
+        return conn
+
+    def close(self, conn: Connection) -> None:
+        """Forget a connection that has closed. Its leases run out on their own."""
+        self._unbind(conn)
+        self.connections -= 1
+
+    def frame_too_large(self, conn: Connection, size_bytes: int) -> bytes:
+        """The -32004 frame for a frame over ``max_frame_bytes``; the shell then closes."""
+        self._audit(
+            "frame_too_large",
+            {"conn": conn.conn_id, "uid": conn.peer.uid, "pid": conn.peer.pid, "bytes": size_bytes},
+        )
+        limit = self.config.max_frame_bytes
+        return p.encode_error(
+            None,
+            ErrorCode.FRAME_TOO_LARGE,
+            f"Frame too large: the limit is {limit} bytes.",
+            {"reason": "frame_too_large", "max_frame_bytes": limit},
+        )
+
+    def take_effects(self) -> list[Effect]:
+        """Hand over (and clear) the effects produced since the last call."""
+        eff, self._effects = self._effects, []
+        return eff
+
+    # ------------------------------------------------------------------ frames
+    def handle_frame(self, conn: Connection, frame: bytes) -> bytes | WaitForMail | None:
+        """Process one NDJSON frame (without its ``\\n``) from ``conn``.
+
+        Returns the response frame, a :class:`WaitForMail` for a long-poll that must wait, or
+        None for a JSON-RPC notification (a request with no ``id``), which gets no response.
+        """
+        try:
+            req = p.REQUEST_DECODER.decode(frame)
+        except msgspec.ValidationError as exc:
+            return self._bad(conn, p.salvage_id(frame), ErrorCode.INVALID_REQUEST, "invalid_request",
+                             f"Invalid request: {exc}.", None)
+        except msgspec.DecodeError:
+            return self._bad(conn, None, ErrorCode.PARSE_ERROR, "parse_error",
+                             "Parse error: the frame is not valid UTF-8 JSON.", None)
+        rid = None if req.id is UNSET else req.id
+        notify = req.id is UNSET
+        method = _METHODS.get(req.method)
+        if method is None:
+            out = self._bad(conn, rid, ErrorCode.METHOD_NOT_FOUND, "method_not_found",
+                            "Method not found.", req.method)
+            return None if notify else out
+        try:
+            if method.needs is not _PUBLIC:
+                self._require(conn, method.needs)
+            try:
+                params = method.decoder.decode(req.params)
+            except msgspec.DecodeError as exc:
+                raise RpcError(ErrorCode.INVALID_PARAMS, "invalid_params", f"Invalid params: {exc}.") from None
+            result = method.handler(self, conn, params, rid)
+        except RpcError as err:
+            if err.code == ErrorCode.INVALID_PARAMS:
+                self._audit_bad(conn, err.code, err.reason, req.method)
+            return None if notify else p.encode_error(rid, err.code, err.message, err.data)
+        except Exception:
+            log.exception("internal error in %s (conn %d)", req.method, conn.conn_id)
+            return None if notify else p.encode_error(
+                rid, ErrorCode.INTERNAL_ERROR, "Internal error.", {"reason": "internal_error"}
+            )
+        if notify:
+            return None
+        if isinstance(result, WaitForMail):
+            return result
+        return p.encode_result(rid, result)
+
+    def poll_receive(self, conn: Connection, wait: WaitForMail, *, final: bool) -> bytes | None:
+        """Retry a waiting ``receive``: the response frame if mail is ready or ``final``, else None."""
+        try:
+            s = self._require(conn, SCOPE_RECEIVE)
+            msgs = self.store.lease(s.instance_id, wait.max_count, self._clock() + self.config.lease_s)
+        except RpcError as err:
+            return p.encode_error(wait.request_id, err.code, err.message, err.data)
+        if msgs or final:
+            return p.encode_result(wait.request_id, p.ReceiveResult(messages=msgs))
+        return None
+
+    def _bad(self, conn: Connection, rid: p.RequestId, code: ErrorCode, reason: str, message: str,
+             method: str | None) -> bytes:
+        self._audit_bad(conn, code, reason, method)
+        return p.encode_error(rid, code, message, {"reason": reason})
+
+    def _audit_bad(self, conn: Connection, code: int, reason: str, method: str | None) -> None:
+        fields: dict[str, Any] = {"conn": conn.conn_id, "uid": conn.peer.uid, "pid": conn.peer.pid,
+                                  "code": int(code), "reason": reason}
+        if method is not None:
+            fields["method"] = method[:64]
+        self._audit("bad_request", fields)
+
+    # ------------------------------------------------------------------ sessions
+    def _require(self, conn: Connection, needs: str) -> Session:
+        s = conn.session
+        if s is None:
+            raise RpcError(ErrorCode.UNAUTHENTICATED, "no_session",
+                           "Not authenticated: call get_token or authenticate first.")
+        now = self._clock()
+        if s.revoked:
+            raise RpcError(ErrorCode.UNAUTHENTICATED, "token_revoked",
+                           "This session was revoked or replaced; get a new token.")
+        if now >= s.expires_at:
+            self._unbind(conn)
+            raise RpcError(ErrorCode.UNAUTHENTICATED, "token_expired", "The session token has expired.")
+        if needs is not _SESSION and needs not in s.scopes:
+            self._audit("scope_denied", {"conn": conn.conn_id, "uid": conn.peer.uid,
+                                         "instance": s.instance_id, "scope": needs})
+            raise RpcError(ErrorCode.FORBIDDEN, "scope_missing",
+                           f"This session lacks the scope {needs!r}.", scope=needs)
+        self.store.touch_instance(s.instance_id, now)
+        return s
+
+    def _bind(self, conn: Connection, session: Session) -> None:
+        self._unbind(conn)
+        conn.session = session
+        self._bound.setdefault(session.instance_id, set()).add(conn)
+
+    def _unbind(self, conn: Connection) -> None:
+        s = conn.session
+        if s is not None:
+            bound = self._bound.get(s.instance_id)
+            if bound is not None:
+                bound.discard(conn)
+                if not bound:
+                    del self._bound[s.instance_id]
+        conn.subscribed = False
+        for mid in conn.push_inflight:
+            self._pushed.pop(mid, None)
+        conn.push_inflight.clear()
+
+    def _kill_session(self, s: Session, why: str) -> None:
+        s.revoked = True
+        self.store.delete_session(s)
+        for conn in list(self._bound.get(s.instance_id, ())):
+            if conn.session is s:
+                self._unbind(conn)
+        self._audit("session_ended", {"instance": s.instance_id, "uid": s.uid, "why": why})
+
+    def _issue(self, conn: Connection, instance_id: str, now: float) -> tuple[str, Session]:
+        token = base64.urlsafe_b64encode(self._token_bytes(32)).rstrip(b"=").decode()
+        peer = conn.peer
+        s = Session(token_hash(token), instance_id, peer.uid, peer.gid, peer.pid,
+                    conn.admission.scopes, now, now + self.config.token_ttl_s)
+        self.store.put_session(s)
+        self.store.touch_instance(instance_id, now)
+        self._bind(conn, s)
+        return token, s
+
+    # ------------------------------------------------------------------ methods
+    def _m_ping(self, conn: Connection, _: p.NoParams, rid: p.RequestId) -> str:
+        return "pong"
+
+    def _m_get_token(self, conn: Connection, prm: p.GetTokenParams, rid: p.RequestId) -> p.TokenResult:
+        peer, name, now = conn.peer, prm.instance_id, self._clock()
+        fields = {"conn": conn.conn_id, "uid": peer.uid, "pid": peer.pid, "instance": name}
+        if self._shared_secret is not None:
+            want = hmac.new(self._shared_secret, name.encode(), hashlib.sha256).hexdigest()
+            if prm.shared_secret_proof is None or not hmac.compare_digest(want, prm.shared_secret_proof):
+                self._audit("token_refused", {**fields, "reason": "shared_secret_proof_invalid"})
+                raise RpcError(ErrorCode.FORBIDDEN, "shared_secret_proof_invalid",
+                               "The shared-secret proof is missing or wrong.")
+        held = self.store.session_of(name)
+        if held is not None:
+            if held.live(now) and held.uid != peer.uid:
+                self._audit("token_refused", {**fields, "reason": "instance_held_by_other_uid"})
+                raise RpcError(ErrorCode.CONFLICT, "instance_held_by_other_uid",
+                               f"The instance {name!r} is held by another user.")
+            self._kill_session(held, "replaced")
+        self.store.delete_forward(name)
+        token, s = self._issue(conn, name, now)
+        self._audit("token_issued", {**fields, "scopes": sorted(s.scopes), "expires_at": rfc3339(s.expires_at)})
+        self._deliver(name)
+        return p.TokenResult(token=token, instance_id=name, expires_at=rfc3339(s.expires_at),
+                             scopes=sorted(s.scopes))
+
+    def _m_authenticate(self, conn: Connection, prm: p.AuthenticateParams, rid: p.RequestId) -> p.AuthResult:
+        h = token_hash(prm.token)
+        s = self.store.get_session(h)
+        fields = {"conn": conn.conn_id, "uid": conn.peer.uid, "pid": conn.peer.pid}
+        now = self._clock()
+        if s is None or not hmac.compare_digest(s.token_hash, h) or s.revoked:
+            self._audit("auth_failed", {**fields, "reason": "token_invalid"})
+            raise RpcError(ErrorCode.UNAUTHENTICATED, "token_invalid", "Unknown or revoked token.")
+        if s.uid != conn.peer.uid:
+            self._audit("token_uid_mismatch", {**fields, "instance": s.instance_id, "token_uid": s.uid})
+            raise RpcError(ErrorCode.UNAUTHENTICATED, "token_uid_mismatch",
+                           "This token was issued to another user.")
+        if now >= s.expires_at:
+            self._audit("auth_failed", {**fields, "reason": "token_expired", "instance": s.instance_id})
+            raise RpcError(ErrorCode.UNAUTHENTICATED, "token_expired", "The session token has expired.")
+        self._bind(conn, s)
+        self.store.touch_instance(s.instance_id, now)
+        self._audit("authenticated", {**fields, "instance": s.instance_id})
+        return p.AuthResult(instance_id=s.instance_id, expires_at=rfc3339(s.expires_at), scopes=sorted(s.scopes))
+
+    def _m_whoami(self, conn: Connection, _: p.NoParams, rid: p.RequestId) -> p.WhoamiResult:
+        s = conn.session
+        assert s is not None
+        peer = conn.peer
+        return p.WhoamiResult(instance_id=s.instance_id, uid=peer.uid, gid=peer.gid, pid=peer.pid,
+                              scopes=sorted(s.scopes), expires_at=rfc3339(s.expires_at))
+
+    def _resolve(self, name: str, now: float) -> tuple[str, bool]:
+        """Follow rename forwards from ``name``, stopping at a live holder. Returns (target, forwarded)."""
+        forwarded = False
+        for _ in range(_MAX_FORWARD_HOPS):
+            holder = self.store.session_of(name)
+            if holder is not None and holder.live(now):
+                break
+            nxt = self.store.get_forward(name, now)
+            if nxt is None:
+                break
+            name, forwarded = nxt, True
+        return name, forwarded
+
+    def _enqueue(self, sender: str, target: str, content: str, data: dict[str, Any] | None,
+                 now: float) -> p.Message:
+        size = len(content.encode()) + (len(msgspec.json.encode(data)) if data else 0)
+        count, used = self.store.mailbox_usage(target)
+        cfg = self.config
+        if count >= cfg.max_mailbox_messages or used + size > cfg.max_mailbox_bytes:
+            raise RpcError(ErrorCode.MAILBOX_FULL, "mailbox_full",
+                           f"The mailbox of {target!r} is full.", to=target)
+        msg = p.Message(id=self._ids.next(now), from_=sender, to=target, content=content,
+                        data=UNSET if data is None else data, sent_at=rfc3339(now))
+        self.store.enqueue(StoredMessage(msg, target, size))
+        return msg
+
+    def _m_send(self, conn: Connection, prm: p.SendParams, rid: p.RequestId) -> p.SendResult:
+        s = conn.session
+        assert s is not None
+        sender, now = s.instance_id, self._clock()
+        key = prm.idempotency_key
+        if key is not None:
+            hit = self.store.get_idempotent(sender, key, now)
+            if hit is not None:
+                return hit
+        target, forwarded = self._resolve(prm.to, now)
+        msg = self._enqueue(sender, target, prm.content, prm.data, now)
+        result = p.SendResult(id=msg.id, to=target, status="forwarded" if forwarded else "queued")
+        if key is not None:
+            self.store.put_idempotent(sender, key, result, now + self.config.idempotency_ttl_s)
+        log.debug("send %s -> %s id=%s", sender, target, msg.id)
+        self._deliver(target)
+        return result
+
+    def _m_broadcast(self, conn: Connection, prm: p.BroadcastParams, rid: p.RequestId) -> p.BroadcastResult:
+        s = conn.session
+        assert s is not None
+        sender, now = s.instance_id, self._clock()
+        recipients = []
+        for name in sorted(self.store.instance_ids()):
+            holder = self.store.session_of(name)
+            if name == sender or holder is None or not holder.live(now):
+                continue
+            try:
+                self._enqueue(sender, name, prm.content, prm.data, now)
+            except RpcError:
+                continue  # a full mailbox is skipped, and not listed as a recipient
+            recipients.append(name)
+            self._deliver(name)
+        return p.BroadcastResult(id=self._ids.next(now), recipients=recipients)
+
+    def _m_receive(self, conn: Connection, prm: p.ReceiveParams, rid: p.RequestId) -> p.ReceiveResult | WaitForMail:
+        s = conn.session
+        assert s is not None
+        msgs = self.store.lease(s.instance_id, prm.max, self._clock() + self.config.lease_s)
+        if msgs or prm.wait_s <= 0:
+            return p.ReceiveResult(messages=msgs)
+        return WaitForMail(rid, prm.max, prm.wait_s)
+
+    def _m_ack(self, conn: Connection, prm: p.AckParams, rid: p.RequestId) -> p.AckResult:
+        s = conn.session
+        assert s is not None
+        done = self.store.ack(s.instance_id, prm.ids)
+        for mid in done:
+            holder = self._pushed.pop(mid, None)
+            if holder is not None:
+                holder.push_inflight.discard(mid)
+        self._deliver(s.instance_id, wake=False)
+        return p.AckResult(acked=len(done))
+
+    def _m_list_instances(self, conn: Connection, _: p.NoParams, rid: p.RequestId) -> p.ListInstancesResult:
+        now, store = self._clock(), self.store
+        out = []
+        for name in sorted(store.instance_ids()):
+            holder = store.session_of(name)
+            live = holder is not None and holder.live(now)
+            out.append(p.InstanceInfo(
+                instance_id=name,
+                online=live and bool(self._bound.get(name)),
+                last_seen=rfc3339(store.last_seen(name) or now),
+                queued=store.mailbox_usage(name)[0],
+            ))
+        return p.ListInstancesResult(instances=out)
+
+    def _m_rename(self, conn: Connection, prm: p.RenameParams, rid: p.RequestId) -> p.RenameResult:
+        s = conn.session
+        assert s is not None
+        old, new, now, cfg = s.instance_id, prm.new_id, self._clock(), self.config
+        if new == old:
+            raise RpcError(ErrorCode.INVALID_PARAMS, "same_instance_id", "new_id is the current instance id.")
+        if s.last_rename_at is not None and now - s.last_rename_at < cfg.rename_interval_s:
+            wait = math.ceil(cfg.rename_interval_s - (now - s.last_rename_at))
+            self._audit("rate_limited", {"conn": conn.conn_id, "uid": conn.peer.uid, "instance": old,
+                                         "method": "rename", "retry_after_s": wait})
+            raise RpcError(ErrorCode.RATE_LIMITED, "rename_rate_limited",
+                           f"One rename per {cfg.rename_interval_s:g} s; retry in {wait} s.", retry_after_s=wait)
+        holder = self.store.session_of(new)
+        if holder is not None:
+            if holder.live(now):
+                raise RpcError(ErrorCode.CONFLICT, "instance_taken", f"The instance {new!r} is taken.")
+            self.store.delete_session(holder)
+        self.store.delete_forward(new)
+        s.instance_id, s.last_rename_at = new, now
+        self.store.update_session(s, previous_instance_id=old)
+        self.store.rename_instance(old, new, now)
+        self.store.move_mailbox(old, new)
+        self.store.put_forward(old, new, now + cfg.rename_forward_s)
+        conns = self._bound.pop(old, set())
+        if conns:
+            self._bound.setdefault(new, set()).update(conns)
+        self._audit("renamed", {"conn": conn.conn_id, "uid": conn.peer.uid, "from": old, "to": new})
+        self._effects.append(Wake(old))
+        self._deliver(new)
+        return p.RenameResult(instance_id=new, previous_id=old)
+
+    def _m_subscribe(self, conn: Connection, _: p.NoParams, rid: p.RequestId) -> p.SubscribeResult:
+        s = conn.session
+        assert s is not None
+        conn.subscribed = True
+        self._deliver(s.instance_id, wake=False)
+        return p.SubscribeResult(subscribed=True)
+
+    def _m_revoke(self, conn: Connection, _: p.NoParams, rid: p.RequestId) -> p.RevokeResult:
+        s = conn.session
+        assert s is not None
+        self._kill_session(s, "revoked")
+        return p.RevokeResult(revoked=True)
+
+    # ------------------------------------------------------------------ delivery
+    def _deliver(self, name: str, *, wake: bool = True) -> None:
+        """Push ready mail for ``name`` to its subscribers (within their window), then wake pollers."""
+        conns = self._bound.get(name)
+        if conns:
+            window, until = self.config.push_window, 0.0
+            for c in conns:
+                room = window - len(c.push_inflight)
+                if not c.subscribed or room <= 0:
+                    continue
+                until = until or self._clock() + self.config.lease_s
+                msgs = self.store.lease(name, room, until)
+                if not msgs:
+                    break
+                for m in msgs:
+                    c.push_inflight.add(m.id)
+                    self._pushed[m.id] = c
+                    self._effects.append(Push(c, p.encode_notification("message", m)))
+        if wake:
+            self._effects.append(Wake(name))
+
+    def tick(self) -> None:
+        """Time-driven work: re-queue expired leases (and push or wake for them), purge old state."""
+        now = self._clock()
+        names: set[str] = set()
+        for item in self.store.release_expired(now):
+            holder = self._pushed.pop(item.message.id, None)
+            if holder is not None:
+                holder.push_inflight.discard(item.message.id)
+            names.add(item.mailbox)
+        for name in names:
+            self._deliver(name)
+        if now >= self._next_purge:
+            self.store.purge(now)
+            self._next_purge = now + _PURGE_INTERVAL_S
+
+    def next_deadline(self) -> float:
+        """The epoch second at which :meth:`tick` next has work (a lease expiry or a purge)."""
+        lease = self.store.next_lease_expiry()
+        return self._next_purge if lease is None else min(lease, self._next_purge)
+
+    # ------------------------------------------------------------------ introspection
+    def online_instances(self) -> Iterable[str]:
+        """Instance ids with at least one connection bound to a live session."""
+        return list(self._bound)
+
+
+def _method(handler: Callable[..., Any], params: type, needs: str) -> _Method:
+    return _Method(handler, msgspec.json.Decoder(params), needs)
+
+
+_METHODS: Final[dict[str, _Method]] = {
+    "ping": _method(Broker._m_ping, p.NoParams, _PUBLIC),
+    "get_token": _method(Broker._m_get_token, p.GetTokenParams, _PUBLIC),
+    "authenticate": _method(Broker._m_authenticate, p.AuthenticateParams, _PUBLIC),
+    "whoami": _method(Broker._m_whoami, p.NoParams, _SESSION),
+    "send": _method(Broker._m_send, p.SendParams, SCOPE_SEND),
+    "broadcast": _method(Broker._m_broadcast, p.BroadcastParams, SCOPE_BROADCAST),
+    "receive": _method(Broker._m_receive, p.ReceiveParams, SCOPE_RECEIVE),
+    "ack": _method(Broker._m_ack, p.AckParams, _SESSION),
+    "list_instances": _method(Broker._m_list_instances, p.NoParams, SCOPE_LIST),
+    "rename": _method(Broker._m_rename, p.RenameParams, SCOPE_RENAME),
+    "subscribe": _method(Broker._m_subscribe, p.NoParams, SCOPE_RECEIVE),
+    "revoke": _method(Broker._m_revoke, p.NoParams, _SESSION),
+}
+
+#: The methods of protocol v1 this broker serves.
+METHODS: Final = tuple(_METHODS)

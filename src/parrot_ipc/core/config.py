@@ -1,0 +1,35 @@
+"""Broker settings with their units and defaults (``docs/protocol.md`` names each one)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta, Struct
+
+from .protocol import DEFAULT_MAX_FRAME_BYTES
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Tunables of one broker. Every field's unit is in its name.
+
+    Decoded from the ``[server]`` table of the config file (TOML) with msgspec, so an unknown
+    key or a wrong type is an error that names the key.
+    """
+
+    socket: str | None = None
+    max_frame_bytes: PositiveInt = DEFAULT_MAX_FRAME_BYTES
+    token_ttl_s: PositiveFloat = 86400.0
+    lease_s: PositiveFloat = 60.0
+    rename_forward_s: PositiveFloat = 7200.0
+    rename_interval_s: Annotated[float, Meta(ge=0)] = 3600.0
+    idempotency_ttl_s: PositiveFloat = 86400.0
+    handshake_timeout_s: PositiveFloat = 10.0
+    idle_timeout_s: PositiveFloat = 300.0
+    max_mailbox_messages: PositiveInt = 10_000
+    max_mailbox_bytes: PositiveInt = 64 * 1024 * 1024
+    max_pending_responses: PositiveInt = 256
+    push_window: PositiveInt = 100
+    shutdown_grace_s: PositiveFloat = 5.0

@@ -1,0 +1,264 @@
+"""The store interface the broker keeps its state behind, and the in-memory store.
+
+The broker core calls these methods synchronously and owns all rules; a store only keeps and
+finds records. :class:`MemoryStore` is for throwaway brokers and tests; a durable SQLite store
+implements the same :class:`Store` protocol.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .protocol import Message, SendResult
+
+
+@dataclass(slots=True)
+class Session:
+    """One instance's session. Only ``token_hash`` (SHA-256 of the token) is ever stored.
+
+    Times are seconds since the Unix epoch. ``uid`` is the UID the token is bound to.
+    """
+
+    token_hash: bytes
+    instance_id: str
+    uid: int
+    gid: int
+    pid: int
+    scopes: frozenset[str]
+    created_at: float
+    expires_at: float
+    last_rename_at: float | None = None
+    revoked: bool = False
+
+    def live(self, now: float) -> bool:
+        return not self.revoked and now < self.expires_at
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    """A queued message, the mailbox it sits in, its size in bytes, and its lease deadline.
+
+    ``lease_until`` is 0 while the message is ready for delivery, else the epoch second at
+    which an un-acked lease runs out.
+    """
+
+    message: Message
+    mailbox: str
+    size_bytes: int
+    lease_until: float = 0.0
+
+
+@dataclass(slots=True)
+class _Mailbox:
+    msgs: dict[str, StoredMessage] = field(default_factory=dict)
+    ready: list[str] = field(default_factory=list)  # heap of ids: FIFO by arrival
+    size_bytes: int = 0
+
+
+class Store(Protocol):
+    """What the broker needs kept. Methods never raise for a missing record; they return None."""
+
+    # sessions
+    def put_session(self, session: Session) -> None: ...
+    def get_session(self, token_hash: bytes) -> Session | None: ...
+    def session_of(self, instance_id: str) -> Session | None: ...
+    def update_session(self, session: Session, previous_instance_id: str | None = None) -> None: ...
+    def delete_session(self, session: Session) -> None: ...
+
+    # instances
+    def touch_instance(self, instance_id: str, now: float) -> None: ...
+    def last_seen(self, instance_id: str) -> float | None: ...
+    def instance_ids(self) -> Iterable[str]: ...
+    def rename_instance(self, old: str, new: str, now: float) -> None: ...
+
+    # mailboxes
+    def enqueue(self, item: StoredMessage) -> None: ...
+    def mailbox_usage(self, mailbox: str) -> tuple[int, int]: ...
+    def lease(self, mailbox: str, max_count: int, lease_until: float) -> list[Message]: ...
+    def ack(self, mailbox: str, ids: Iterable[str]) -> list[str]: ...
+    def release_expired(self, now: float) -> list[StoredMessage]: ...
+    def next_lease_expiry(self) -> float | None: ...
+    def move_mailbox(self, old: str, new: str) -> None: ...
+
+    # rename forwards
+    def put_forward(self, old: str, new: str, until: float) -> None: ...
+    def get_forward(self, name: str, now: float) -> str | None: ...
+    def delete_forward(self, name: str) -> None: ...
+
+    # idempotency keys
+    def get_idempotent(self, sender: str, key: str, now: float) -> SendResult | None: ...
+    def put_idempotent(self, sender: str, key: str, result: SendResult, until: float) -> None: ...
+
+    def purge(self, now: float) -> None:
+        """Drop expired sessions, forwards and idempotency keys."""
+        ...
+
+
+class MemoryStore:
+    """A :class:`Store` in process memory: fast, and gone when the broker stops.
+
+    Lease, ack and receive cost O(k log n) for k messages, whatever the mailbox depth.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[bytes, Session] = {}
+        self._by_instance: dict[str, Session] = {}
+        self._last_seen: dict[str, float] = {}
+        self._boxes: dict[str, _Mailbox] = {}
+        self._lease_heap: list[tuple[float, str, StoredMessage]] = []
+        self._forwards: dict[str, tuple[str, float]] = {}
+        self._idem: dict[tuple[str, str], tuple[SendResult, float]] = {}
+        self._idem_order: deque[tuple[float, str, str]] = deque()
+
+    # sessions ---------------------------------------------------------------
+    def put_session(self, session: Session) -> None:
+        self._sessions[session.token_hash] = session
+        self._by_instance[session.instance_id] = session
+
+    def get_session(self, token_hash: bytes) -> Session | None:
+        return self._sessions.get(token_hash)
+
+    def session_of(self, instance_id: str) -> Session | None:
+        return self._by_instance.get(instance_id)
+
+    def update_session(self, session: Session, previous_instance_id: str | None = None) -> None:
+        if previous_instance_id is not None and self._by_instance.get(previous_instance_id) is session:
+            del self._by_instance[previous_instance_id]
+        self._by_instance[session.instance_id] = session
+
+    def delete_session(self, session: Session) -> None:
+        self._sessions.pop(session.token_hash, None)
+        if self._by_instance.get(session.instance_id) is session:
+            del self._by_instance[session.instance_id]
+
+    # instances --------------------------------------------------------------
+    def touch_instance(self, instance_id: str, now: float) -> None:
+        self._last_seen[instance_id] = now
+
+    def last_seen(self, instance_id: str) -> float | None:
+        return self._last_seen.get(instance_id)
+
+    def instance_ids(self) -> Iterable[str]:
+        return list(self._last_seen)
+
+    def rename_instance(self, old: str, new: str, now: float) -> None:
+        self._last_seen.pop(old, None)
+        self._last_seen[new] = now
+
+    # mailboxes --------------------------------------------------------------
+    def enqueue(self, item: StoredMessage) -> None:
+        box = self._boxes.get(item.mailbox)
+        if box is None:
+            box = self._boxes[item.mailbox] = _Mailbox()
+        box.msgs[item.message.id] = item
+        box.size_bytes += item.size_bytes
+        heapq.heappush(box.ready, item.message.id)
+
+    def mailbox_usage(self, mailbox: str) -> tuple[int, int]:
+        box = self._boxes.get(mailbox)
+        return (len(box.msgs), box.size_bytes) if box else (0, 0)
+
+    def lease(self, mailbox: str, max_count: int, lease_until: float) -> list[Message]:
+        box = self._boxes.get(mailbox)
+        if box is None:
+            return []
+        out: list[Message] = []
+        ready, msgs = box.ready, box.msgs
+        while ready and len(out) < max_count:
+            mid = heapq.heappop(ready)
+            item = msgs.get(mid)
+            if item is None or item.lease_until:
+                continue  # acked, or already leased: a stale heap entry
+            item.lease_until = lease_until
+            heapq.heappush(self._lease_heap, (lease_until, mid, item))
+            out.append(item.message)
+        return out
+
+    def ack(self, mailbox: str, ids: Iterable[str]) -> list[str]:
+        box = self._boxes.get(mailbox)
+        if box is None:
+            return []
+        done = []
+        for mid in ids:
+            item = box.msgs.pop(mid, None)
+            if item is not None:
+                box.size_bytes -= item.size_bytes
+                item.lease_until = -1.0  # tombstone: its lease-heap entry is now stale
+                done.append(mid)
+        if not box.msgs:
+            del self._boxes[mailbox]
+        return done
+
+    def release_expired(self, now: float) -> list[StoredMessage]:
+        heap, out = self._lease_heap, []
+        while heap and heap[0][0] <= now:
+            until, mid, item = heapq.heappop(heap)
+            if item.lease_until != until:
+                continue
+            box = self._boxes.get(item.mailbox)
+            if box is None or box.msgs.get(mid) is not item:
+                continue
+            item.lease_until = 0.0
+            heapq.heappush(box.ready, mid)
+            out.append(item)
+        return out
+
+    def next_lease_expiry(self) -> float | None:
+        return self._lease_heap[0][0] if self._lease_heap else None
+
+    def move_mailbox(self, old: str, new: str) -> None:
+        src = self._boxes.pop(old, None)
+        if src is None:
+            return
+        dst = self._boxes.get(new)
+        if dst is None:
+            dst = self._boxes[new] = _Mailbox()
+        for mid, item in src.msgs.items():
+            item.mailbox = new
+            dst.msgs[mid] = item
+            if not item.lease_until:
+                heapq.heappush(dst.ready, mid)
+        dst.size_bytes += src.size_bytes
+
+    # forwards ---------------------------------------------------------------
+    def put_forward(self, old: str, new: str, until: float) -> None:
+        self._forwards[old] = (new, until)
+
+    def get_forward(self, name: str, now: float) -> str | None:
+        fwd = self._forwards.get(name)
+        if fwd is None:
+            return None
+        if fwd[1] <= now:
+            del self._forwards[name]
+            return None
+        return fwd[0]
+
+    def delete_forward(self, name: str) -> None:
+        self._forwards.pop(name, None)
+
+    # idempotency ------------------------------------------------------------
+    def get_idempotent(self, sender: str, key: str, now: float) -> SendResult | None:
+        hit = self._idem.get((sender, key))
+        if hit is None or hit[1] <= now:
+            return None
+        return hit[0]
+
+    def put_idempotent(self, sender: str, key: str, result: SendResult, until: float) -> None:
+        self._idem[(sender, key)] = (result, until)
+        self._idem_order.append((until, sender, key))
+
+    def purge(self, now: float) -> None:
+        order = self._idem_order
+        while order and order[0][0] <= now:
+            _, sender, key = order.popleft()
+            hit = self._idem.get((sender, key))
+            if hit is not None and hit[1] <= now:
+                del self._idem[(sender, key)]
+        for name in [n for n, (_, until) in self._forwards.items() if until <= now]:
+            del self._forwards[name]
+        for s in [s for s in self._sessions.values() if not s.live(now)]:
+            self.delete_session(s)
