@@ -3,7 +3,7 @@
 Imports neither ``trio`` nor ``socket``, and makes no OS calls (``tests/core/test_sans_io.py``).
 """
 
-from .broker import Broker, Connection, Push, Wake, WaitForMail
+from .broker import Broker, Connection, Push, WaitForMail, Wake
 from .config import BrokerConfig
 from .errors import ErrorCode, RpcError
 from .policy import Admission, DefaultPolicy, PeerCredentials
@@ -11,7 +11,19 @@ from .protocol import FrameBuffer, FrameTooLarge
 from .store import MemoryStore, Store
 
 __all__ = [
-    "Admission", "Broker", "BrokerConfig", "Connection", "DefaultPolicy", "ErrorCode",
-    "FrameBuffer", "FrameTooLarge", "MemoryStore", "PeerCredentials", "Push", "RpcError",
-    "Store", "Wake", "WaitForMail",
+    "Admission",
+    "Broker",
+    "BrokerConfig",
+    "Connection",
+    "DefaultPolicy",
+    "ErrorCode",
+    "FrameBuffer",
+    "FrameTooLarge",
+    "MemoryStore",
+    "PeerCredentials",
+    "Push",
+    "RpcError",
+    "Store",
+    "WaitForMail",
+    "Wake",
 ]

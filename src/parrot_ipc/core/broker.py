@@ -63,7 +63,7 @@ def token_hash(token: str) -> bytes:
 class Connection:
     """The core's view of one client connection: its peer, its admission and its session."""
 
-    __slots__ = ("conn_id", "peer", "admission", "session", "subscribed", "push_inflight")
+    __slots__ = ("admission", "conn_id", "peer", "push_inflight", "session", "subscribed")
 
     def __init__(self, conn_id: int, peer: PeerCredentials, admission: Admission) -> None:
         self.conn_id = conn_id
@@ -157,6 +157,8 @@ class Broker:
         self._clock = clock
         self._token_bytes = token_bytes
         self._audit = audit
+        #: The audit sink, for the shell's own events (timeouts, drops).
+        self.audit = audit
         self._shared_secret = shared_secret
         self._ids = IdGenerator()
         self._next_conn_id = 1

@@ -1,0 +1,166 @@
+"""The OS layer: every Linux call the broker makes, as plain functions.
+
+- Peer credentials: SO_PEERCRED (``struct ucred``: pid, uid, gid; unix(7), socket(7)) and
+  SO_PEERPIDFD (Linux 6.5+, option 77; missing from Python 3.11's :mod:`socket`).
+- The runtime directory and the listening socket, hardened against the attacks in the Parrot
+  IPC security guide (symlinked or foreign-owned directories, world-readable sockets, a second
+  broker on the same path).
+- Default paths (``docs/protocol.md``, Transport).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import struct
+from collections.abc import Mapping
+from typing import Final
+
+from .core.policy import PeerCredentials
+
+SO_PEERPIDFD: Final = getattr(socket, "SO_PEERPIDFD", 77)
+_UCRED: Final = struct.Struct("3i")
+DEFAULT_SYSTEM_DIR: Final = "/run/parrot-mcp"
+SOCKET_NAME: Final = "mcp.sock"
+
+
+class StartupError(Exception):
+    """The broker must not start. ``str(exc)`` is one line for the operator: path and cause."""
+
+
+# --------------------------------------------------------------------------- paths
+def default_socket_path(euid: int | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The socket path a broker or client uses when none is given.
+
+    Order (``docs/protocol.md``): ``$PARROT_IPC_DIR/mcp.sock``; for a non-root user with
+    ``$XDG_RUNTIME_DIR`` set, ``$XDG_RUNTIME_DIR/parrot-mcp/mcp.sock``; else
+    ``/run/parrot-mcp/mcp.sock``.
+    """
+    env = os.environ if env is None else env
+    euid = os.geteuid() if euid is None else euid
+    if env.get("PARROT_IPC_DIR"):
+        return os.path.join(env["PARROT_IPC_DIR"], SOCKET_NAME)
+    if euid != 0 and env.get("XDG_RUNTIME_DIR"):
+        return os.path.join(env["XDG_RUNTIME_DIR"], "parrot-mcp", SOCKET_NAME)
+    return os.path.join(DEFAULT_SYSTEM_DIR, SOCKET_NAME)
+
+
+# --------------------------------------------------------------------------- peer credentials
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """Read SO_PEERCRED from a connected AF_UNIX socket.
+
+    The kernel records the credentials at connect(2) time, so they describe the process that
+    connected, whatever it sends later. Raises OSError if the socket has no peer.
+    """
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return PeerCredentials(pid=pid, uid=uid, gid=gid)
+
+
+def peer_pidfd(sock: socket.socket) -> int | None:
+    """A pidfd for the peer (SO_PEERPIDFD), or None where the kernel has no such option.
+
+    The caller owns the returned file descriptor and must close it.
+    """
+    try:
+        return int(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD))
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- runtime directory
+def _describe(st: os.stat_result) -> str:
+    kind = "symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode) else "non-directory"
+    return f"a {kind} owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def ensure_runtime_dir(path: str, euid: int | None = None) -> None:
+    """Create ``path`` with mode 0700, or check that the existing one is safe.
+
+    An existing path must be a real directory (checked with lstat(2): a symlink is refused),
+    owned by ``euid`` (default: our effective UID), with mode exactly 0700. The parent must
+    exist. Raises :class:`StartupError` naming the path, the owner and the mode found.
+    """
+    euid = os.geteuid() if euid is None else euid
+    try:
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask; make it exact
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise StartupError(f"refusing to start: the parent of runtime directory {path} does not exist") from None
+    except OSError as exc:
+        raise StartupError(f"refusing to start: cannot create runtime directory {path}: {exc.strerror}") from None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or stat.S_IMODE(st.st_mode) != 0o700:
+        raise StartupError(
+            f"refusing to start: runtime directory {path} must be a directory owned by uid {euid} "
+            f"with mode 0700; found {_describe(st)}"
+        )
+
+
+# --------------------------------------------------------------------------- listening socket
+def _probe(path: str) -> bool:
+    """True if something accepts connections on ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        raise
+    finally:
+        probe.close()
+    return True
+
+
+def bind_listener(path: str, backlog: int = 4096, euid: int | None = None) -> tuple[socket.socket, int]:
+    """Bind and listen on an AF_UNIX stream socket at ``path`` with mode 0600.
+
+    A live broker already answering on ``path`` is refused. A stale socket file we own
+    (connect refused) is replaced. Anything else at ``path`` (a regular file, a symlink, a
+    socket of another user) is refused, never unlinked. Binding happens under umask 0o077,
+    so the socket is never more open than 0600, even for an instant.
+
+    Returns the listening socket and the socket file's inode (see :func:`remove_socket`).
+    Raises :class:`StartupError`.
+    """
+    euid = os.geteuid() if euid is None else euid
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != euid:
+            raise StartupError(f"refusing to start: {path} exists and is not a socket of ours ({_describe(st)})")
+        try:
+            live = _probe(path)
+        except OSError as exc:
+            raise StartupError(f"refusing to start: cannot probe {path}: {exc.strerror}") from None
+        if live:
+            raise StartupError(f"refusing to start: a broker is already listening on {path}")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o077)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"refusing to start: cannot bind {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock, os.lstat(path).st_ino
+
+
+def remove_socket(path: str, inode: int) -> None:
+    """Unlink ``path`` if it is still the socket file we bound (same inode); else leave it."""
+    try:
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass

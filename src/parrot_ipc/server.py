@@ -1,0 +1,304 @@
+"""The trio shell: accepts connections, pins peer credentials, runs the core, writes frames.
+
+The only module that awaits. One task reads each connection and one writes it; the core
+(:class:`parrot_ipc.core.Broker`) decides everything. Shutdown (SIGTERM/SIGINT) stops
+accepting, unlinks the socket, lets responses in flight be written, then closes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket as stdsocket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from . import oslayer
+from .core import Broker, BrokerConfig, DefaultPolicy, FrameBuffer, FrameTooLarge, PeerCredentials, Push, Wake
+from .core.broker import Connection, WaitForMail
+
+log = logging.getLogger("parrot_ipc.server")
+_RECV_BYTES = 65536
+_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+@dataclass(eq=False)
+class _Link:
+    """Shell-side state of one connection: its outbox and the scope its reads run in."""
+
+    conn: Connection
+    outbox: trio.MemorySendChannel[bytes]
+    read_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+class BrokerServer:
+    """Serve a :class:`Broker` on a listening AF_UNIX socket.
+
+    Args:
+        broker: the core.
+        listener: a bound, listening, non-blocking stdlib AF_UNIX stream socket.
+        read_peer: reads a connected socket's peer credentials (the OS layer's
+            :func:`parrot_ipc.oslayer.peer_credentials`, injectable for tests).
+        open_pidfd: returns a pidfd for the peer or None (SO_PEERPIDFD).
+
+    Use :meth:`serve` inside a nursery (``await nursery.start(server.serve)``) and
+    :meth:`shutdown` to stop it.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        listener: stdsocket.socket,
+        *,
+        read_peer: Callable[[stdsocket.socket], PeerCredentials] = oslayer.peer_credentials,
+        open_pidfd: Callable[[stdsocket.socket], int | None] = oslayer.peer_pidfd,
+        on_listener_closed: Callable[[], None] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.config: BrokerConfig = broker.config
+        self._listener = trio.socket.from_stdlib_socket(listener)
+        self._read_peer = read_peer
+        self._open_pidfd = open_pidfd
+        self._on_listener_closed = on_listener_closed
+        self._links: set[_Link] = set()
+        self._waiters: dict[str, trio.Event] = {}
+        self._closing = False
+        self._shutdown = trio.Event()
+        self._ticker_wakeup = trio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    def shutdown(self) -> None:
+        """Begin a clean shutdown: stop accepting, finish responses in flight, close."""
+        self._shutdown.set()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept and serve until :meth:`shutdown`; then drain for up to ``shutdown_grace_s``."""
+        async with trio.open_nursery() as conns:
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(self._accept_loop, conns)
+                accepting.start_soon(self._ticker)
+                task_status.started()
+                await self._shutdown.wait()
+                accepting.cancel_scope.cancel()
+            self._listener.close()
+            if self._on_listener_closed is not None:
+                self._on_listener_closed()
+            self._closing = True
+            log.info("shutting down: %d connection(s) to finish", len(self._links))
+            for link in list(self._links):
+                link.read_scope.cancel()
+            for ev in self._waiters.values():
+                ev.set()
+            conns.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace_s
+
+    async def _accept_loop(self, conns: trio.Nursery) -> None:
+        while True:
+            try:
+                sock, _ = await self._listener.accept()
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                    log.warning("accept failed (%s); retrying in 100 ms", os.strerror(exc.errno or 0))
+                    await trio.sleep(0.1)
+                    continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            conns.start_soon(self._serve_connection, sock)
+
+    async def _ticker(self) -> None:
+        """Run the core's time-driven work (lease expiry, purges) when it is due."""
+        broker = self.broker
+        while True:
+            delay = max(0.0, min(1.0, broker.next_deadline() - time.time()))
+            await trio.sleep(delay)
+            broker.tick()
+            self._apply_effects()
+
+    # ------------------------------------------------------------------ one connection
+    async def _serve_connection(self, sock: trio.socket.SocketType) -> None:
+        stream = trio.SocketStream(sock)
+        pidfd: int | None = None
+        try:
+            # Credentials first, before any byte is read (docs/protocol.md, Connection life).
+            try:
+                peer = self._read_peer(sock)  # type: ignore[arg-type]
+            except OSError as exc:
+                log.warning("cannot read peer credentials (%s); closing", exc)
+                return
+            pidfd = self._open_pidfd(sock)  # type: ignore[arg-type]
+            if pidfd is not None:
+                peer = PeerCredentials(peer.pid, peer.uid, peer.gid, has_pidfd=True)
+            admitted = self.broker.accept(peer)
+            if isinstance(admitted, bytes):
+                with trio.move_on_after(1.0):
+                    await stream.send_all(admitted)
+                return
+            await self._run_link(admitted, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _run_link(self, conn: Connection, stream: trio.SocketStream) -> None:
+        cfg = self.config
+        send, recv = trio.open_memory_channel[bytes](cfg.max_pending_responses + cfg.push_window)
+        link = _Link(conn, send)
+        self._links.add(link)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, stream, recv, nursery.cancel_scope)
+                try:
+                    await self._reader(link, stream)
+                finally:
+                    send.close()  # the writer drains what is queued, then exits
+        finally:
+            self._links.discard(link)
+            self.broker.close(conn)
+
+    async def _writer(self, stream: trio.SocketStream, recv: trio.MemoryReceiveChannel[bytes],
+                      scope: trio.CancelScope) -> None:
+        try:
+            async with recv:
+                async for frame in recv:
+                    batch = [frame]
+                    while True:  # coalesce whatever else is queued into one write
+                        try:
+                            batch.append(recv.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await stream.send_all(b"".join(batch) if len(batch) > 1 else frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            scope.cancel()  # the peer is gone: stop reading too
+
+    async def _reader(self, link: _Link, stream: trio.SocketStream) -> None:
+        broker, cfg, conn = self.broker, self.config, link.conn
+        framer = FrameBuffer(cfg.max_frame_bytes)
+        timeout = cfg.handshake_timeout_s
+        while not self._closing:
+            with trio.CancelScope() as link.read_scope:
+                with trio.move_on_after(timeout) as timer:
+                    data = await stream.receive_some(_RECV_BYTES)
+            if link.read_scope.cancelled_caught:
+                return
+            if timer.cancelled_caught:
+                self._audit_timeout(conn, timeout)
+                return
+            if not data:
+                return
+            try:
+                frames = framer.feed(data)
+            except FrameTooLarge as exc:
+                await link.outbox.send(broker.frame_too_large(conn, int(exc.args[0])))
+                return
+            if frames:
+                timeout = cfg.idle_timeout_s
+            for frame in frames:
+                out = broker.handle_frame(conn, frame)
+                if isinstance(out, WaitForMail):
+                    out = await self._wait_for_mail(conn, out)
+                if out is not None:
+                    await link.outbox.send(out)
+                self._apply_effects()
+            if conn.subscribed:
+                timeout = float("inf")
+            elif frames:
+                timeout = cfg.idle_timeout_s
+
+    def _audit_timeout(self, conn: Connection, timeout_s: float) -> None:
+        kind = "handshake_timeout" if timeout_s == self.config.handshake_timeout_s else "idle_timeout"
+        self.broker.audit(kind, {"conn": conn.conn_id, "uid": conn.peer.uid, "pid": conn.peer.pid,
+                                  "timeout_s": timeout_s})
+
+    async def _wait_for_mail(self, conn: Connection, wait: WaitForMail) -> bytes:
+        deadline = trio.current_time() + wait.wait_s
+        while True:
+            name = conn.instance_id
+            if name is not None and not self._closing:
+                ev = self._waiters.get(name)
+                if ev is None:
+                    ev = self._waiters[name] = trio.Event()
+                with trio.move_on_at(deadline):
+                    await ev.wait()
+            final = self._closing or name is None or trio.current_time() >= deadline
+            out = self.broker.poll_receive(conn, wait, final=final)
+            if out is not None:
+                return out
+
+    # ------------------------------------------------------------------ effects
+    def _apply_effects(self) -> None:
+        for eff in self.broker.take_effects():
+            if isinstance(eff, Push):
+                self._push(eff)
+            elif isinstance(eff, Wake):
+                ev = self._waiters.pop(eff.instance_id, None)
+                if ev is not None:
+                    ev.set()
+
+    def _push(self, eff: Push) -> None:
+        for link in self._links:
+            if link.conn is eff.conn:
+                try:
+                    link.outbox.send_nowait(eff.frame)
+                except trio.WouldBlock:
+                    log.warning("dropping subscriber conn %d: it does not read its notifications",
+                                eff.conn.conn_id)
+                    link.read_scope.cancel()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                return
+
+
+# --------------------------------------------------------------------------- entry point
+def configure_logging(level: str = "INFO") -> None:
+    """Log to stderr (journald picks it up): ``LEVEL logger: message``; audit lines are JSON."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _serve_until_signal(server: BrokerServer) -> None:
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            watch_scope = trio.CancelScope()
+
+            async def watch() -> None:
+                with watch_scope:
+                    async for signum in signals:
+                        log.info("received %s: shutting down", signal.Signals(signum).name)
+                        server.shutdown()
+                        return
+
+            nursery.start_soon(watch)
+            await server.serve()  # returns once shut down and drained
+            watch_scope.cancel()
+
+
+def run_broker(socket_path: str, config: BrokerConfig | None = None) -> None:
+    """Run a broker on ``socket_path`` until SIGTERM or SIGINT. Blocks.
+
+    Creates or checks the runtime directory (0700), binds the socket (0600, under umask 0o077),
+    admits by the default policy (our UID and root), and unlinks the socket on the way out.
+
+    Raises:
+        oslayer.StartupError: the directory or socket path is unsafe, or a broker already
+            answers there.
+    """
+    config = config or BrokerConfig()
+    oslayer.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)))
+    listener, inode = oslayer.bind_listener(socket_path)
+    broker = Broker(config=config, policy=DefaultPolicy(os.geteuid()), clock=time.time)
+    server = BrokerServer(broker, listener, on_listener_closed=lambda: oslayer.remove_socket(socket_path, inode))
+    log.info("parrot-ipc broker listening on %s (uid %d, pid %d)", socket_path, os.geteuid(), os.getpid())
+    try:
+        trio.run(_serve_until_signal, server)
+    finally:
+        oslayer.remove_socket(socket_path, inode)
+        listener.close()
+    log.info("broker stopped")
+
