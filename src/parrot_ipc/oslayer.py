@@ -158,9 +158,13 @@ def bind_listener(path: str, backlog: int = 4096, euid: int | None = None) -> tu
 
 
 def remove_socket(path: str, inode: int) -> None:
-    """Unlink ``path`` if it is still the socket file we bound (same inode); else leave it."""
+    """Unlink ``path`` if it is still the socket we bound: a socket with the same inode.
+
+    Anything else found there (a file or socket that replaced ours) is left alone.
+    """
     try:
-        if os.lstat(path).st_ino == inode:
+        st = os.lstat(path)
+        if stat.S_ISSOCK(st.st_mode) and st.st_ino == inode:
             os.unlink(path)
     except FileNotFoundError:
         pass

@@ -24,6 +24,8 @@ from .core.broker import Connection, WaitForMail
 
 log = logging.getLogger("parrot_ipc.server")
 _RECV_BYTES = 65536
+_LINGER_S = 1.0
+_LINGER_DRAIN_BYTES = 1 << 20
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
@@ -135,10 +137,12 @@ class BrokerServer:
                 peer = PeerCredentials(peer.pid, peer.uid, peer.gid, has_pidfd=True)
             admitted = self.broker.accept(peer)
             if isinstance(admitted, bytes):
-                with trio.move_on_after(1.0):
+                with trio.move_on_after(_LINGER_S):
                     await stream.send_all(admitted)
+                await _linger_close(stream)
                 return
-            await self._run_link(admitted, stream)
+            if await self._run_link(admitted, stream):
+                await _linger_close(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -147,7 +151,8 @@ class BrokerServer:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _run_link(self, conn: Connection, stream: trio.SocketStream) -> None:
+    async def _run_link(self, conn: Connection, stream: trio.SocketStream) -> bool:
+        """Serve an admitted connection. True if the broker chose to close it (not the peer)."""
         cfg = self.config
         send, recv = trio.open_memory_channel[bytes](cfg.max_pending_responses + cfg.push_window)
         link = _Link(conn, send)
@@ -156,12 +161,13 @@ class BrokerServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, stream, recv, nursery.cancel_scope)
                 try:
-                    await self._reader(link, stream)
+                    broker_closed = await self._reader(link, stream)
                 finally:
                     send.close()  # the writer drains what is queued, then exits
         finally:
             self._links.discard(link)
             self.broker.close(conn)
+        return broker_closed
 
     async def _writer(self, stream: trio.SocketStream, recv: trio.MemoryReceiveChannel[bytes],
                       scope: trio.CancelScope) -> None:
@@ -178,7 +184,8 @@ class BrokerServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             scope.cancel()  # the peer is gone: stop reading too
 
-    async def _reader(self, link: _Link, stream: trio.SocketStream) -> None:
+    async def _reader(self, link: _Link, stream: trio.SocketStream) -> bool:
+        """Read and answer frames until EOF (returns False) or a broker-side close (True)."""
         broker, cfg, conn = self.broker, self.config, link.conn
         framer = FrameBuffer(cfg.max_frame_bytes)
         timeout = cfg.handshake_timeout_s
@@ -187,19 +194,17 @@ class BrokerServer:
                 with trio.move_on_after(timeout) as timer:
                     data = await stream.receive_some(_RECV_BYTES)
             if link.read_scope.cancelled_caught:
-                return
+                return True
             if timer.cancelled_caught:
                 self._audit_timeout(conn, timeout)
-                return
+                return True
             if not data:
-                return
+                return False
             try:
                 frames = framer.feed(data)
             except FrameTooLarge as exc:
                 await link.outbox.send(broker.frame_too_large(conn, int(exc.args[0])))
-                return
-            if frames:
-                timeout = cfg.idle_timeout_s
+                return True
             for frame in frames:
                 out = broker.handle_frame(conn, frame)
                 if isinstance(out, WaitForMail):
@@ -211,6 +216,7 @@ class BrokerServer:
                 timeout = float("inf")
             elif frames:
                 timeout = cfg.idle_timeout_s
+        return True
 
     def _audit_timeout(self, conn: Connection, timeout_s: float) -> None:
         kind = "handshake_timeout" if timeout_s == self.config.handshake_timeout_s else "idle_timeout"
@@ -254,6 +260,27 @@ class BrokerServer:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
                 return
+
+
+async def _linger_close(stream: trio.SocketStream) -> None:
+    """Half-close, then discard (unparsed) what the peer still sends, briefly, before close.
+
+    Closing an AF_UNIX socket that has unread input makes the peer's next read fail with
+    ECONNRESET (net/unix/af_unix.c, unix_release_sock), which can hide our last frame from
+    it. Draining first lets the peer read that frame and then a clean EOF. Bounded by
+    ``_LINGER_S`` seconds and ``_LINGER_DRAIN_BYTES``.
+    """
+    with trio.move_on_after(_LINGER_S):
+        try:
+            await stream.send_eof()
+            drained = 0
+            while drained < _LINGER_DRAIN_BYTES:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                drained += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
 
 # --------------------------------------------------------------------------- entry point
