@@ -36,6 +36,7 @@ class _Link:
     conn: Connection
     outbox: trio.MemorySendChannel[bytes]
     read_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    dropped: bool = False  # the broker decided to close this connection
 
 
 class BrokerServer:
@@ -67,7 +68,7 @@ class BrokerServer:
         self._read_peer = read_peer
         self._open_pidfd = open_pidfd
         self._on_listener_closed = on_listener_closed
-        self._links: set[_Link] = set()
+        self._links: dict[Connection, _Link] = {}
         self._waiters: dict[str, trio.Event] = {}
         self._closing = False
         self._shutdown = trio.Event()
@@ -92,7 +93,7 @@ class BrokerServer:
                 self._on_listener_closed()
             self._closing = True
             log.info("shutting down: %d connection(s) to finish", len(self._links))
-            for link in list(self._links):
+            for link in list(self._links.values()):
                 link.read_scope.cancel()
             for ev in self._waiters.values():
                 ev.set()
@@ -156,7 +157,7 @@ class BrokerServer:
         cfg = self.config
         send, recv = trio.open_memory_channel[bytes](cfg.max_pending_responses + cfg.push_window)
         link = _Link(conn, send)
-        self._links.add(link)
+        self._links[conn] = link
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, stream, recv, nursery.cancel_scope)
@@ -165,7 +166,7 @@ class BrokerServer:
                 finally:
                     send.close()  # the writer drains what is queued, then exits
         finally:
-            self._links.discard(link)
+            del self._links[conn]
             self.broker.close(conn)
         return broker_closed
 
@@ -189,7 +190,7 @@ class BrokerServer:
         broker, cfg, conn = self.broker, self.config, link.conn
         framer = FrameBuffer(cfg.max_frame_bytes)
         timeout = cfg.handshake_timeout_s
-        while not self._closing:
+        while not (self._closing or link.dropped):
             with trio.CancelScope() as link.read_scope:
                 with trio.move_on_after(timeout) as timer:
                     data = await stream.receive_some(_RECV_BYTES)
@@ -249,17 +250,17 @@ class BrokerServer:
                     ev.set()
 
     def _push(self, eff: Push) -> None:
-        for link in self._links:
-            if link.conn is eff.conn:
-                try:
-                    link.outbox.send_nowait(eff.frame)
-                except trio.WouldBlock:
-                    log.warning("dropping subscriber conn %d: it does not read its notifications",
-                                eff.conn.conn_id)
-                    link.read_scope.cancel()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-                return
+        link = self._links.get(eff.conn)
+        if link is None:
+            return  # closed meanwhile: the lease runs out and the message is delivered again
+        try:
+            link.outbox.send_nowait(eff.frame)
+        except trio.WouldBlock:
+            log.warning("dropping subscriber conn %d: it does not read its notifications", eff.conn.conn_id)
+            link.dropped = True
+            link.read_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
 
 async def _linger_close(stream: trio.SocketStream) -> None:
