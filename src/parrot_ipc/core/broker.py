@@ -223,13 +223,19 @@ class Broker:
         None for a JSON-RPC notification (a request with no ``id``), which gets no response.
         """
         try:
+            # msgspec checks UTF-8 only inside the strings it decodes (and raises
+            # UnicodeDecodeError there, not DecodeError), so check the whole frame first.
+            frame.decode()
             req = p.REQUEST_DECODER.decode(frame)
         except msgspec.ValidationError as exc:
             return self._bad(conn, p.salvage_id(frame), ErrorCode.INVALID_REQUEST, "invalid_request",
                              f"Invalid request: {exc}.", None)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             return self._bad(conn, None, ErrorCode.PARSE_ERROR, "parse_error",
                              "Parse error: the frame is not valid UTF-8 JSON.", None)
+        except RecursionError:  # valid JSON nested deeper than msgspec will recurse
+            return self._bad(conn, None, ErrorCode.PARSE_ERROR, "nesting_too_deep",
+                             "Parse error: the frame is nested too deeply.", None)
         rid = None if req.id is UNSET else req.id
         notify = req.id is UNSET
         method = _METHODS.get(req.method)
@@ -242,7 +248,7 @@ class Broker:
                 self._require(conn, method.needs)
             try:
                 params = method.decoder.decode(req.params)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
                 raise RpcError(ErrorCode.INVALID_PARAMS, "invalid_params", f"Invalid params: {exc}.") from None
             result = method.handler(self, conn, params, rid)
         except RpcError as err:

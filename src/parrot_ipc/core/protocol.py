@@ -313,7 +313,7 @@ def salvage_id(frame: bytes) -> RequestId:
     """
     try:
         rid = _ID_DECODER.decode(frame).id
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     if isinstance(rid, bool) or not isinstance(rid, (int, str)):
         return None
