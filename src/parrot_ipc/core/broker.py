@@ -543,12 +543,14 @@ class Broker:
         """Push ready mail for ``name`` to its subscribers (within their window), then wake pollers."""
         conns = self._bound.get(name)
         if conns:
-            window, until = self.config.push_window, 0.0
+            window, until, now = self.config.push_window, 0.0, self._clock()
             for c in conns:
-                room = window - len(c.push_inflight)
-                if not c.subscribed or room <= 0:
+                room, s = window - len(c.push_inflight), c.session
+                # A connection of an expired, purged or replaced session can still sit in
+                # ``_bound`` under this name (and may be another UID's): never push to it.
+                if not c.subscribed or room <= 0 or s is None or not s.live(now):
                     continue
-                until = until or self._clock() + self.config.lease_s
+                until = until or now + self.config.lease_s
                 msgs = self.store.lease(name, room, until)
                 if not msgs:
                     break
