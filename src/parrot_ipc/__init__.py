@@ -2,23 +2,29 @@
 
 Public API: :class:`Client` (blocking), :class:`AsyncClient` (trio), :class:`ParrotError` and
 :class:`BrokerUnavailable`. The broker itself is :func:`parrot_ipc.server.run_broker`.
+
+The names are loaded on first use (PEP 562), so ``import parrot_ipc.core`` stays free of
+``socket`` and ``trio``, and blocking users never import trio.
 """
+
+from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .client import BrokerUnavailable, Client, ParrotError
-
 if TYPE_CHECKING:
     from .async_client import AsyncClient
+    from .client import BrokerUnavailable, Client, ParrotError
 
 __version__ = "0.1.0"
+__all__ = ["AsyncClient", "BrokerUnavailable", "Client", "ParrotError", "__version__"]
+
+_LAZY = {"AsyncClient": "async_client", "BrokerUnavailable": "client", "Client": "client", "ParrotError": "client"}
 
 
 def __getattr__(name: str) -> Any:
-    # AsyncClient pulls in trio (~0.1 s); load it only when asked for (PEP 562).
-    if name == "AsyncClient":
-        from .async_client import AsyncClient
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'parrot_ipc' has no attribute {name!r}")
+    from importlib import import_module
 
-        return AsyncClient
-    raise AttributeError(f"module 'parrot_ipc' has no attribute {name!r}")
-__all__ = ["AsyncClient", "BrokerUnavailable", "Client", "ParrotError", "__version__"]
+    return getattr(import_module(f".{module}", __name__), name)

@@ -488,7 +488,7 @@ class Broker:
             live = holder is not None and holder.live(now)
             out.append(p.InstanceInfo(
                 instance_id=name,
-                online=live and bool(self._bound.get(name)),
+                online=live and any(c.session is holder for c in self._bound.get(name, ())),
                 last_seen=rfc3339(store.last_seen(name) or now),
                 queued=store.mailbox_usage(name)[0],
             ))
