@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
@@ -23,9 +21,10 @@ from typing import Annotated, Any, NoReturn, Optional
 import msgspec
 import typer
 
-from . import session_file
+from . import config_file, session_file
 from .client import BrokerUnavailable, Client, ParrotError
 from .core.config import BrokerConfig
+from .core.protocol import ListSessionsResult, RevokeResult
 from .oslayer import StartupError, default_socket_path
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_SESSION = 0, 1, 2, 3, 4
@@ -115,48 +114,36 @@ class _JsonLogFormatter(logging.Formatter):
 
 
 def load_config(path: Path | None) -> BrokerConfig:
-    """The broker config: the ``[server]`` table of a TOML file, then ``$PARROT_MAX_INPUT_SIZE``.
+    """The ``[server]`` settings of ``path`` (or of the default config, if it exists).
 
-    Raises ValueError naming the file and the bad key.
+    Raises ValueError (:class:`parrot_ipc.config_file.ConfigError`) naming the file and key.
     """
-    server: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with path.open("rb") as f:
-                doc = tomllib.load(f)
-        except OSError as exc:
-            raise ValueError(f"cannot read config {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"config {path} is not valid TOML: {exc}") from None
-        unknown = set(doc) - {"server"}
-        if unknown:
-            raise ValueError(f"config {path}: unsupported table(s) {', '.join(sorted(unknown))} "
-                             "(this version reads [server] only)")
-        server = doc.get("server", {})
-    env_max = os.environ.get("PARROT_MAX_INPUT_SIZE")
-    if env_max:
-        server = {**server, "max_frame_bytes": env_max}
-    try:
-        return msgspec.convert(server, BrokerConfig, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"config {path or '(environment)'}: {exc}") from None
+    return config_file.load_config(path, explicit=path is not None).server
+
+
+ConfigOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--config", help=f"TOML config file. Default: {config_file.DEFAULT_CONFIG_PATH}, if it exists."),
+]
 
 
 @app.command()
 def serve(
     socket: SocketOpt = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML config file ([server] table).")] = None,  # noqa: UP045
+    config: ConfigOpt = None,
     state_dir: Annotated[Optional[Path], typer.Option(help="State directory (reserved for the durable store).")] = None,  # noqa: UP045
+    audit_log: Annotated[Optional[Path], typer.Option(help="Also append JSON audit lines to this file (0600).")] = None,  # noqa: UP045
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the broker in the foreground until SIGTERM or SIGINT.
+    """Run the broker in the foreground until SIGTERM or SIGINT; SIGHUP reloads the policy.
 
     Creates the socket's directory with mode 0700 (or refuses one that is not a 0700
-    directory of ours), binds the socket 0600, and admits only peers whose SO_PEERCRED UID is
-    ours or root's. Logs and JSON audit lines go to stderr.
+    directory of ours), binds the socket 0600, and admits only peers the policy allows by
+    their SO_PEERCRED credentials: with no config, our UID and root. Logs and JSON audit lines
+    go to stderr.
     """
-    from .server import run_broker
+    from .server import open_audit_file, run_broker
 
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
@@ -165,16 +152,40 @@ def serve(
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     try:
-        cfg = load_config(config)
-    except ValueError as exc:
+        loaded = config_file.load_config(config, explicit=config is not None)
+    except config_file.ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    path = socket or cfg.socket or default_socket_path()
+    path = socket or loaded.server.socket or default_socket_path()
     try:
-        run_broker(path, cfg)
+        if audit_log is not None:
+            open_audit_file(str(audit_log))
+        run_broker(path, loaded, config_path=None if config is None else str(config))
     except StartupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_REFUSED) from None
+
+
+@app.command("check-config")
+def check_config(
+    file: Annotated[Path, typer.Argument(help="The TOML config file to check.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a config file and print the effective policy. Exit 0 if valid, 2 if not."""
+    try:
+        loaded = config_file.load_config(file)
+    except config_file.ConfigError as exc:
+        _fail(as_json, EXIT_USAGE, str(exc), error={"reason": "invalid_config", "message": str(exc)})
+    desc = config_file.describe(loaded)
+    if as_json:
+        _emit(True, desc)
+        return
+    typer.echo(f"config {desc['config']}: valid")
+    typer.echo(f"policy: {desc['policy']}")
+    for rule in desc["peers"]:
+        details = "  ".join(f"{k}={v}" for k, v in rule.items() if k != "rule" and v not in ([], None))
+        typer.echo(f"  {rule['rule']}: {details}")
+    typer.echo(f"shared secret: {'configured' if desc['shared_secret'] else 'none'}")
 
 
 # --------------------------------------------------------------------------- agent commands
@@ -331,6 +342,73 @@ def logout(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     session_file.remove(path)
     _emit(as_json, {"revoked": revoked, "session_file_removed": str(path)},
           f"logged out{' (session revoked)' if revoked else ' (the session was already invalid)'}; removed {path}")
+
+
+admin_app = typer.Typer(help="Admin commands (the session needs the 'admin' scope: root's does).",
+                        no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+
+
+@admin_app.command("sessions")
+def admin_sessions(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
+    """List live sessions: instance, uid, pid, scopes, expiry (never tokens)."""
+    with _session(socket, as_json) as (client, _):
+        rows = client.call("list_sessions", None, ListSessionsResult).sessions
+        if as_json:
+            _emit(True, {"sessions": rows})
+            return
+        typer.echo(f"{'INSTANCE':<20} {'UID':>6} {'PID':>8} {'ONLINE':<6} {'BIND':<7} {'EXPIRES':<24} SCOPES")
+        for r in rows:
+            typer.echo(f"{r.instance_id:<20} {r.uid:>6} {r.pid:>8} {'yes' if r.online else 'no':<6} "
+                       f"{r.bind:<7} {r.expires_at:<24} {','.join(r.scopes)}")
+
+
+@admin_app.command("revoke")
+def admin_revoke(
+    name: Annotated[str, typer.Argument(help="The instance whose session to revoke.")],
+    socket: SocketOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke the live session of instance NAME, on every connection."""
+    with _session(socket, as_json) as (client, _):
+        res = client.call("revoke_session", {"instance_id": name}, RevokeResult)
+        _emit(as_json, {"instance_id": name, "revoked": res.revoked}, f"revoked the session of {name}")
+
+
+def _audit_line(raw: str) -> str:
+    try:
+        ev = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return raw
+    if not isinstance(ev, dict):
+        return raw
+    ts, name = ev.pop("ts", "-"), ev.pop("event", "?")
+    return f"{ts}  {name:<20} " + " ".join(f"{k}={v}" for k, v in ev.items())
+
+
+@app.command()
+def audit(
+    file: Annotated[Path, typer.Argument(help="An audit log written by 'serve --audit-log'.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines as they come.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print an audit log readably: time, event, then its fields."""
+    try:
+        f = file.open("r")
+    except OSError as exc:
+        _fail(as_json, EXIT_USAGE, f"cannot read {file}: {exc.strerror}")
+    with f:
+        try:
+            while True:
+                line = f.readline()
+                if line:
+                    typer.echo(line.rstrip("\n") if as_json else _audit_line(line.rstrip("\n")))
+                elif follow:
+                    time.sleep(0.25)
+                else:
+                    return
+        except KeyboardInterrupt:
+            return
 
 
 def main() -> None:

@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import socket
 import stat
 import struct
@@ -21,6 +23,7 @@ from typing import Final
 from .core.policy import PeerCredentials
 
 SO_PEERPIDFD: Final = getattr(socket, "SO_PEERPIDFD", 77)
+SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
 _UCRED: Final = struct.Struct("3i")
 DEFAULT_SYSTEM_DIR: Final = "/run/parrot-mcp"
 SOCKET_NAME: Final = "mcp.sock"
@@ -69,23 +72,124 @@ def peer_pidfd(sock: socket.socket) -> int | None:
         return None
 
 
+def peer_groups(sock: socket.socket) -> tuple[int, ...]:
+    """The peer's supplementary GIDs (SO_PEERGROUPS, Linux 4.13+; socket(7)). () if unknown."""
+    size = 64 * 4
+    for _ in range(4):
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE:
+                size *= 8
+                continue
+            return ()
+        return struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+    return ()
+
+
+def process_start_time(pid: int) -> int:
+    """Field 22 of ``/proc/<pid>/stat`` (starttime, in clock ticks after boot; proc(5)).
+
+    Raises OSError if the process is gone or unreadable, ValueError if the line is malformed.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        line = f.read()
+    # comm (field 2) may hold spaces and parentheses: split after its last ')'.
+    rest = line[line.rindex(b")") + 2 :].split()
+    return int(rest[19])  # rest[0] is field 3, so field 22 is rest[19]
+
+
+def attest_process(pid: int, pidfd: int | None) -> tuple[str | None, int | None, str | None]:
+    """Read the peer's executable and start time without racing against PID reuse.
+
+    With a pidfd: read ``/proc/<pid>/exe`` and the start time, then prove the pidfd's process
+    is still alive (pidfd_send_signal(2) with signal 0). A pidfd always names the process that
+    connected, so a live one means the PID was not recycled during the reads. Without a pidfd:
+    read the start time before and after, and require them equal.
+
+    Returns ``(exe, start_time, None)``, or ``(None, None, reason)`` when anything is uncertain
+    (the peer exited, /proc is unreadable): callers fail closed.
+    """
+    if pid <= 0:
+        return None, None, "no pid (the peer is in another pid namespace)"
+    try:
+        before = None if pidfd is not None else process_start_time(pid)
+        exe = os.readlink(f"/proc/{pid}/exe")
+        start = process_start_time(pid)
+        if pidfd is not None:
+            with contextlib.suppress(PermissionError):  # EPERM: it exists; we may not signal it
+                signal.pidfd_send_signal(pidfd, 0)
+        elif before != start:
+            return None, None, "the pid was reused during attestation"
+    except ProcessLookupError:
+        return None, None, "the peer exited during attestation"
+    except (OSError, ValueError, IndexError) as exc:
+        return None, None, f"cannot read /proc/{pid}: {getattr(exc, 'strerror', None) or exc}"
+    return exe, start, None
+
+
+def identify_peer(sock: socket.socket) -> PeerCredentials:
+    """Everything the policy may ask about a freshly accepted peer, before any byte is read.
+
+    SO_PEERCRED, SO_PEERGROUPS, then SO_PEERPIDFD-backed attestation of ``/proc/<pid>/exe``
+    and start time (see :func:`attest_process`). The pidfd is closed before returning.
+    Raises OSError only if SO_PEERCRED itself fails.
+    """
+    cred = peer_credentials(sock)
+    pidfd = peer_pidfd(sock)
+    try:
+        exe, start, error = attest_process(cred.pid, pidfd)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return PeerCredentials(cred.pid, cred.uid, cred.gid, has_pidfd=pidfd is not None,
+                           groups=tuple(g for g in peer_groups(sock) if g != cred.gid),
+                           exe=exe, start_time=start, attest_error=error)
+
+
+def read_private_file(path: str, euid: int | None = None, *, max_bytes: int = 65536) -> bytes:
+    """Read a secret file that must be a regular file owned by ``euid`` with mode 0600 (or 0400).
+
+    Opened with O_NOFOLLOW and checked with fstat(2) on the open descriptor (no
+    check-then-open race). Raises :class:`StartupError` naming the path, owner and mode.
+    """
+    euid = os.geteuid() if euid is None else euid
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StartupError(f"refusing to start: cannot open secret file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != euid or st.st_mode & 0o077:
+            raise StartupError(
+                f"refusing to start: secret file {path} must be a regular file owned by uid {euid} "
+                f"with mode 0600; found uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}"
+            )
+        return f.read(max_bytes)
+
+
 # --------------------------------------------------------------------------- runtime directory
 def _describe(st: os.stat_result) -> str:
     kind = "symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode) else "non-directory"
     return f"a {kind} owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}"
 
 
-def ensure_runtime_dir(path: str, euid: int | None = None) -> None:
-    """Create ``path`` with mode 0700, or check that the existing one is safe.
+def ensure_runtime_dir(path: str, euid: int | None = None, group_gid: int | None = None) -> None:
+    """Create ``path`` with mode 0700 (0750 and group ``group_gid`` when a socket group is
+    configured), or check that the existing one is exactly that.
 
     An existing path must be a real directory (checked with lstat(2): a symlink is refused),
-    owned by ``euid`` (default: our effective UID), with mode exactly 0700. The parent must
-    exist. Raises :class:`StartupError` naming the path, the owner and the mode found.
+    owned by ``euid`` (default: our effective UID), with exactly the expected mode (and group).
+    The parent must exist. Raises :class:`StartupError` naming the path, the owner and the mode
+    found.
     """
     euid = os.geteuid() if euid is None else euid
+    mode = 0o700 if group_gid is None else 0o750
     try:
         os.mkdir(path, 0o700)
-        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask; make it exact
+        if group_gid is not None:
+            os.chown(path, -1, group_gid)
+        os.chmod(path, mode)  # mkdir's mode is filtered by the umask; make it exact
     except FileExistsError:
         pass
     except FileNotFoundError:
@@ -93,10 +197,12 @@ def ensure_runtime_dir(path: str, euid: int | None = None) -> None:
     except OSError as exc:
         raise StartupError(f"refusing to start: cannot create runtime directory {path}: {exc.strerror}") from None
     st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or stat.S_IMODE(st.st_mode) != 0o700:
+    wrong_group = group_gid is not None and st.st_gid != group_gid
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or stat.S_IMODE(st.st_mode) != mode or wrong_group:
+        want = f"mode {mode:04o}" + ("" if group_gid is None else f" and group {group_gid}")
         raise StartupError(
             f"refusing to start: runtime directory {path} must be a directory owned by uid {euid} "
-            f"with mode 0700; found {_describe(st)}"
+            f"with {want}; found {_describe(st)}" + (f", group {st.st_gid}" if group_gid is not None else "")
         )
 
 
@@ -116,8 +222,10 @@ def _probe(path: str) -> bool:
     return True
 
 
-def bind_listener(path: str, backlog: int = 4096, euid: int | None = None) -> tuple[socket.socket, int]:
-    """Bind and listen on an AF_UNIX stream socket at ``path`` with mode 0600.
+def bind_listener(path: str, backlog: int = 4096, euid: int | None = None,
+                  group_gid: int | None = None) -> tuple[socket.socket, int]:
+    """Bind and listen on an AF_UNIX stream socket at ``path`` with mode 0600 (0660 and group
+    ``group_gid`` when a socket group is configured).
 
     A live broker already answering on ``path`` is refused. A stale socket file we own
     (connect refused) is replaced. Anything else at ``path`` (a regular file, a symlink, a
@@ -151,7 +259,9 @@ def bind_listener(path: str, backlog: int = 4096, euid: int | None = None) -> tu
         raise StartupError(f"refusing to start: cannot bind {path}: {exc.strerror}") from None
     finally:
         os.umask(old_umask)
-    os.chmod(path, 0o600)
+    if group_gid is not None:
+        os.chown(path, -1, group_gid)
+    os.chmod(path, 0o600 if group_gid is None else 0o660)
     sock.listen(backlog)
     sock.setblocking(False)
     return sock, os.lstat(path).st_ino

@@ -15,12 +15,18 @@ import socket as stdsocket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import msgspec
 import trio
 
 from . import oslayer
-from .core import Broker, BrokerConfig, DefaultPolicy, FrameBuffer, FrameTooLarge, PeerCredentials, Push, Wake
+from .config_file import ConfigError, LoadedConfig, load_config
+from .core import Broker, BrokerConfig, Drop, FrameBuffer, FrameTooLarge, PeerCredentials, Push, Wake
 from .core.broker import Connection, WaitForMail
+from .core.policy import Policy
+from .core.timefmt import rfc3339
 
 log = logging.getLogger("parrot_ipc.server")
 _RECV_BYTES = 65536
@@ -45,9 +51,8 @@ class BrokerServer:
     Args:
         broker: the core.
         listener: a bound, listening, non-blocking stdlib AF_UNIX stream socket.
-        read_peer: reads a connected socket's peer credentials (the OS layer's
-            :func:`parrot_ipc.oslayer.peer_credentials`, injectable for tests).
-        open_pidfd: returns a pidfd for the peer or None (SO_PEERPIDFD).
+        read_peer: reads and attests a connected socket's peer (the OS layer's
+            :func:`parrot_ipc.oslayer.identify_peer`; injectable for tests).
 
     Use :meth:`serve` inside a nursery (``await nursery.start(server.serve)``) and
     :meth:`shutdown` to stop it.
@@ -58,15 +63,13 @@ class BrokerServer:
         broker: Broker,
         listener: stdsocket.socket,
         *,
-        read_peer: Callable[[stdsocket.socket], PeerCredentials] = oslayer.peer_credentials,
-        open_pidfd: Callable[[stdsocket.socket], int | None] = oslayer.peer_pidfd,
+        read_peer: Callable[[stdsocket.socket], PeerCredentials] = oslayer.identify_peer,
         on_listener_closed: Callable[[], None] | None = None,
     ) -> None:
         self.broker = broker
         self.config: BrokerConfig = broker.config
         self._listener = trio.socket.from_stdlib_socket(listener)
         self._read_peer = read_peer
-        self._open_pidfd = open_pidfd
         self._on_listener_closed = on_listener_closed
         self._links: dict[Connection, _Link] = {}
         self._waiters: dict[str, trio.Event] = {}
@@ -75,6 +78,11 @@ class BrokerServer:
         self._ticker_wakeup = trio.Event()
 
     # ------------------------------------------------------------------ lifecycle
+    def reload_policy(self, policy: Policy, label: str = "") -> None:
+        """Apply a reloaded admission policy to the broker and every live connection."""
+        self.broker.replace_policy(policy, label)
+        self._apply_effects()
+
     def shutdown(self) -> None:
         """Begin a clean shutdown: stop accepting, finish responses in flight, close."""
         self._shutdown.set()
@@ -125,7 +133,6 @@ class BrokerServer:
     # ------------------------------------------------------------------ one connection
     async def _serve_connection(self, sock: trio.socket.SocketType) -> None:
         stream = trio.SocketStream(sock)
-        pidfd: int | None = None
         try:
             # Credentials first, before any byte is read (docs/protocol.md, Connection life).
             try:
@@ -133,9 +140,6 @@ class BrokerServer:
             except OSError as exc:
                 log.warning("cannot read peer credentials (%s); closing", exc)
                 return
-            pidfd = self._open_pidfd(sock)  # type: ignore[arg-type]
-            if pidfd is not None:
-                peer = PeerCredentials(peer.pid, peer.uid, peer.gid, has_pidfd=True)
             admitted = self.broker.accept(peer)
             if isinstance(admitted, bytes):
                 with trio.move_on_after(_LINGER_S):
@@ -147,8 +151,6 @@ class BrokerServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            if pidfd is not None:
-                os.close(pidfd)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
@@ -248,6 +250,11 @@ class BrokerServer:
                 ev = self._waiters.pop(eff.instance_id, None)
                 if ev is not None:
                     ev.set()
+            elif isinstance(eff, Drop):
+                link = self._links.get(eff.conn)
+                if link is not None:
+                    link.dropped = True
+                    link.read_scope.cancel()
 
     def _push(self, eff: Push) -> None:
         link = self._links.get(eff.conn)
@@ -290,14 +297,51 @@ def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-async def _serve_until_signal(server: BrokerServer) -> None:
+_audit_log = logging.getLogger("parrot_ipc.audit")
+_AUDIT_ENCODER = msgspec.json.Encoder()
+
+
+def audit_sink(event: str, fields: dict[str, Any]) -> None:
+    """Write one audit event as a JSON line (with ``ts``, RFC 3339) to the ``parrot_ipc.audit``
+    logger: stderr, and the ``--audit-log`` file when one is open. Fields never hold tokens,
+    secrets or message content (the core never puts them there)."""
+    if _audit_log.isEnabledFor(logging.INFO):
+        line = _AUDIT_ENCODER.encode({"ts": rfc3339(time.time()), "event": event, **fields})
+        _audit_log.info("%s", line.decode())
+
+
+def open_audit_file(path: str) -> None:
+    """Also send audit lines to ``path``: appended, created 0600, never through a symlink.
+
+    Raises oslayer.StartupError if the file cannot be opened or is not ours with mode 0600.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise oslayer.StartupError(f"refusing to start: cannot open audit log {path}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise oslayer.StartupError(
+            f"refusing to start: audit log {path} must be owned by uid {os.geteuid()} with mode 0600; "
+            f"found uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}")
+    handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    _audit_log.addHandler(handler)
+
+
+async def _serve_until_signal(server: BrokerServer, reload: Callable[[], None] | None) -> None:
     async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             watch_scope = trio.CancelScope()
 
             async def watch() -> None:
                 with watch_scope:
                     async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            if reload is not None:
+                                reload()
+                            continue
                         log.info("received %s: shutting down", signal.Signals(signum).name)
                         server.shutdown()
                         return
@@ -307,26 +351,51 @@ async def _serve_until_signal(server: BrokerServer) -> None:
             watch_scope.cancel()
 
 
-def run_broker(socket_path: str, config: BrokerConfig | None = None) -> None:
-    """Run a broker on ``socket_path`` until SIGTERM or SIGINT. Blocks.
+def run_broker(socket_path: str, config: BrokerConfig | LoadedConfig | None = None, *,
+               config_path: str | None = None) -> None:
+    """Run a broker on ``socket_path`` until SIGTERM or SIGINT; SIGHUP reloads the policy. Blocks.
 
-    Creates or checks the runtime directory (0700), binds the socket (0600, under umask 0o077),
-    admits by the default policy (our UID and root), and unlinks the socket on the way out.
+    Creates or checks the runtime directory (0700, or 0750 with a socket group), binds the
+    socket (0600/0660, under umask 0o077), admits peers by the config's policy (by default our
+    UID and root), and unlinks the socket on the way out.
+
+    Args:
+        socket_path: where to listen.
+        config: a loaded config (:func:`parrot_ipc.config_file.load_config`) or bare settings.
+        config_path: the file SIGHUP re-reads (None: the default location).
 
     Raises:
         oslayer.StartupError: the directory or socket path is unsafe, or a broker already
             answers there.
     """
-    config = config or BrokerConfig()
-    oslayer.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)))
-    listener, inode = oslayer.bind_listener(socket_path)
-    broker = Broker(config=config, policy=DefaultPolicy(os.geteuid()), clock=time.time)
+    if not isinstance(config, LoadedConfig):
+        loaded = load_config(None, explicit=False)
+        loaded = LoadedConfig(loaded.path, config or loaded.server, loaded.rules, loaded.policy,
+                              loaded.socket_gid, loaded.shared_secret)
+    else:
+        loaded = config
+    oslayer.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)), group_gid=loaded.socket_gid)
+    listener, inode = oslayer.bind_listener(socket_path, group_gid=loaded.socket_gid)
+    broker = Broker(config=loaded.server, policy=loaded.policy, clock=time.time, audit=audit_sink,
+                    shared_secret=loaded.shared_secret)
     server = BrokerServer(broker, listener, on_listener_closed=lambda: oslayer.remove_socket(socket_path, inode))
-    log.info("parrot-ipc broker listening on %s (uid %d, pid %d)", socket_path, os.geteuid(), os.getpid())
+
+    def reload() -> None:
+        path = None if config_path is None else Path(config_path)
+        try:
+            fresh = load_config(path, explicit=config_path is not None)
+        except ConfigError as exc:
+            log.error("config reload failed, keeping the current policy: %s", exc)
+            audit_sink("config_reload_failed", {"error": str(exc)})
+            return
+        server.reload_policy(fresh.policy, str(fresh.path or "(defaults)"))
+        log.info("config reloaded from %s", fresh.path or "(defaults)")
+
+    log.info("parrot-ipc broker listening on %s (uid %d, pid %d, policy %s)", socket_path, os.geteuid(),
+             os.getpid(), "default" if loaded.rules is None else f"{len(loaded.rules)} rule(s) from {loaded.path}")
     try:
-        trio.run(_serve_until_signal, server)
+        trio.run(_serve_until_signal, server, reload)
     finally:
         oslayer.remove_socket(socket_path, inode)
         listener.close()
     log.info("broker stopped")
-

@@ -58,10 +58,11 @@ def test_accept_of_a_refused_peer_returns_one_forbidden_frame(harness: Harness) 
 
 
 def test_refused_and_admitted_peers_are_both_audited(harness: Harness) -> None:
-    harness.broker.accept(PeerCredentials(pid=77, uid=4242, gid=4343))
+    harness.broker.accept(PeerCredentials(pid=77, uid=4242, gid=4343, exe="/usr/bin/socat"))
     harness.broker.accept(PeerCredentials(pid=78, uid=BROKER_UID, gid=BROKER_UID, has_pidfd=True))
     (refused,) = harness.audit.named("peer_refused")
-    assert refused == {"uid": 4242, "gid": 4343, "pid": 77, "rule": "default", "reason": "peer_uid_not_allowed"}
+    assert refused == {"uid": 4242, "gid": 4343, "pid": 77, "exe": "/usr/bin/socat", "rule": "default",
+                       "reason": "peer_uid_not_allowed"}
     (admitted,) = harness.audit.named("peer_admitted")
     assert admitted["uid"] == BROKER_UID and admitted["pid"] == 78 and admitted["pidfd"] is True
     assert admitted["rule"] == "default:broker_uid"

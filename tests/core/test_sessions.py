@@ -281,6 +281,6 @@ def test_shared_secret_mode_needs_a_valid_proof(make_harness: type[Harness]) -> 
     for params in ({"instance_id": "a"}, {"instance_id": "a", "shared_secret_proof": "00" * 32},
                    {"instance_id": "a", "shared_secret_proof": hmac.new(secret, b"b", hashlib.sha256).hexdigest()}):
         error = h.connect().err("get_token", params)
-        assert error["code"] == FORBIDDEN and error["data"]["reason"] == "shared_secret_proof_invalid"
+        assert error["code"] == FORBIDDEN and error["data"]["reason"] == "bad_shared_secret_proof"
         assert "s3cret" not in error["message"]
     assert h.connect().ok("get_token", {"instance_id": "a", "shared_secret_proof": proof})["instance_id"] == "a"

@@ -3,10 +3,10 @@
 Imports neither ``trio`` nor ``socket``, and makes no OS calls (``tests/core/test_sans_io.py``).
 """
 
-from .broker import Broker, Connection, Push, WaitForMail, Wake
+from .broker import Broker, Connection, Drop, Push, WaitForMail, Wake
 from .config import BrokerConfig
 from .errors import ErrorCode, RpcError
-from .policy import Admission, DefaultPolicy, PeerCredentials
+from .policy import Admission, DefaultPolicy, PeerCredentials, PeerRule, RulePolicy
 from .protocol import FrameBuffer, FrameTooLarge
 from .store import MemoryStore, Store
 
@@ -16,13 +16,16 @@ __all__ = [
     "BrokerConfig",
     "Connection",
     "DefaultPolicy",
+    "Drop",
     "ErrorCode",
     "FrameBuffer",
     "FrameTooLarge",
     "MemoryStore",
     "PeerCredentials",
+    "PeerRule",
     "Push",
     "RpcError",
+    "RulePolicy",
     "Store",
     "WaitForMail",
     "Wake",

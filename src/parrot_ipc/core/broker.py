@@ -16,6 +16,7 @@ import hmac
 import logging
 import math
 import secrets
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -27,6 +28,7 @@ from . import protocol as p
 from .config import BrokerConfig
 from .errors import ErrorCode, RpcError
 from .policy import (
+    SCOPE_ADMIN,
     SCOPE_BROADCAST,
     SCOPE_LIST,
     SCOPE_RECEIVE,
@@ -98,7 +100,14 @@ class Wake:
     instance_id: str
 
 
-Effect = Push | Wake
+@dataclass(slots=True)
+class Drop:
+    """Effect: close ``conn`` (its peer is no longer admitted after a policy reload)."""
+
+    conn: Connection
+
+
+Effect = Push | Wake | Drop
 
 
 @dataclass(slots=True)
@@ -165,6 +174,8 @@ class Broker:
         self._bound: dict[str, set[Connection]] = {}
         self._pushed: dict[str, Connection] = {}
         self._effects: list[Effect] = []
+        self._conns: set[Connection] = set()
+        self._secret_failures: dict[int, deque[float]] = {}
         self._next_purge = clock() + _PURGE_INTERVAL_S
         self.connections = 0
 
@@ -176,7 +187,10 @@ class Broker:
         write before closing a refused one. Both outcomes are audited.
         """
         adm = self.policy.admit(peer)
-        fields = {"uid": peer.uid, "gid": peer.gid, "pid": peer.pid, "rule": adm.rule}
+        fields: dict[str, Any] = {"uid": peer.uid, "gid": peer.gid, "pid": peer.pid, "exe": peer.exe,
+                                  "rule": adm.rule}
+        if peer.attest_error is not None:
+            fields["attest_error"] = peer.attest_error
         if not adm.allowed:
             self._audit("peer_refused", {**fields, "reason": adm.reason})
             return p.encode_error(
@@ -188,6 +202,7 @@ class Broker:
         conn = Connection(self._next_conn_id, peer, adm)
         self._next_conn_id += 1
         self.connections += 1
+        self._conns.add(conn)
         self._audit("peer_admitted", {**fields, "conn": conn.conn_id, "pidfd": peer.has_pidfd})
         return conn
 
@@ -195,6 +210,7 @@ class Broker:
         """Forget a connection that has closed. Its leases run out on their own."""
         self._unbind(conn)
         self.connections -= 1
+        self._conns.discard(conn)
 
     def frame_too_large(self, conn: Connection, size_bytes: int) -> bytes:
         """The -32004 frame for a frame over ``max_frame_bytes``; the shell then closes."""
@@ -302,7 +318,7 @@ class Broker:
         if now >= s.expires_at:
             self._unbind(conn)
             raise RpcError(ErrorCode.UNAUTHENTICATED, "token_expired", "The session token has expired.")
-        if needs is not _SESSION and needs not in s.scopes:
+        if needs is not _SESSION and (needs not in s.scopes or needs not in conn.admission.scopes):
             self._audit("scope_denied", {"conn": conn.conn_id, "uid": conn.peer.uid,
                                          "instance": s.instance_id, "scope": needs})
             raise RpcError(ErrorCode.FORBIDDEN, "scope_missing",
@@ -341,6 +357,8 @@ class Broker:
         peer = conn.peer
         s = Session(token_hash(token), instance_id, peer.uid, peer.gid, peer.pid,
                     conn.admission.scopes, now, now + self.config.token_ttl_s)
+        if conn.admission.bind == "process":
+            s.bound_pid, s.bound_start_time = peer.pid, peer.start_time
         self.store.put_session(s)
         self.store.touch_instance(instance_id, now)
         self._bind(conn, s)
@@ -354,11 +372,7 @@ class Broker:
         peer, name, now = conn.peer, prm.instance_id, self._clock()
         fields = {"conn": conn.conn_id, "uid": peer.uid, "pid": peer.pid, "instance": name}
         if self._shared_secret is not None:
-            want = hmac.new(self._shared_secret, name.encode(), hashlib.sha256).hexdigest()
-            if prm.shared_secret_proof is None or not hmac.compare_digest(want, prm.shared_secret_proof):
-                self._audit("token_refused", {**fields, "reason": "shared_secret_proof_invalid"})
-                raise RpcError(ErrorCode.FORBIDDEN, "shared_secret_proof_invalid",
-                               "The shared-secret proof is missing or wrong.")
+            self._check_secret_proof(conn, name, prm.shared_secret_proof, now, fields)
         held = self.store.session_of(name)
         if held is not None:
             if held.live(now) and held.uid != peer.uid:
@@ -373,6 +387,31 @@ class Broker:
         return p.TokenResult(token=token, instance_id=name, expires_at=rfc3339(s.expires_at),
                              scopes=sorted(s.scopes))
 
+    def _check_secret_proof(self, conn: Connection, name: str, proof: str | None, now: float,
+                            fields: dict[str, Any]) -> None:
+        """claude-ipc compatibility: proof = hex HMAC-SHA256(secret, instance_id), constant-time.
+
+        Failures are counted per UID; past ``max_secret_failures`` in ``secret_failure_window_s``
+        the UID gets -32003 until the window slides.
+        """
+        assert self._shared_secret is not None
+        cfg, uid = self.config, conn.peer.uid
+        failures = self._secret_failures.get(uid)
+        if failures is not None:
+            while failures and failures[0] <= now - cfg.secret_failure_window_s:
+                failures.popleft()
+            if len(failures) >= cfg.max_secret_failures:
+                wait = max(1, math.ceil(failures[0] + cfg.secret_failure_window_s - now))
+                self._audit("rate_limited", {**fields, "method": "get_token", "retry_after_s": wait})
+                raise RpcError(ErrorCode.RATE_LIMITED, "secret_rate_limited",
+                               f"Too many wrong shared-secret proofs; retry in {wait} s.", retry_after_s=wait)
+        want = hmac.new(self._shared_secret, name.encode(), hashlib.sha256).hexdigest()
+        if proof is None or not hmac.compare_digest(want.encode(), proof.encode()):
+            self._secret_failures.setdefault(uid, deque()).append(now)
+            self._audit("token_refused", {**fields, "reason": "bad_shared_secret_proof"})
+            raise RpcError(ErrorCode.FORBIDDEN, "bad_shared_secret_proof",
+                           "The shared-secret proof is missing or wrong.")
+
     def _m_authenticate(self, conn: Connection, prm: p.AuthenticateParams, rid: p.RequestId) -> p.AuthResult:
         h = token_hash(prm.token)
         s = self.store.get_session(h)
@@ -385,6 +424,10 @@ class Broker:
             self._audit("token_uid_mismatch", {**fields, "instance": s.instance_id, "token_uid": s.uid})
             raise RpcError(ErrorCode.UNAUTHENTICATED, "token_uid_mismatch",
                            "This token was issued to another user.")
+        if s.bound_pid is not None and (conn.peer.pid, conn.peer.start_time) != (s.bound_pid, s.bound_start_time):
+            self._audit("token_process_mismatch", {**fields, "instance": s.instance_id, "token_pid": s.bound_pid})
+            raise RpcError(ErrorCode.UNAUTHENTICATED, "token_process_mismatch",
+                           "This token is bound to another process.")
         if now >= s.expires_at:
             self._audit("auth_failed", {**fields, "reason": "token_expired", "instance": s.instance_id})
             raise RpcError(ErrorCode.UNAUTHENTICATED, "token_expired", "The session token has expired.")
@@ -436,6 +479,12 @@ class Broker:
             if hit is not None:
                 return hit
         target, forwarded = self._resolve(prm.to, now)
+        adm = conn.admission
+        if not (adm.may_send(prm.to) and adm.may_send(target)):
+            self._audit("send_denied", {"conn": conn.conn_id, "uid": conn.peer.uid, "instance": sender,
+                                        "to": prm.to, "rule": adm.rule})
+            raise RpcError(ErrorCode.FORBIDDEN, "recipient_not_allowed",
+                           f"This peer may not send to {prm.to!r}.", to=prm.to)
         msg = self._enqueue(sender, target, prm.content, prm.data, now)
         result = p.SendResult(id=msg.id, to=target, status="forwarded" if forwarded else "queued")
         if key is not None:
@@ -451,7 +500,7 @@ class Broker:
         recipients = []
         for name in sorted(self.store.instance_ids()):
             holder = self.store.session_of(name)
-            if name == sender or holder is None or not holder.live(now):
+            if name == sender or holder is None or not holder.live(now) or not conn.admission.may_send(name):
                 continue
             try:
                 self._enqueue(sender, name, prm.content, prm.data, now)
@@ -538,6 +587,51 @@ class Broker:
         self._kill_session(s, "revoked")
         return p.RevokeResult(revoked=True)
 
+    def _m_list_sessions(self, conn: Connection, _: p.NoParams, rid: p.RequestId) -> p.ListSessionsResult:
+        now = self._clock()
+        out = [
+            p.SessionInfo(instance_id=s.instance_id, uid=s.uid, pid=s.pid, scopes=sorted(s.scopes),
+                          expires_at=rfc3339(s.expires_at),
+                          online=any(c.session is s for c in self._bound.get(s.instance_id, ())),
+                          bind="uid" if s.bound_pid is None else "process")
+            for s in self.store.sessions() if s.live(now)
+        ]
+        out.sort(key=lambda i: i.instance_id)
+        return p.ListSessionsResult(sessions=out)
+
+    def _m_revoke_session(self, conn: Connection, prm: p.RevokeSessionParams, rid: p.RequestId) -> p.RevokeResult:
+        s = self.store.session_of(prm.instance_id)
+        if s is None or not s.live(self._clock()):
+            raise RpcError(ErrorCode.NOT_FOUND, "no_such_session",
+                           f"No live session holds {prm.instance_id!r}.")
+        self._kill_session(s, f"revoked by admin uid {conn.peer.uid}")
+        return p.RevokeResult(revoked=True)
+
+    # ------------------------------------------------------------------ policy reload
+    def replace_policy(self, policy: Policy, label: str = "") -> None:
+        """Swap in a new admission policy (a config reload) and apply it to live connections.
+
+        Every open connection is admitted again under ``policy``: its scopes become the new
+        rule's at once (a request needs the scope in both its session and its connection's
+        admission). A connection no longer admitted has its session revoked and is closed
+        (a :class:`Drop` effect).
+        """
+        self.policy = policy
+        dropped = 0
+        for conn in list(self._conns):
+            adm = policy.admit(conn.peer)
+            if adm.allowed:
+                conn.admission = adm
+                continue
+            dropped += 1
+            conn.admission = adm
+            if conn.session is not None and not conn.session.revoked:
+                self._kill_session(conn.session, "peer no longer admitted")
+            self._unbind(conn)
+            self._effects.append(Drop(conn))
+        self._audit("config_reloaded", {"config": label, "connections": len(self._conns),
+                                        "dropped": dropped})
+
     # ------------------------------------------------------------------ delivery
     def _deliver(self, name: str, *, wake: bool = True) -> None:
         """Push ready mail for ``name`` to its subscribers (within their window), then wake pollers."""
@@ -604,6 +698,8 @@ _METHODS: Final[dict[str, _Method]] = {
     "rename": _method(Broker._m_rename, p.RenameParams, SCOPE_RENAME),
     "subscribe": _method(Broker._m_subscribe, p.NoParams, SCOPE_RECEIVE),
     "revoke": _method(Broker._m_revoke, p.NoParams, _SESSION),
+    "list_sessions": _method(Broker._m_list_sessions, p.NoParams, SCOPE_ADMIN),
+    "revoke_session": _method(Broker._m_revoke_session, p.RevokeSessionParams, SCOPE_ADMIN),
 }
 
 #: The methods of protocol v1 this broker serves.

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from msgspec import Meta, Struct
+from msgspec import Meta, Struct, field
 
 from .protocol import DEFAULT_MAX_FRAME_BYTES
 
@@ -20,6 +20,10 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     """
 
     socket: str | None = None
+    socket_group: str | None = None
+    shared_secret_file: str | None = None
+    max_secret_failures: PositiveInt = 5
+    secret_failure_window_s: PositiveFloat = 60.0
     max_frame_bytes: PositiveInt = DEFAULT_MAX_FRAME_BYTES
     token_ttl_s: PositiveFloat = 86400.0
     lease_s: PositiveFloat = 60.0
@@ -33,3 +37,34 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     max_pending_responses: PositiveInt = 256
     push_window: PositiveInt = 100
     shutdown_grace_s: PositiveFloat = 5.0
+
+
+Scope = Literal["send", "receive", "list", "rename", "broadcast", "admin", "resources"]
+InstancePattern = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class PeerRuleConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One ``[[peers]]`` table as written in the config file (names not yet resolved).
+
+    At least one of ``users``, ``uids``, ``groups``, ``gids`` must be given. ``executables``
+    are fnmatch(3) patterns for ``/proc/<pid>/exe``. Defaults: every scope but ``admin``;
+    ``may_send_to = ["*"]``; ``bind = "uid"``.
+    """
+
+    name: str | None = None
+    users: list[str] = []
+    uids: list[Annotated[int, Meta(ge=0)]] = []
+    groups: list[str] = []
+    gids: list[Annotated[int, Meta(ge=0)]] = []
+    executables: list[Annotated[str, Meta(pattern="^/")]] = []
+    scopes: list[Scope] = field(default_factory=lambda: ["send", "receive", "list", "rename", "broadcast"])
+    may_send_to: list[InstancePattern] = field(default_factory=lambda: ["*"])
+    bind: Literal["uid", "process"] = "uid"
+
+
+class ConfigFile(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The whole config file (TOML). ``peers`` is None when the file has no ``[[peers]]``:
+    then the default policy applies (the broker's UID and root)."""
+
+    server: BrokerConfig = BrokerConfig()
+    peers: list[PeerRuleConfig] | None = None

@@ -6,8 +6,10 @@ the OS layer at accept, before any byte. This module only decides; it does no I/
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Final, Literal, Protocol
 
 SCOPE_SEND: Final = "send"
 SCOPE_RECEIVE: Final = "receive"
@@ -15,6 +17,11 @@ SCOPE_LIST: Final = "list"
 SCOPE_RENAME: Final = "rename"
 SCOPE_BROADCAST: Final = "broadcast"
 SCOPE_ADMIN: Final = "admin"
+SCOPE_RESOURCES: Final = "resources"
+ALL_SCOPES: Final = frozenset(
+    {SCOPE_SEND, SCOPE_RECEIVE, SCOPE_LIST, SCOPE_RENAME, SCOPE_BROADCAST, SCOPE_ADMIN, SCOPE_RESOURCES}
+)
+Bind = Literal["uid", "process"]
 
 #: Every scope but ``admin``: what an admitted peer gets when no config file exists.
 DEFAULT_SCOPES: Final = frozenset(
@@ -24,26 +31,50 @@ DEFAULT_SCOPES: Final = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class PeerCredentials:
-    """The kernel-attested identity of a connected peer (``struct ucred``, unix(7)).
+    """The kernel-attested identity of a connected peer.
 
-    ``pid``/``uid``/``gid`` are those of the process that called connect(2), pinned by the
-    kernel at that moment. ``has_pidfd`` says whether SO_PEERPIDFD gave a pidfd as well.
+    ``pid``/``uid``/``gid`` are SO_PEERCRED's ``struct ucred`` (unix(7)), pinned by the kernel at
+    connect(2). The rest is filled in by the OS layer's attestation at accept:
+
+    - ``has_pidfd``: SO_PEERPIDFD gave a pidfd (Linux 6.5+), so the checks below were race-free;
+    - ``groups``: supplementary GIDs from SO_PEERGROUPS (the primary ``gid`` is not repeated);
+    - ``exe``: the target of ``/proc/<pid>/exe``, read while the process was proven alive;
+    - ``start_time``: field 22 of ``/proc/<pid>/stat`` (clock ticks since boot), which tells a
+      process apart from a later one that reuses its PID;
+    - ``attest_error``: why ``exe``/``start_time`` could not be established, or None.
     """
 
     pid: int
     uid: int
     gid: int
     has_pidfd: bool = False
+    groups: tuple[int, ...] = ()
+    exe: str | None = None
+    start_time: int | None = None
+    attest_error: str | None = None
+
+    def in_group(self, gids: frozenset[int]) -> bool:
+        return self.gid in gids or not gids.isdisjoint(self.groups)
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """A policy decision. ``rule`` names the rule that matched (for the audit log)."""
+    """A policy decision. ``rule`` names the rule that matched (for the audit log).
+
+    ``may_send_to`` holds fnmatch(3)-style patterns of instance ids this peer may message
+    (``("*",)``: anyone). ``bind`` is ``"uid"`` (a token works from any process of the UID)
+    or ``"process"`` (only from the process, pid and start time, that got it).
+    """
 
     allowed: bool
     rule: str
     reason: str = ""
     scopes: frozenset[str] = frozenset()
+    may_send_to: tuple[str, ...] = ("*",)
+    bind: Bind = "uid"
+
+    def may_send(self, instance_id: str) -> bool:
+        return any(p == "*" or fnmatchcase(instance_id, p) for p in self.may_send_to)
 
 
 class Policy(Protocol):
@@ -74,3 +105,64 @@ class DefaultPolicy:
         if peer.uid == self.broker_uid:
             return self._own
         return self._refused
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRule:
+    """One ``[[peers]]`` rule with names already resolved to numbers (by the config loader).
+
+    A peer matches when its UID is in ``uids`` (if any are given) and its primary or a
+    supplementary GID is in ``gids`` (if any are given), and, if ``executables`` is non-empty,
+    its attested executable matches one of those fnmatch(3) patterns.
+    """
+
+    label: str
+    uids: frozenset[int] = frozenset()
+    gids: frozenset[int] = frozenset()
+    executables: tuple[str, ...] = ()
+    scopes: frozenset[str] = DEFAULT_SCOPES
+    may_send_to: tuple[str, ...] = ("*",)
+    bind: Bind = "uid"
+    _admission: Admission = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_admission", Admission(
+            True, self.label, scopes=self.scopes, may_send_to=self.may_send_to, bind=self.bind))
+
+    def matches_identity(self, peer: PeerCredentials) -> bool:
+        if self.uids and peer.uid not in self.uids:
+            return False
+        return not self.gids or peer.in_group(self.gids)
+
+    def matches_exe(self, exe: str) -> bool:
+        return any(fnmatchcase(exe, pattern) for pattern in self.executables)
+
+
+class RulePolicy:
+    """The policy of a config file: ``[[peers]]`` rules, first match wins, no match is refused.
+
+    Args:
+        rules: the rules in file order.
+
+    Refusal reasons (``error.data.reason``): ``peer_not_allowed`` when no rule matches;
+    ``peer_attestation_failed`` when a rule matching the peer's UID/GID needs its executable
+    and the executable could not be established without a race (the peer exited, or
+    ``/proc`` could not be read): fail closed.
+    """
+
+    def __init__(self, rules: Sequence[PeerRule]) -> None:
+        self.rules = tuple(rules)
+
+    def admit(self, peer: PeerCredentials) -> Admission:
+        for rule in self.rules:
+            if not rule.matches_identity(peer):
+                continue
+            if rule.bind == "process" and peer.start_time is None:
+                return Admission(False, rule.label, reason="peer_attestation_failed")
+            if rule.executables:
+                if peer.exe is None:
+                    return Admission(False, rule.label, reason="peer_attestation_failed")
+                if not rule.matches_exe(peer.exe):
+                    continue
+            return rule._admission
+        return Admission(False, "no_rule", reason="peer_not_allowed")

@@ -187,6 +187,10 @@ class RenameParams(_Params):
     new_id: InstanceId
 
 
+class RevokeSessionParams(_Params):
+    instance_id: InstanceId
+
+
 # --------------------------------------------------------------------------- results
 class Message(Struct, kw_only=True, omit_defaults=True):
     """One message. ``id`` sorts by arrival; ``sent_at`` is RFC 3339 UTC."""
@@ -262,6 +266,22 @@ class SubscribeResult(Struct, kw_only=True):
 
 class RevokeResult(Struct, kw_only=True):
     revoked: bool
+
+
+class SessionInfo(Struct, kw_only=True):
+    """A session as the admin sees it: never the token, nor its hash."""
+
+    instance_id: str
+    uid: int
+    pid: int
+    scopes: list[str]
+    expires_at: str
+    online: bool
+    bind: Literal["uid", "process"]
+
+
+class ListSessionsResult(Struct, kw_only=True):
+    sessions: list[SessionInfo]
 
 
 # --------------------------------------------------------------------------- codecs

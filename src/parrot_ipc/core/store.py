@@ -33,6 +33,10 @@ class Session:
     expires_at: float
     last_rename_at: float | None = None
     revoked: bool = False
+    #: With ``bind = "process"``: the pid and start time (``/proc/<pid>/stat`` field 22) of the
+    #: one process this token works from. None for a UID-bound token.
+    bound_pid: int | None = None
+    bound_start_time: int | None = None
 
     def live(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -68,6 +72,7 @@ class Store(Protocol):
     def session_of(self, instance_id: str) -> Session | None: ...
     def update_session(self, session: Session, previous_instance_id: str | None = None) -> None: ...
     def delete_session(self, session: Session) -> None: ...
+    def sessions(self) -> Iterable[Session]: ...
 
     # instances
     def touch_instance(self, instance_id: str, now: float) -> None: ...
@@ -134,6 +139,9 @@ class MemoryStore:
         self._sessions.pop(session.token_hash, None)
         if self._by_instance.get(session.instance_id) is session:
             del self._by_instance[session.instance_id]
+
+    def sessions(self) -> Iterable[Session]:
+        return list(self._by_instance.values())
 
     # instances --------------------------------------------------------------
     def touch_instance(self, instance_id: str, now: float) -> None:
