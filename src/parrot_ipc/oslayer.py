@@ -61,14 +61,21 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
     return PeerCredentials(pid=pid, uid=uid, gid=gid)
 
 
+class PeerGone(Exception):
+    """The peer process exited (and was reaped) before we could pin it."""
+
+
 def peer_pidfd(sock: socket.socket) -> int | None:
     """A pidfd for the peer (SO_PEERPIDFD), or None where the kernel has no such option.
 
-    The caller owns the returned file descriptor and must close it.
+    The caller owns the returned file descriptor and must close it. Raises :class:`PeerGone`
+    when the kernel answers ESRCH: the peer has already exited and been reaped.
     """
     try:
         return int(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD))
-    except OSError:
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            raise PeerGone() from None
         return None
 
 
@@ -136,7 +143,11 @@ def identify_peer(sock: socket.socket) -> PeerCredentials:
     Raises OSError only if SO_PEERCRED itself fails.
     """
     cred = peer_credentials(sock)
-    pidfd = peer_pidfd(sock)
+    try:
+        pidfd = peer_pidfd(sock)
+    except PeerGone:
+        return PeerCredentials(cred.pid, cred.uid, cred.gid, groups=tuple(g for g in peer_groups(sock) if g != cred.gid),
+                               attest_error="the peer exited before attestation")
     try:
         exe, start, error = attest_process(cred.pid, pidfd)
     finally:
