@@ -118,10 +118,20 @@ def load_config(path: Path | None = None, *, broker_uid: int | None = None,
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
         used = path
     origin = str(used) if used else "(defaults)"
-    if env.get("PARROT_MAX_INPUT_SIZE"):
-        doc = {**doc, "server": {**doc.get("server", {}), "max_frame_bytes": env["PARROT_MAX_INPUT_SIZE"]}}
+    max_input = env.get("PARROT_MAX_INPUT_SIZE")
+    if max_input:
+        try:
+            size = int(max_input)
+        except ValueError:
+            raise ConfigError(f"PARROT_MAX_INPUT_SIZE={max_input!r} is not an integer "
+                              f"(it overrides server.max_frame_bytes)") from None
+        server_doc = doc.get("server", {})
+        if isinstance(server_doc, dict):  # else let msgspec name the wrong type of [server]
+            doc = {**doc, "server": {**server_doc, "max_frame_bytes": size}}
     try:
-        cfg = msgspec.convert(doc, ConfigFile, strict=False)
+        # Strict: a string where the schema wants a number (uids = ["0"]) is a wrong type, not a
+        # value to coerce.
+        cfg = msgspec.convert(doc, ConfigFile)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"config {origin}: {exc}") from None
     server = cfg.server

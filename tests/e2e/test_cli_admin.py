@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
-
-from conftest import clean_env
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARROT_")}
     return subprocess.run([sys.executable, "-m", "parrot_ipc", *args], capture_output=True, text=True,
-                          env=clean_env(), timeout=30)
+                          env=env, timeout=30)
 
 
 def test_check_config_prints_the_effective_policy(tmp_path: Path) -> None:

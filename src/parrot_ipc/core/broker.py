@@ -434,14 +434,15 @@ class Broker:
         self._bind(conn, s)
         self.store.touch_instance(s.instance_id, now)
         self._audit("authenticated", {**fields, "instance": s.instance_id})
-        return p.AuthResult(instance_id=s.instance_id, expires_at=rfc3339(s.expires_at), scopes=sorted(s.scopes))
+        return p.AuthResult(instance_id=s.instance_id, expires_at=rfc3339(s.expires_at),
+                            scopes=sorted(s.scopes & conn.admission.scopes))
 
     def _m_whoami(self, conn: Connection, _: p.NoParams, rid: p.RequestId) -> p.WhoamiResult:
         s = conn.session
         assert s is not None
         peer = conn.peer
         return p.WhoamiResult(instance_id=s.instance_id, uid=peer.uid, gid=peer.gid, pid=peer.pid,
-                              scopes=sorted(s.scopes), expires_at=rfc3339(s.expires_at))
+                              scopes=sorted(s.scopes & conn.admission.scopes), expires_at=rfc3339(s.expires_at))
 
     def _resolve(self, name: str, now: float) -> tuple[str, bool]:
         """Follow rename forwards from ``name``, stopping at a live holder. Returns (target, forwarded)."""
