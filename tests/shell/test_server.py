@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from parrot_ipc import AsyncClient, ParrotError
-from parrot_ipc import oslayer
+from parrot_ipc import AsyncClient, ParrotError, oslayer
 from parrot_ipc.core import Broker, BrokerConfig, DefaultPolicy, PeerCredentials
 from parrot_ipc.server import BrokerServer
 
