@@ -73,9 +73,12 @@ CREATE TABLE idempotency (
     PRIMARY KEY (sender, key)
 ) WITHOUT ROWID;
 """
-# Version 2: purges by expiry use indexes (never a table scan), and the meta table keeps the
-# highest message id issued, so ids stay unique across restarts even when every message is acked.
+# Version 2: purges by expiry use indexes (never a table scan); the meta table keeps the
+# highest message id issued, so ids stay unique across restarts even when every message is acked;
+# and a message keeps its own ``to`` after a rename moves it (NULL in rows from version 1: the
+# mailbox it is in).
 _V2: Final = """
+ALTER TABLE messages ADD COLUMN recipient TEXT;
 CREATE INDEX idempotency_by_until ON idempotency (until);
 CREATE INDEX forwards_by_until ON forwards (until);
 CREATE INDEX sessions_by_expiry ON sessions (expires_at);
@@ -277,10 +280,10 @@ class SqliteStore(MemoryStore):
         for name, seen in db.execute("SELECT instance_id, last_seen FROM instances"):
             MemoryStore.touch_instance(self, name, seen)
         max_id = None
-        for mid, box, sender, content, data, sent_at, size, until in db.execute(
-                "SELECT id, mailbox, sender, content, data, sent_at, size_bytes, lease_until "
+        for mid, box, sender, content, data, sent_at, size, to, until in db.execute(
+                "SELECT id, mailbox, sender, content, data, sent_at, size_bytes, recipient, lease_until "
                 "FROM messages ORDER BY id"):
-            msg = Message(id=mid, from_=sender, to=box, content=content,
+            msg = Message(id=mid, from_=sender, to=to or box, content=content,
                           data=UNSET if data is None else msgspec.json.decode(data), sent_at=sent_at)
             self.restore(StoredMessage(msg, box, size, until))
             max_id = mid
@@ -325,7 +328,7 @@ class SqliteStore(MemoryStore):
                 tag = op[0]
                 if tag == "msg":
                     db.execute("INSERT OR REPLACE INTO messages (id, mailbox, sender, content, data, sent_at, "
-                               "size_bytes, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, 0)", op[1:])
+                               "size_bytes, recipient, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)", op[1:])
                     last_id = op[1]
                 elif tag == "lease":
                     db.executemany("UPDATE messages SET lease_until = ? WHERE id = ?",
@@ -389,7 +392,7 @@ class SqliteStore(MemoryStore):
         super().enqueue(item)
         m = item.message
         data = None if m.data is UNSET else msgspec.json.encode(m.data)
-        self._op(("msg", m.id, item.mailbox, m.from_, m.content, data, m.sent_at, item.size_bytes))
+        self._op(("msg", m.id, item.mailbox, m.from_, m.content, data, m.sent_at, item.size_bytes, m.to))
 
     def lease(self, mailbox: str, max_count: int, lease_until: float) -> list[Message]:
         out = super().lease(mailbox, max_count, lease_until)
