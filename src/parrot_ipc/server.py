@@ -92,6 +92,7 @@ class BrokerServer:
         self._commit_kick = trio.Event()
         self._commit_done = trio.Event()
         self._failed_through = 0  # the highest seq whose commit failed
+        self._failures = 0  # failed commits so far
         self._deferred: list[tuple[int, Push]] = []  # pushes waiting for their commit
         self._per_request_lock = trio.Lock() if commit_mode == "per_request" else None
 
@@ -175,6 +176,7 @@ class BrokerServer:
                               len(ops), seq)
                 j.requeue(ops)
                 self._failed_through = seq
+                self._failures += 1
                 self._commit_finished(j)
                 backoff = min(1.0, backoff * 2 or 0.05)
                 await trio.sleep(backoff)
@@ -195,7 +197,8 @@ class BrokerServer:
                     self._push_now(eff)
 
     async def _await_durable(self, j: Journaled, seq: int) -> bool:
-        """Wait until the store is durable up to ``seq``. False if that commit failed."""
+        """Wait until the store is durable up to ``seq``. False if a commit attempt made after
+        the call began, and covering ``seq``, failed."""
         if self._per_request_lock is not None:  # benchmark baseline: commit right here, alone
             ops, upto = j.take_pending()
             try:
@@ -208,22 +211,36 @@ class BrokerServer:
             self._commit_finished(j)
             return True
         self._commit_kick.set()
+        failures = self._failures
         while j.durable_seq < seq:
-            if self._failed_through >= seq:
+            if self._failures > failures and self._failed_through >= seq:
                 return False
             ev = self._commit_done
             await ev.wait()
         return True
 
-    async def _flush(self, link: _Link, pending: list[tuple[bytes, bytes]]) -> None:
-        """Queue the responses of a chunk, once the store is durable up to what they saw."""
+    async def _flush(self, link: _Link, pending: list[tuple[bytes, bytes]], since_seq: int) -> int:
+        """Queue the responses of a chunk, once the store is durable up to what they saw.
+
+        ``since_seq`` is ``written_seq`` before these requests ran. If they wrote (the seq
+        moved) and the commit fails, they are answered -32603 ``store_write_failed``; requests
+        that only read are answered as they are (the state they saw stays in the mirror and
+        its writes are retried). Returns ``written_seq`` now.
+        """
         j = self._journal
-        if (j is not None and j.written_seq > j.durable_seq
-                and not await self._await_durable(j, j.written_seq)):
+        if j is None:
+            for _, out in pending:
+                await link.outbox.send(out)
+            pending.clear()
+            return 0
+        upto = j.written_seq
+        if (upto > j.durable_seq and not await self._await_durable(j, upto)
+                and upto > since_seq):
             pending[:] = [(frame, _store_failed(frame)) for frame, _ in pending]
         for _, out in pending:
             await link.outbox.send(out)
         pending.clear()
+        return j.written_seq
 
     # ------------------------------------------------------------------ one connection
     async def _serve_connection(self, sock: trio.socket.SocketType) -> None:
@@ -322,17 +339,18 @@ class BrokerServer:
 
     async def _handle_frames(self, link: _Link, frames: list[bytes]) -> None:
         """Answer the frames of one chunk; their responses leave after the commit they need."""
-        broker, conn = self.broker, link.conn
+        broker, conn, j = self.broker, link.conn, self._journal
         pending: list[tuple[bytes, bytes]] = []  # (request frame, response frame)
+        since = 0 if j is None else j.written_seq
         for frame in frames:
             out = broker.handle_frame(conn, frame)
             if isinstance(out, WaitForMail):
-                await self._flush(link, pending)  # earlier responses go first, in order
+                since = await self._flush(link, pending, since)  # earlier responses go first
                 out = await self._wait_for_mail(conn, out)
             if out is not None:
                 pending.append((frame, out))
             self._apply_effects()
-        await self._flush(link, pending)
+        await self._flush(link, pending, since)
         self._kick()
 
     def _audit_timeout(self, conn: Connection, timeout_s: float) -> None:
