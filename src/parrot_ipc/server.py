@@ -47,6 +47,8 @@ class _Link:
     outbox: trio.MemorySendChannel[bytes]
     read_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     dropped: bool = False  # the broker decided to close this connection
+    busy: bool = False  # answering a chunk: pushes to it wait until its responses are queued
+    held: list[bytes] = field(default_factory=list)  # those pushes
 
 
 class BrokerServer:
@@ -342,15 +344,23 @@ class BrokerServer:
         broker, conn, j = self.broker, link.conn, self._journal
         pending: list[tuple[bytes, bytes]] = []  # (request frame, response frame)
         since = 0 if j is None else j.written_seq
-        for frame in frames:
-            out = broker.handle_frame(conn, frame)
-            if isinstance(out, WaitForMail):
-                since = await self._flush(link, pending, since)  # earlier responses go first
-                out = await self._wait_for_mail(conn, out)
-            if out is not None:
-                pending.append((frame, out))
-            self._apply_effects()
-        await self._flush(link, pending, since)
+        link.busy = True
+        try:
+            for frame in frames:
+                out = broker.handle_frame(conn, frame)
+                if isinstance(out, WaitForMail):
+                    since = await self._flush(link, pending, since)  # earlier responses go first
+                    link.busy = False
+                    self._release_held(link)
+                    out = await self._wait_for_mail(conn, out)
+                    link.busy = True
+                if out is not None:
+                    pending.append((frame, out))
+                self._apply_effects()
+            await self._flush(link, pending, since)
+        finally:
+            link.busy = False
+        self._release_held(link)
         self._kick()
 
     def _audit_timeout(self, conn: Connection, timeout_s: float) -> None:
@@ -395,10 +405,24 @@ class BrokerServer:
         link = self._links.get(eff.conn)
         if link is None:
             return  # closed meanwhile: the lease runs out and the message is delivered again
+        if link.busy:
+            link.held.append(eff.frame)  # never ahead of the response that caused it
+            return
+        self._send_push(link, eff.frame)
+
+    def _release_held(self, link: _Link) -> None:
+        held, link.held = link.held, []
+        for frame in held:
+            if link.dropped:
+                break
+            self._send_push(link, frame)
+
+    def _send_push(self, link: _Link, frame: bytes) -> None:
+        eff_conn = link.conn
         try:
-            link.outbox.send_nowait(eff.frame)
+            link.outbox.send_nowait(frame)
         except trio.WouldBlock:
-            log.warning("dropping subscriber conn %d: it does not read its notifications", eff.conn.conn_id)
+            log.warning("dropping subscriber conn %d: it does not read its notifications", eff_conn.conn_id)
             link.dropped = True
             link.read_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):

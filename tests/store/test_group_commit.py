@@ -3,6 +3,7 @@ before its commit, and a failed commit answered -32603 while the broker keeps se
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -113,3 +114,37 @@ async def test_a_failed_commit_answers_32603_and_the_broker_keeps_serving(rig: R
         assert again.id in rig.committed_ids
         msgs = await b.receive()
         assert [m.content for m in msgs] == ["during the outage"]
+
+
+@pytest.mark.parametrize("durable", [True, False])
+async def test_a_push_never_overtakes_the_response_that_caused_it(
+        rig: Rig, tmp_path: Path, nursery: trio.Nursery, durable: bool) -> None:
+    path = rig.path
+    if not durable:  # the same check on a memory-store server
+        run = tmp_path / "run-mem"
+        path = str(run / "mcp.sock")
+        oslayer.ensure_runtime_dir(str(run))
+        listener, _ = oslayer.bind_listener(path)
+        broker = Broker(config=BrokerConfig(), policy=DefaultPolicy(os.geteuid()), clock=time.time,
+                        audit=lambda e, f: None)
+        server = BrokerServer(broker, listener)
+        await nursery.start(server.serve)
+    async with AsyncClient(path) as a:
+        token = (await a.get_token("bob")).token
+        await a.get_token("alice")
+        for i in range(3):
+            await a.send("bob", f"m{i}")
+    stream = await trio.open_unix_socket(path)
+    auth = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "authenticate", "params": {"token": token}})
+    sub = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "subscribe"})
+    await stream.send_all(f"{auth}\n{sub}\n".encode())
+    buf = b""
+    with trio.fail_after(5):
+        while buf.count(b"\n") < 5:
+            buf += await stream.receive_some(65536)
+    lines = [json.loads(x) for x in buf.split(b"\n") if x]
+    assert [x.get("id") for x in lines[:2]] == [1, 2]
+    assert [x["params"]["content"] for x in lines[2:]] == ["m0", "m1", "m2"]
+    await stream.aclose()
+    if not durable:
+        server.shutdown()
