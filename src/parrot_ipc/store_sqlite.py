@@ -250,7 +250,7 @@ class SqliteStore(MemoryStore):
             what = "is corrupt or not a database" if "not a database" in str(exc) or "malformed" in str(exc) \
                 else "cannot be used"
             raise _refuse(f"state database {path} {what}: {exc}") from None
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, msgspec.MsgspecError) as exc:  # newer schema, bad rows, I/O
             _close_quietly(db, lock_fd)
             raise _refuse(f"state database {path}: {exc}") from None
 
