@@ -230,11 +230,7 @@ class BrokerServer:
         its writes are retried). Returns ``written_seq`` now.
         """
         j = self._journal
-        if j is None:
-            for _, out in pending:
-                await link.outbox.send(out)
-            pending.clear()
-            return 0
+        assert j is not None
         upto = j.written_seq
         if (upto > j.durable_seq and not await self._await_durable(j, upto)
                 and upto > since_seq):
@@ -342,8 +338,17 @@ class BrokerServer:
     async def _handle_frames(self, link: _Link, frames: list[bytes]) -> None:
         """Answer the frames of one chunk; their responses leave after the commit they need."""
         broker, conn, j = self.broker, link.conn, self._journal
+        if j is None:  # memory store: each response is queued at once, as it is made
+            for frame in frames:
+                out = broker.handle_frame(conn, frame)
+                if isinstance(out, WaitForMail):
+                    out = await self._wait_for_mail(conn, out)
+                if out is not None:
+                    await link.outbox.send(out)
+                self._apply_effects()
+            return
         pending: list[tuple[bytes, bytes]] = []  # (request frame, response frame)
-        since = 0 if j is None else j.written_seq
+        since = j.written_seq
         link.busy = True
         try:
             for frame in frames:
