@@ -14,6 +14,7 @@ key maps to two message ids. The counts are printed (``pytest -s``) and written 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
@@ -93,6 +94,14 @@ def test_sigkill_mid_load_loses_nothing(broker_proc: BrokerProcess, tmp_path: Pa
     # --- phase 2: restart; resend whatever got no response, with the same key; drain
     with deliveries_lock:
         deliveries_before = list(deliveries)
+    # which unanswered sends had been committed when the broker died (read-only look)
+    db = sqlite3.connect(f"file:{Path(broker_proc.state_dir) / 'parrot.db'}?mode=ro", uri=True)
+    committed_at_kill: dict[str, str] = {}  # key -> the id it was stored with
+    for n, k in unanswered.items():
+        row = db.execute("SELECT id FROM idempotency WHERE sender = ? AND key = ?", (n, k)).fetchone()
+        if row is not None:
+            committed_at_kill[k] = row[0]
+    db.close()
     broker_proc.start()
     missing = {n: [(i, k) for i, k in all_keys[n] if k not in responses[n]] for n in senders}
     resent = sum(len(m) for m in missing.values())
@@ -135,6 +144,7 @@ def test_sigkill_mid_load_loses_nothing(broker_proc: BrokerProcess, tmp_path: Pa
         "total_messages": TOTAL,
         "sent_with_response_before_kill": with_response_at_kill,
         "unanswered_in_flight_at_kill": len(unanswered),
+        "of_which_committed": len(committed_at_kill),
         "of_which_received_before_kill": committed_unanswered,
         "resent_after_kill": resent,
         "sent_with_response": with_response,
@@ -151,4 +161,7 @@ def test_sigkill_mid_load_loses_nothing(broker_proc: BrokerProcess, tmp_path: Pa
     assert with_response == TOTAL, "every message got a response in the end"
     assert not lost, f"{len(lost)} message(s) with a send response never arrived: {sorted(lost)[:5]}"
     assert not two_ids, f"idempotency keys with two message ids: {list(two_ids.items())[:5]}"
+    for n, k in unanswered.items():  # a committed but unanswered send kept its id through the restart
+        if k in committed_at_kill:
+            assert responses[n][k] == committed_at_kill[k]
     assert len(delivered_ids) == len(ids_by_key) == TOTAL, "after dedupe by id, each message arrives once"
