@@ -13,6 +13,11 @@ On disk (``--state-dir``): ``parrot.db`` (0600, WAL mode, schema version in
 second broker on the same state refuses to start). The directory is 0700.
 
 This module does file I/O, so it lives outside the sans-I/O core.
+
+Sources: SQLite's documentation of WAL mode (https://www.sqlite.org/wal.html) and of
+``PRAGMA synchronous`` / ``journal_mode`` / ``user_version`` / ``busy_timeout``
+(https://www.sqlite.org/pragma.html); ``flock(2)``; ``docs/durability.md`` for what each
+durability setting promises.
 """
 
 from __future__ import annotations
@@ -304,7 +309,11 @@ class SqliteStore(MemoryStore):
         self.written_seq += 1
 
     def take_pending(self) -> tuple[list[Op], int]:
-        """Hand over every pending op (plus coalesced ``last_seen``) and the seq they reach."""
+        """Hand over every pending op (plus coalesced ``last_seen``) and the seq they reach.
+
+        Returns ``(ops, seq)``: once :meth:`apply_ops` has committed ``ops``, the store is
+        durable up to ``seq`` (a count of mutations since open).
+        """
         ops, self._pending = self._pending, []
         if self._dirty_seen:
             ops.append(("seen", list(self._dirty_seen.items())))
