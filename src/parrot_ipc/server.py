@@ -62,7 +62,8 @@ class BrokerServer:
         open_pidfd: returns a pidfd for the peer or None (SO_PEERPIDFD).
         commit_mode: with a journaled store, ``"group"`` (the default: one committer task,
             concurrent requests share commits) or ``"per_request"`` (a benchmark baseline:
-            requests are handled one chunk at a time, each with its own commit).
+            requests are handled one chunk at a time, each with its own commit; a long-poll
+            ``receive`` holds up every other connection while it waits, so never in production).
 
     Use :meth:`serve` inside a nursery (``await nursery.start(server.serve)``) and
     :meth:`shutdown` to stop it.

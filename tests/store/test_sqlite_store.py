@@ -262,3 +262,12 @@ def test_unsafe_state_dir_or_db_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StartupError) as exc:
         _open(d)
     assert "regular file" in _one_line(exc)
+
+
+def test_default_state_dir() -> None:
+    from parrot_ipc.store_sqlite import default_state_dir
+
+    assert default_state_dir(0, {}) == "/var/lib/parrot-mcp"
+    assert default_state_dir(1000, {"XDG_STATE_HOME": "/x/state"}) == "/x/state/parrot-ipc"
+    home = os.path.expanduser("~")
+    assert default_state_dir(1000, {}) == os.path.join(home, ".local", "state", "parrot-ipc")
