@@ -115,8 +115,13 @@ def wait_for_ping(socket_path: str, proc: subprocess.Popen[bytes] | None = None,
     raise TimeoutError(f"no pong on {socket_path} within {timeout_s} s (last error: {last})")
 
 
-def serve_cmd(socket_path: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "parrot_ipc", "serve", "--socket", socket_path, *extra]
+def serve_cmd(socket_path: str, *extra: str, state_dir: str | None = None) -> list[str]:
+    """``serve`` on ``socket_path``; durable state in ``state_dir``, or a memory store without one
+    (so no test touches the system state directory /var/lib/parrot-mcp)."""
+    store = ["--store", "memory"] if state_dir is None else ["--state-dir", state_dir]
+    if "--state-dir" in extra or "--store" in extra:
+        store = []
+    return [sys.executable, "-m", "parrot_ipc", "serve", "--socket", socket_path, *store, *extra]
 
 
 BrokerFactory = Callable[..., BrokerProcess]
@@ -144,7 +149,8 @@ def broker() -> Iterator[BrokerFactory]:
         log_path = Path(logdir) / "broker.log"
         with log_path.open("wb") as log:
             kwargs = {} if umask is None else {"umask": umask}
-            proc = subprocess.Popen(serve_cmd(socket_path, *extra_args), stdin=subprocess.DEVNULL,
+            cmd = serve_cmd(socket_path, *extra_args, state_dir=os.path.join(logdir, "state"))
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=log, env=clean_env(), **kwargs)
         bp = BrokerProcess(socket_path, proc, log_path, owned)
         started.append(bp)

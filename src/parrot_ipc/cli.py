@@ -11,6 +11,8 @@ Exit codes (stable, for scripts):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import logging
 import sys
 import time
@@ -105,6 +107,20 @@ def _session(socket: str | None, as_json: bool) -> Iterator[tuple[Client, Path]]
 
 
 # --------------------------------------------------------------------------- serve
+class StoreKind(enum.StrEnum):
+    """``--store``: where the broker keeps its state."""
+
+    sqlite = "sqlite"
+    memory = "memory"
+
+
+class Durability(enum.StrEnum):
+    """``--durability``: what a committed write survives (docs/durability.md)."""
+
+    normal = "normal"
+    fsync = "fsync"
+
+
 class _JsonLogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return msgspec.json.encode({
@@ -131,8 +147,15 @@ ConfigOpt = Annotated[
 def serve(
     socket: SocketOpt = None,
     config: ConfigOpt = None,
-    state_dir: Annotated[Optional[Path], typer.Option(help="State directory (reserved for the durable store).")] = None,  # noqa: UP045
     audit_log: Annotated[Optional[Path], typer.Option(help="Also append JSON audit lines to this file (0600).")] = None,  # noqa: UP045
+    state_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="State directory (0700) for the SQLite store. Default: /var/lib/parrot-mcp for root; else "
+        "$XDG_STATE_HOME/parrot-ipc, or ~/.local/state/parrot-ipc.", show_default=False)] = None,
+    store: Annotated[StoreKind, typer.Option(
+        help="sqlite: durable (default); memory: throwaway, everything is lost at exit.")] = StoreKind.sqlite,
+    durability: Annotated[Optional[Durability], typer.Option(  # noqa: UP045
+        help="normal: survives a broker crash (SQLite synchronous=NORMAL, WAL); fsync: also survives "
+        "power loss (synchronous=FULL). Default: the config's, else normal.", show_default=False)] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
     as_json: JsonOpt = False,
 ) -> None:
@@ -140,8 +163,10 @@ def serve(
 
     Creates the socket's directory with mode 0700 (or refuses one that is not a 0700
     directory of ours), binds the socket 0600, and admits only peers the policy allows by
-    their SO_PEERCRED credentials: with no config, our UID and root. Logs and JSON audit lines
-    go to stderr.
+    their SO_PEERCRED credentials: with no config, our UID and root. Mail, sessions and leases
+    are kept in SQLite in the state directory (see docs/durability.md); a state database locked
+    by another broker, corrupt or not writable stops the start with one line. Logs and JSON
+    audit lines go to stderr.
     """
     from .server import open_audit_file, run_broker
 
@@ -156,11 +181,14 @@ def serve(
     except config_file.ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
+    if durability is not None:
+        loaded = dataclasses.replace(loaded, server=msgspec.structs.replace(loaded.server, durability=durability.value))
     path = socket or loaded.server.socket or default_socket_path()
     try:
         if audit_log is not None:
             open_audit_file(str(audit_log))
-        run_broker(path, loaded, config_path=None if config is None else str(config))
+        run_broker(path, loaded, config_path=None if config is None else str(config), store=store.value,
+                   state_dir=str(state_dir) if state_dir else None)
     except StartupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_REFUSED) from None

@@ -3,6 +3,12 @@
 The only module that awaits. One task reads each connection and one writes it; the core
 (:class:`parrot_ipc.core.Broker`) decides everything. Shutdown (SIGTERM/SIGINT) stops
 accepting, unlinks the socket, lets responses in flight be written, then closes.
+
+With a durable (journaled) store, one committer task owns the writes (group commit): it takes
+every pending journal op, writes them in one transaction in a worker thread, and wakes the
+connections waiting for it. A connection handles all the frames of a chunk it read, then waits
+until the store is durable up to what it saw before it queues the responses, so no response
+(and no pushed message) leaves before the commit of the state it reports.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import trio
@@ -24,8 +30,11 @@ import trio
 from . import oslayer
 from .config_file import ConfigError, LoadedConfig, load_config
 from .core import Broker, BrokerConfig, Drop, FrameBuffer, FrameTooLarge, PeerCredentials, Push, Wake
+from .core import protocol as p
 from .core.broker import Connection, WaitForMail
+from .core.errors import ErrorCode
 from .core.policy import Policy
+from .core.store import Journaled, MemoryStore, Store
 from .core.timefmt import rfc3339
 
 log = logging.getLogger("parrot_ipc.server")
@@ -43,6 +52,8 @@ class _Link:
     outbox: trio.MemorySendChannel[bytes]
     read_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     dropped: bool = False  # the broker decided to close this connection
+    busy: bool = False  # answering a chunk: pushes to it wait until its responses are queued
+    held: list[bytes] = field(default_factory=list)  # those pushes
 
 
 class BrokerServer:
@@ -53,6 +64,10 @@ class BrokerServer:
         listener: a bound, listening, non-blocking stdlib AF_UNIX stream socket.
         read_peer: reads and attests a connected socket's peer (the OS layer's
             :func:`parrot_ipc.oslayer.identify_peer`; injectable for tests).
+        commit_mode: with a journaled store, ``"group"`` (the default: one committer task,
+            concurrent requests share commits) or ``"per_request"`` (a benchmark baseline:
+            requests are handled one chunk at a time, each with its own commit; a long-poll
+            ``receive`` holds up every other connection while it waits, so never in production).
 
     Use :meth:`serve` inside a nursery (``await nursery.start(server.serve)``) and
     :meth:`shutdown` to stop it.
@@ -65,6 +80,7 @@ class BrokerServer:
         *,
         read_peer: Callable[[stdsocket.socket], PeerCredentials] = oslayer.identify_peer,
         on_listener_closed: Callable[[], None] | None = None,
+        commit_mode: Literal["group", "per_request"] = "group",
     ) -> None:
         self.broker = broker
         self.config: BrokerConfig = broker.config
@@ -76,6 +92,14 @@ class BrokerServer:
         self._closing = False
         self._shutdown = trio.Event()
         self._ticker_wakeup = trio.Event()
+        store = broker.store
+        self._journal: Journaled | None = store if isinstance(store, Journaled) else None
+        self._commit_kick = trio.Event()
+        self._commit_done = trio.Event()
+        self._failed_through = 0  # the highest seq whose commit failed
+        self._failures = 0  # failed commits so far
+        self._deferred: list[tuple[int, Push]] = []  # pushes waiting for their commit
+        self._per_request_lock = trio.Lock() if commit_mode == "per_request" else None
 
     # ------------------------------------------------------------------ lifecycle
     def reload_policy(self, policy: Policy, label: str = "") -> None:
@@ -89,23 +113,27 @@ class BrokerServer:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept and serve until :meth:`shutdown`; then drain for up to ``shutdown_grace_s``."""
-        async with trio.open_nursery() as conns:
-            async with trio.open_nursery() as accepting:
-                accepting.start_soon(self._accept_loop, conns)
-                accepting.start_soon(self._ticker)
-                task_status.started()
-                await self._shutdown.wait()
-                accepting.cancel_scope.cancel()
-            self._listener.close()
-            if self._on_listener_closed is not None:
-                self._on_listener_closed()
-            self._closing = True
-            log.info("shutting down: %d connection(s) to finish", len(self._links))
-            for link in list(self._links.values()):
-                link.read_scope.cancel()
-            for ev in self._waiters.values():
-                ev.set()
-            conns.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace_s
+        async with trio.open_nursery() as committing:
+            if self._journal is not None and self._per_request_lock is None:
+                committing.start_soon(self._committer, self._journal)
+            async with trio.open_nursery() as conns:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(self._accept_loop, conns)
+                    accepting.start_soon(self._ticker)
+                    task_status.started()
+                    await self._shutdown.wait()
+                    accepting.cancel_scope.cancel()
+                self._listener.close()
+                if self._on_listener_closed is not None:
+                    self._on_listener_closed()
+                self._closing = True
+                log.info("shutting down: %d connection(s) to finish", len(self._links))
+                for link in list(self._links.values()):
+                    link.read_scope.cancel()
+                for ev in self._waiters.values():
+                    ev.set()
+                conns.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace_s
+            committing.cancel_scope.cancel()  # what is still pending is written by the store's close()
 
     async def _accept_loop(self, conns: trio.Nursery) -> None:
         while True:
@@ -129,6 +157,96 @@ class BrokerServer:
             await trio.sleep(delay)
             broker.tick()
             self._apply_effects()
+            self._kick()
+
+    # ------------------------------------------------------------------ group commit
+    def _kick(self) -> None:
+        """Tell the committer there may be ops to write (a no-op for a memory store)."""
+        j = self._journal
+        if j is not None and j.written_seq > j.durable_seq:
+            self._commit_kick.set()
+
+    async def _committer(self, j: Journaled) -> None:
+        """Own the store's writes: commit ALL pending ops per round, then wake the waiters.
+
+        A failed commit is logged, its waiters get False (their requests are answered
+        -32603, reason ``store_write_failed``), and its ops are put back and retried with a
+        backoff (every op is idempotent), so the broker keeps serving.
+        """
+        backoff = 0.0
+        while True:
+            while j.written_seq <= j.durable_seq:
+                ev = self._commit_kick = trio.Event()
+                await ev.wait()
+            ops, seq = j.take_pending()
+            try:
+                await trio.to_thread.run_sync(j.apply_ops, ops)
+            except Exception:
+                log.exception("store write failed (%d op(s) up to seq %d): answering -32603, will retry",
+                              len(ops), seq)
+                j.requeue(ops)
+                self._failed_through = seq
+                self._failures += 1
+                self._commit_finished(j)
+                backoff = min(1.0, backoff * 2 or 0.05)
+                await trio.sleep(backoff)
+                continue
+            backoff = 0.0
+            j.durable_seq = max(j.durable_seq, seq)
+            self._commit_finished(j)
+
+    def _commit_finished(self, j: Journaled) -> None:
+        ev, self._commit_done = self._commit_done, trio.Event()
+        ev.set()
+        if self._deferred:
+            durable = j.durable_seq
+            ready = [eff for seq, eff in self._deferred if seq <= durable]
+            if ready:
+                self._deferred = [(seq, eff) for seq, eff in self._deferred if seq > durable]
+                for eff in ready:
+                    self._push_now(eff)
+
+    async def _await_durable(self, j: Journaled, seq: int) -> bool:
+        """Wait until the store is durable up to ``seq``. False if a commit attempt made after
+        the call began, and covering ``seq``, failed."""
+        if self._per_request_lock is not None:  # benchmark baseline: commit right here, alone
+            ops, upto = j.take_pending()
+            try:
+                await trio.to_thread.run_sync(j.apply_ops, ops)
+            except Exception:
+                log.exception("store write failed (%d op(s) up to seq %d)", len(ops), upto)
+                j.requeue(ops)
+                return False
+            j.durable_seq = max(j.durable_seq, upto)
+            self._commit_finished(j)
+            return True
+        self._commit_kick.set()
+        failures = self._failures
+        while j.durable_seq < seq:
+            if self._failures > failures and self._failed_through >= seq:
+                return False
+            ev = self._commit_done
+            await ev.wait()
+        return True
+
+    async def _flush(self, link: _Link, pending: list[tuple[bytes, bytes]], since_seq: int) -> int:
+        """Queue the responses of a chunk, once the store is durable up to what they saw.
+
+        ``since_seq`` is ``written_seq`` before these requests ran. If they wrote (the seq
+        moved) and the commit fails, they are answered -32603 ``store_write_failed``; requests
+        that only read are answered as they are (the state they saw stays in the mirror and
+        its writes are retried). Returns ``written_seq`` now.
+        """
+        j = self._journal
+        assert j is not None
+        upto = j.written_seq
+        if (upto > j.durable_seq and not await self._await_durable(j, upto)
+                and upto > since_seq):
+            pending[:] = [(frame, _store_failed(frame)) for frame, _ in pending]
+        for _, out in pending:
+            await link.outbox.send(out)
+        pending.clear()
+        return j.written_seq
 
     # ------------------------------------------------------------------ one connection
     async def _serve_connection(self, sock: trio.socket.SocketType) -> None:
@@ -208,6 +326,21 @@ class BrokerServer:
             except FrameTooLarge as exc:
                 await link.outbox.send(broker.frame_too_large(conn, int(exc.args[0])))
                 return True
+            if self._per_request_lock is not None:
+                async with self._per_request_lock:
+                    await self._handle_frames(link, frames)
+            else:
+                await self._handle_frames(link, frames)
+            if conn.subscribed:
+                timeout = float("inf")
+            elif frames:
+                timeout = cfg.idle_timeout_s
+        return True
+
+    async def _handle_frames(self, link: _Link, frames: list[bytes]) -> None:
+        """Answer the frames of one chunk; their responses leave after the commit they need."""
+        broker, conn, j = self.broker, link.conn, self._journal
+        if j is None:  # memory store: each response is queued at once, as it is made
             for frame in frames:
                 out = broker.handle_frame(conn, frame)
                 if isinstance(out, WaitForMail):
@@ -215,11 +348,27 @@ class BrokerServer:
                 if out is not None:
                     await link.outbox.send(out)
                 self._apply_effects()
-            if conn.subscribed:
-                timeout = float("inf")
-            elif frames:
-                timeout = cfg.idle_timeout_s
-        return True
+            return
+        pending: list[tuple[bytes, bytes]] = []  # (request frame, response frame)
+        since = j.written_seq
+        link.busy = True
+        try:
+            for frame in frames:
+                out = broker.handle_frame(conn, frame)
+                if isinstance(out, WaitForMail):
+                    since = await self._flush(link, pending, since)  # earlier responses go first
+                    link.busy = False
+                    self._release_held(link)
+                    out = await self._wait_for_mail(conn, out)
+                    link.busy = True
+                if out is not None:
+                    pending.append((frame, out))
+                self._apply_effects()
+            await self._flush(link, pending, since)
+        finally:
+            link.busy = False
+        self._release_held(link)
+        self._kick()
 
     def _audit_timeout(self, conn: Connection, timeout_s: float) -> None:
         kind = "handshake_timeout" if timeout_s == self.config.handshake_timeout_s else "idle_timeout"
@@ -257,17 +406,45 @@ class BrokerServer:
                     link.read_scope.cancel()
 
     def _push(self, eff: Push) -> None:
+        j = self._journal
+        if j is not None and j.written_seq > j.durable_seq:
+            self._deferred.append((j.written_seq, eff))  # its lease (and the message) first
+            self._commit_kick.set()
+            return
+        self._push_now(eff)
+
+    def _push_now(self, eff: Push) -> None:
         link = self._links.get(eff.conn)
         if link is None:
             return  # closed meanwhile: the lease runs out and the message is delivered again
+        if link.busy:
+            link.held.append(eff.frame)  # never ahead of the response that caused it
+            return
+        self._send_push(link, eff.frame)
+
+    def _release_held(self, link: _Link) -> None:
+        held, link.held = link.held, []
+        for frame in held:
+            if link.dropped:
+                break
+            self._send_push(link, frame)
+
+    def _send_push(self, link: _Link, frame: bytes) -> None:
+        eff_conn = link.conn
         try:
-            link.outbox.send_nowait(eff.frame)
+            link.outbox.send_nowait(frame)
         except trio.WouldBlock:
-            log.warning("dropping subscriber conn %d: it does not read its notifications", eff.conn.conn_id)
+            log.warning("dropping subscriber conn %d: it does not read its notifications", eff_conn.conn_id)
             link.dropped = True
             link.read_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+
+def _store_failed(request: bytes) -> bytes:
+    return p.encode_error(p.salvage_id(request), ErrorCode.INTERNAL_ERROR,
+                          "Internal error: the store could not be written; retry the request.",
+                          {"reason": "store_write_failed"})
 
 
 async def _linger_close(stream: trio.SocketStream) -> None:
@@ -351,22 +528,44 @@ async def _serve_until_signal(server: BrokerServer, reload: Callable[[], None] |
             watch_scope.cancel()
 
 
+def open_store(kind: Literal["sqlite", "memory"], state_dir: str | None, config: BrokerConfig) -> Store:
+    """The broker's store: a :class:`SqliteStore` in ``state_dir`` (default
+    :func:`parrot_ipc.store_sqlite.default_state_dir`), or a throwaway :class:`MemoryStore`.
+
+    Raises:
+        oslayer.StartupError: the state directory or database cannot be used (one line).
+    """
+    if kind == "memory":
+        return MemoryStore()
+    from .store_sqlite import SqliteStore, default_state_dir
+
+    path = state_dir or default_state_dir()
+    store = SqliteStore.open(path, durability=config.durability)
+    log.info("state: %s (durability %s)", store.path, config.durability)
+    return store
+
+
 def run_broker(socket_path: str, config: BrokerConfig | LoadedConfig | None = None, *,
-               config_path: str | None = None) -> None:
+               config_path: str | None = None, store: Literal["sqlite", "memory"] = "sqlite",
+               state_dir: str | None = None, commit_mode: Literal["group", "per_request"] = "group") -> None:
     """Run a broker on ``socket_path`` until SIGTERM or SIGINT; SIGHUP reloads the policy. Blocks.
 
-    Creates or checks the runtime directory (0700, or 0750 with a socket group), binds the
-    socket (0600/0660, under umask 0o077), admits peers by the config's policy (by default our
-    UID and root), and unlinks the socket on the way out.
+    Opens the store (``"sqlite"``: durable, in ``state_dir``; ``"memory"``: throwaway), creates
+    or checks the runtime directory (0700, or 0750 with a socket group), binds the socket
+    (0600/0660, under umask 0o077), admits peers by the config's policy (by default our UID and
+    root), and unlinks the socket on the way out. On a clean stop the store writes what is
+    still pending and closes.
 
     Args:
         socket_path: where to listen.
         config: a loaded config (:func:`parrot_ipc.config_file.load_config`) or bare settings.
         config_path: the file SIGHUP re-reads (None: the default location).
+        store, state_dir: which store, and where the SQLite one lives.
+        commit_mode: ``"group"``, or ``"per_request"`` (a benchmark baseline only).
 
     Raises:
-        oslayer.StartupError: the directory or socket path is unsafe, or a broker already
-            answers there.
+        oslayer.StartupError: the directory or socket path is unsafe, a broker already
+            answers there, or the state database is locked, corrupt or not writable.
     """
     if not isinstance(config, LoadedConfig):
         loaded = load_config(None, explicit=False)
@@ -374,28 +573,39 @@ def run_broker(socket_path: str, config: BrokerConfig | LoadedConfig | None = No
                               loaded.socket_gid, loaded.shared_secret)
     else:
         loaded = config
-    oslayer.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)), group_gid=loaded.socket_gid)
-    listener, inode = oslayer.bind_listener(socket_path, group_gid=loaded.socket_gid)
-    broker = Broker(config=loaded.server, policy=loaded.policy, clock=time.time, audit=audit_sink,
-                    shared_secret=loaded.shared_secret)
-    server = BrokerServer(broker, listener, on_listener_closed=lambda: oslayer.remove_socket(socket_path, inode))
-
-    def reload() -> None:
-        path = None if config_path is None else Path(config_path)
-        try:
-            fresh = load_config(path, explicit=config_path is not None)
-        except ConfigError as exc:
-            log.error("config reload failed, keeping the current policy: %s", exc)
-            audit_sink("config_reload_failed", {"error": str(exc)})
-            return
-        server.reload_policy(fresh.policy, str(fresh.path or "(defaults)"))
-        log.info("config reloaded from %s", fresh.path or "(defaults)")
-
-    log.info("parrot-ipc broker listening on %s (uid %d, pid %d, policy %s)", socket_path, os.geteuid(),
-             os.getpid(), "default" if loaded.rules is None else f"{len(loaded.rules)} rule(s) from {loaded.path}")
+    st = open_store(store, state_dir, loaded.server)
+    close_store = getattr(st, "close", None)
     try:
-        trio.run(_serve_until_signal, server, reload)
+        oslayer.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)), group_gid=loaded.socket_gid)
+        listener, inode = oslayer.bind_listener(socket_path, group_gid=loaded.socket_gid)
+        broker = Broker(config=loaded.server, policy=loaded.policy, clock=time.time, audit=audit_sink,
+                        shared_secret=loaded.shared_secret, store=st, id_floor=getattr(st, "max_id", None))
+        server = BrokerServer(broker, listener, commit_mode=commit_mode,
+                              on_listener_closed=lambda: oslayer.remove_socket(socket_path, inode))
+
+        def reload() -> None:
+            path = None if config_path is None else Path(config_path)
+            try:
+                fresh = load_config(path, explicit=config_path is not None)
+            except ConfigError as exc:
+                log.error("config reload failed, keeping the current policy: %s", exc)
+                audit_sink("config_reload_failed", {"error": str(exc)})
+                return
+            server.reload_policy(fresh.policy, str(fresh.path or "(defaults)"))
+            log.info("config reloaded from %s", fresh.path or "(defaults)")
+
+        log.info("parrot-ipc broker listening on %s (uid %d, pid %d, policy %s)", socket_path, os.geteuid(),
+                 os.getpid(),
+                 "default" if loaded.rules is None else f"{len(loaded.rules)} rule(s) from {loaded.path}")
+        try:
+            trio.run(_serve_until_signal, server, reload)
+        finally:
+            oslayer.remove_socket(socket_path, inode)
+            listener.close()
     finally:
-        oslayer.remove_socket(socket_path, inode)
-        listener.close()
+        if close_store is not None:
+            try:
+                close_store()
+            except Exception as exc:  # the last writes failed: say so, in one line
+                log.error("closing the store failed: %s", exc)
     log.info("broker stopped")

@@ -144,6 +144,8 @@ class Broker:
             secrets or message content.
         shared_secret: optional bytes; when set, ``get_token`` needs
             ``shared_secret_proof`` = hex HMAC-SHA256(secret, instance_id).
+        id_floor: the highest message id a durable store has seen (or None); new ids sort
+            after it, so an id is never issued twice across restarts.
 
     Every public method is total: a peer's bad input becomes an error frame, and a bug becomes
     -32603 with a logged traceback. None of them raise.
@@ -159,6 +161,7 @@ class Broker:
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
         audit: AuditSink = default_audit,
         shared_secret: bytes | None = None,
+        id_floor: str | None = None,
     ) -> None:
         self.config = config or BrokerConfig()
         self.policy = policy
@@ -169,7 +172,7 @@ class Broker:
         #: The audit sink, for the shell's own events (timeouts, drops).
         self.audit = audit
         self._shared_secret = shared_secret
-        self._ids = IdGenerator()
+        self._ids = IdGenerator(floor_id=id_floor)
         self._next_conn_id = 1
         self._bound: dict[str, set[Connection]] = {}
         self._pushed: dict[str, Connection] = {}
@@ -465,10 +468,36 @@ class Broker:
         if count >= cfg.max_mailbox_messages or used + size > cfg.max_mailbox_bytes:
             raise RpcError(ErrorCode.MAILBOX_FULL, "mailbox_full",
                            f"The mailbox of {target!r} is full.", to=target)
+        if count == 0 and not self._held(target, now) and self._unclaimed(now) >= cfg.max_unclaimed_mailboxes:
+            raise RpcError(ErrorCode.MAILBOX_FULL, "too_many_unclaimed_mailboxes",
+                           f"Too many mailboxes for names nobody holds (limit {cfg.max_unclaimed_mailboxes}).",
+                           to=target)
         msg = p.Message(id=self._ids.next(now), from_=sender, to=target, content=content,
                         data=UNSET if data is None else data, sent_at=rfc3339(now))
         self.store.enqueue(StoredMessage(msg, target, size))
         return msg
+
+    def _held(self, name: str, now: float) -> bool:
+        holder = self.store.session_of(name)
+        return holder is not None and holder.live(now)
+
+    def _unclaimed(self, now: float) -> int:
+        """How many mailboxes belong to names nobody holds. O(mailboxes); only on a new unknown name."""
+        return sum(1 for name in self.store.mailbox_names() if not self._held(name, now))
+
+    def _expire_unclaimed(self, now: float) -> None:
+        """Delete mail older than ``unclaimed_mail_ttl_s`` to names nobody holds."""
+        cutoff_ms = max(0, int((now - self.config.unclaimed_mail_ttl_s) * 1000))
+        before = f"{cutoff_ms:012x}000000"
+        for name in self.store.mailbox_names():
+            if not self._held(name, now):
+                gone = self.store.expire_mail(name, before)
+                for mid in gone:
+                    holder = self._pushed.pop(mid, None)
+                    if holder is not None:
+                        holder.push_inflight.discard(mid)
+                if gone:
+                    self._audit("mail_expired", {"instance": name, "count": len(gone)})
 
     def _m_send(self, conn: Connection, prm: p.SendParams, rid: p.RequestId) -> p.SendResult:
         s = conn.session
@@ -669,6 +698,7 @@ class Broker:
             self._deliver(name)
         if now >= self._next_purge:
             self.store.purge(now)
+            self._expire_unclaimed(now)
             self._next_purge = now + _PURGE_INTERVAL_S
 
     def next_deadline(self) -> float:

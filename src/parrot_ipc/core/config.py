@@ -34,6 +34,13 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     idle_timeout_s: PositiveFloat = 300.0
     max_mailbox_messages: PositiveInt = 10_000
     max_mailbox_bytes: PositiveInt = 64 * 1024 * 1024
+    #: Mailboxes for names nobody holds (no live session), at most; -32007 beyond.
+    max_unclaimed_mailboxes: PositiveInt = 1000
+    #: Unread mail to a name nobody holds is deleted this many seconds after it was sent.
+    unclaimed_mail_ttl_s: PositiveFloat = 7 * 86400.0
+    #: "normal": SQLite synchronous=NORMAL in WAL mode (survives a broker crash);
+    #: "fsync": synchronous=FULL (also survives power loss). See docs/durability.md.
+    durability: Literal["normal", "fsync"] = "normal"
     max_pending_responses: PositiveInt = 256
     push_window: PositiveInt = 100
     shutdown_grace_s: PositiveFloat = 5.0

@@ -11,7 +11,7 @@ import heapq
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .protocol import Message, SendResult
 
@@ -88,6 +88,8 @@ class Store(Protocol):
     def release_expired(self, now: float) -> list[StoredMessage]: ...
     def next_lease_expiry(self) -> float | None: ...
     def move_mailbox(self, old: str, new: str) -> None: ...
+    def mailbox_names(self) -> Iterable[str]: ...
+    def expire_mail(self, mailbox: str, before_id: str) -> list[str]: ...
 
     # rename forwards
     def put_forward(self, old: str, new: str, until: float) -> None: ...
@@ -101,6 +103,24 @@ class Store(Protocol):
     def purge(self, now: float) -> None:
         """Drop expired sessions, forwards and idempotency keys."""
         ...
+
+
+@runtime_checkable
+class Journaled(Protocol):
+    """A store whose mutations must be committed before responses that saw them are sent.
+
+    Every mutation appends a journal op and raises ``written_seq``; the shell's committer
+    takes the ops (:meth:`take_pending`), writes them with :meth:`apply_ops` in a worker
+    thread, and then sets ``durable_seq``. A :class:`MemoryStore` is not journaled: the shell
+    sends its responses at once.
+    """
+
+    written_seq: int
+    durable_seq: int
+
+    def take_pending(self) -> tuple[list[Any], int]: ...
+    def requeue(self, ops: list[Any]) -> None: ...
+    def apply_ops(self, ops: list[Any]) -> None: ...
 
 
 class MemoryStore:
@@ -225,12 +245,44 @@ class MemoryStore:
         dst = self._boxes.get(new)
         if dst is None:
             dst = self._boxes[new] = _Mailbox()
+        merged = bool(dst.msgs)
         for mid, item in src.msgs.items():
             item.mailbox = new
             dst.msgs[mid] = item
             if not item.lease_until:
                 heapq.heappush(dst.ready, mid)
         dst.size_bytes += src.size_bytes
+        if merged:  # keep ``msgs`` in id (arrival) order: expire_mail relies on it
+            dst.msgs = dict(sorted(dst.msgs.items()))
+
+    def mailbox_names(self) -> Iterable[str]:
+        """Names that have at least one queued message."""
+        return list(self._boxes)
+
+    def expire_mail(self, mailbox: str, before_id: str) -> list[str]:
+        """Delete the messages of ``mailbox`` whose id sorts before ``before_id``, leased or not.
+
+        Ids sort by arrival, and ``msgs`` is kept in id order, so this stops at the first
+        younger message: cost O(k) for k expired. Returns the deleted ids.
+        """
+        box = self._boxes.get(mailbox)
+        if box is None:
+            return []
+        old: list[str] = []
+        for mid in box.msgs:
+            if mid >= before_id:
+                break
+            old.append(mid)
+        return self.ack(mailbox, old) if old else []
+
+    def restore(self, item: StoredMessage) -> None:
+        """Put back a message read from a durable store, with its lease (``lease_until`` > 0)."""
+        until = item.lease_until
+        item.lease_until = 0.0
+        self.enqueue(item)
+        if until > 0:
+            item.lease_until = until
+            heapq.heappush(self._lease_heap, (until, item.message.id, item))
 
     # forwards ---------------------------------------------------------------
     def put_forward(self, old: str, new: str, until: float) -> None:

@@ -1,0 +1,103 @@
+"""Sends per second through a real broker on the SQLite store: group commit vs one commit per send.
+
+Not a test. For each durability (normal, fsync) and each commit mode it starts a broker in a
+child process on a fresh state dir, runs ``--senders`` concurrent trio clients that each send
+one message at a time (waiting for every response, so each send is durable when counted) for
+``--seconds``, and prints the rate.
+
+    .venv/bin/python benchmarks/store_commit.py [--senders 32] [--seconds 3]
+
+Modes:
+    group        the shipped shell: one committer task; sends that arrive together share a commit.
+    per_request  baseline: requests are handled one at a time, each with its own commit
+                 (``BrokerServer(commit_mode="per_request")``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import signal
+import sqlite3
+import tempfile
+import time
+
+import trio
+
+from parrot_ipc import AsyncClient, Client
+from parrot_ipc.core import BrokerConfig
+
+
+def _serve(socket_path: str, state_dir: str, mode: str, durability: str) -> None:
+    from parrot_ipc.server import run_broker
+
+    cfg = BrokerConfig(durability=durability, max_mailbox_messages=10_000_000,  # type: ignore[arg-type]
+                       max_mailbox_bytes=1 << 40)
+    run_broker(socket_path, cfg, store="sqlite", state_dir=state_dir, commit_mode=mode)  # type: ignore[arg-type]
+
+
+async def _load(socket_path: str, senders: int, seconds: float) -> int:
+    count = 0
+    stop_at = trio.current_time() + seconds
+
+    async def sender(i: int) -> None:
+        nonlocal count
+        async with AsyncClient(socket_path) as c:
+            await c.get_token(f"bench{i}")
+            n = 0
+            while trio.current_time() < stop_at:
+                await c.send("sink", "x" * 100, idempotency_key=f"{i}-{n}")
+                n += 1
+                count += 1
+
+    async with trio.open_nursery() as nursery:
+        for i in range(senders):
+            nursery.start_soon(sender, i)
+    return count
+
+
+def run_one(mode: str, durability: str, senders: int, seconds: float) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        sock, state = os.path.join(tmp, "run", "mcp.sock"), os.path.join(tmp, "state")
+        proc = multiprocessing.Process(target=_serve, args=(sock, state, mode, durability))
+        proc.start()
+        for _ in range(200):
+            try:
+                with Client(sock, timeout_s=2) as c:
+                    c.ping()
+                break
+            except Exception:
+                time.sleep(0.05)
+        t0 = time.perf_counter()
+        sent = trio.run(_load, sock, senders, seconds)
+        elapsed = time.perf_counter() - t0
+        assert proc.pid is not None
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.join(30)
+        db = sqlite3.connect(os.path.join(state, "parrot.db"))
+        stored = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+        db.close()
+        assert stored == sent, f"{stored} stored != {sent} sent"
+        return sent / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--senders", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    args = ap.parse_args()
+    print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"SQLite {sqlite3.sqlite_version}; {args.senders} concurrent senders, {args.seconds:g} s per run")
+    print(f"{'durability':<11} {'mode':<12} {'sends/s':>9}")
+    for durability in ("normal", "fsync"):
+        rates = {}
+        for mode in ("group", "per_request"):
+            rates[mode] = run_one(mode, durability, args.senders, args.seconds)
+            print(f"{durability:<11} {mode:<12} {rates[mode]:>9.0f}", flush=True)
+        print(f"{durability:<11} {'speed-up':<12} {rates['group'] / rates['per_request']:>8.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
