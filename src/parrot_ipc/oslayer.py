@@ -179,6 +179,25 @@ def read_private_file(path: str, euid: int | None = None, *, max_bytes: int = 65
         return f.read(max_bytes)
 
 
+def raise_nofile_limit(wanted: int) -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE's soft limit toward ``wanted`` file descriptors (getrlimit(2)).
+
+    Returns ``(soft, hard)`` after the change; the soft limit never exceeds the hard one, so
+    a caller compares ``soft`` with ``wanted`` to know whether it got what it asked for.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
+
 # --------------------------------------------------------------------------- runtime directory
 def _describe(st: os.stat_result) -> str:
     kind = "symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode) else "non-directory"

@@ -54,6 +54,12 @@ class _Link:
     dropped: bool = False  # the broker decided to close this connection
     busy: bool = False  # answering a chunk: pushes to it wait until its responses are queued
     held: list[bytes] = field(default_factory=list)  # those pushes
+    queued_bytes: int = 0  # bytes in the outbox and not yet written
+    drained: trio.Event = field(default_factory=trio.Event)  # set when queued_bytes falls under the bound
+
+
+class SlowReader(Exception):
+    """A peer left its output unread past ``max_pending_bytes`` for ``idle_timeout_s``."""
 
 
 class BrokerServer:
@@ -88,6 +94,8 @@ class BrokerServer:
         self._read_peer = read_peer
         self._on_listener_closed = on_listener_closed
         self._links: dict[Connection, _Link] = {}
+        self._sockets = 0  # accepted sockets still open (max_connections)
+        self._last_full_warning = 0.0
         self._waiters: dict[str, trio.Event] = {}
         self._closing = False
         self._shutdown = trio.Event()
@@ -147,6 +155,15 @@ class BrokerServer:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
+            if self._sockets >= self.config.max_connections:
+                now = time.monotonic()
+                if now - self._last_full_warning > 1.0:
+                    self._last_full_warning = now
+                    log.warning("max_connections (%d) reached: closing new connections at once",
+                                self.config.max_connections)
+                sock.close()
+                continue
+            self._sockets += 1
             conns.start_soon(self._serve_connection, sock)
 
     async def _ticker(self) -> None:
@@ -244,7 +261,7 @@ class BrokerServer:
                 and upto > since_seq):
             pending[:] = [(frame, _store_failed(frame)) for frame, _ in pending]
         for _, out in pending:
-            await link.outbox.send(out)
+            await self._queue(link, out)
         pending.clear()
         return j.written_seq
 
@@ -268,7 +285,10 @@ class BrokerServer:
                 await _linger_close(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except SlowReader as exc:
+            log.warning("closing a connection: %s", exc)
         finally:
+            self._sockets -= 1
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
@@ -280,7 +300,7 @@ class BrokerServer:
         self._links[conn] = link
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, stream, recv, nursery.cancel_scope)
+                nursery.start_soon(self._writer, link, stream, recv, nursery.cancel_scope)
                 try:
                     broker_closed = await self._reader(link, stream)
                 finally:
@@ -290,8 +310,26 @@ class BrokerServer:
             self.broker.close(conn)
         return broker_closed
 
-    async def _writer(self, stream: trio.SocketStream, recv: trio.MemoryReceiveChannel[bytes],
+    async def _queue(self, link: _Link, frame: bytes) -> None:
+        """Put a response in the outbox; wait while the connection's unsent output is over
+        ``max_pending_bytes`` (so the reader stops reading: backpressure). A peer that reads
+        nothing for ``idle_timeout_s`` meanwhile raises :class:`SlowReader`."""
+        cfg = self.config
+        if link.queued_bytes >= cfg.max_pending_bytes:
+            with trio.move_on_after(cfg.idle_timeout_s):
+                while link.queued_bytes >= cfg.max_pending_bytes:
+                    if link.drained.is_set():
+                        link.drained = trio.Event()
+                    await link.drained.wait()
+            if link.queued_bytes >= cfg.max_pending_bytes:
+                raise SlowReader(f"conn {link.conn.conn_id} left {link.queued_bytes} bytes unread "
+                                 f"for {cfg.idle_timeout_s:g} s")
+        link.queued_bytes += len(frame)
+        await link.outbox.send(frame)
+
+    async def _writer(self, link: _Link, stream: trio.SocketStream, recv: trio.MemoryReceiveChannel[bytes],
                       scope: trio.CancelScope) -> None:
+        bound = self.config.max_pending_bytes
         try:
             async with recv:
                 async for frame in recv:
@@ -301,7 +339,11 @@ class BrokerServer:
                             batch.append(recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    await stream.send_all(b"".join(batch) if len(batch) > 1 else frame)
+                    data = b"".join(batch) if len(batch) > 1 else frame
+                    await stream.send_all(data)
+                    link.queued_bytes -= len(data)
+                    if link.queued_bytes < bound:
+                        link.drained.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             scope.cancel()  # the peer is gone: stop reading too
 
@@ -324,7 +366,7 @@ class BrokerServer:
             try:
                 frames = framer.feed(data)
             except FrameTooLarge as exc:
-                await link.outbox.send(broker.frame_too_large(conn, int(exc.args[0])))
+                await self._queue(link, broker.frame_too_large(conn, int(exc.args[0])))
                 return True
             if self._per_request_lock is not None:
                 async with self._per_request_lock:
@@ -346,7 +388,7 @@ class BrokerServer:
                 if isinstance(out, WaitForMail):
                     out = await self._wait_for_mail(conn, out)
                 if out is not None:
-                    await link.outbox.send(out)
+                    await self._queue(link, out)
                 self._apply_effects()
             return
         pending: list[tuple[bytes, bytes]] = []  # (request frame, response frame)
@@ -432,7 +474,10 @@ class BrokerServer:
     def _send_push(self, link: _Link, frame: bytes) -> None:
         eff_conn = link.conn
         try:
+            if link.queued_bytes + len(frame) > self.config.max_pending_bytes:
+                raise trio.WouldBlock
             link.outbox.send_nowait(frame)
+            link.queued_bytes += len(frame)
         except trio.WouldBlock:
             log.warning("dropping subscriber conn %d: it does not read its notifications", eff_conn.conn_id)
             link.dropped = True
@@ -528,6 +573,21 @@ async def _serve_until_signal(server: BrokerServer, reload: Callable[[], None] |
             watch_scope.cancel()
 
 
+_FD_HEADROOM = 64  # descriptors beyond the connections: listener, store, logs, pidfds
+
+
+def _fit_nofile_limit(max_connections: int) -> None:
+    """Raise RLIMIT_NOFILE to fit ``max_connections``; say so in the log if the hard limit is lower."""
+    wanted = max_connections + _FD_HEADROOM
+    soft, hard = oslayer.raise_nofile_limit(wanted)
+    if soft < wanted:
+        log.warning("RLIMIT_NOFILE hard limit is %d, lower than max_connections + %d = %d: about %d "
+                    "connections fit (raise LimitNOFILE= or ulimit -Hn)", hard, _FD_HEADROOM, wanted,
+                    max(0, soft - _FD_HEADROOM))
+    else:
+        log.debug("RLIMIT_NOFILE soft limit %d (max_connections %d)", soft, max_connections)
+
+
 def open_store(kind: Literal["sqlite", "memory"], state_dir: str | None, config: BrokerConfig) -> Store:
     """The broker's store: a :class:`SqliteStore` in ``state_dir`` (default
     :func:`parrot_ipc.store_sqlite.default_state_dir`), or a throwaway :class:`MemoryStore`.
@@ -578,6 +638,7 @@ def run_broker(socket_path: str, config: BrokerConfig | LoadedConfig | None = No
     try:
         oslayer.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)), group_gid=loaded.socket_gid)
         listener, inode = oslayer.bind_listener(socket_path, group_gid=loaded.socket_gid)
+        _fit_nofile_limit(loaded.server.max_connections)
         broker = Broker(config=loaded.server, policy=loaded.policy, clock=time.time, audit=audit_sink,
                         shared_secret=loaded.shared_secret, store=st, id_floor=getattr(st, "max_id", None))
         server = BrokerServer(broker, listener, commit_mode=commit_mode,

@@ -62,12 +62,40 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+class TokenBucket:
+    """A token bucket (RFC 2697's idea, one rate): ``rate_per_s`` tokens a second, at most
+    ``burst`` banked. One per peer UID, shared by all its connections."""
+
+    __slots__ = ("burst", "limited", "rate_per_s", "stamp", "tokens", "users")
+
+    def __init__(self, rate_per_s: float, burst: float, now: float) -> None:
+        self.rate_per_s, self.burst = rate_per_s, burst
+        self.tokens, self.stamp = burst, now
+        self.limited = False  # in a limited stretch (audit once per stretch)
+        self.users = 0  # connections sharing it
+
+    def take(self, now: float) -> float:
+        """Spend one token: 0.0 if there was one, else the seconds until there will be."""
+        elapsed = now - self.stamp
+        tokens = self.tokens + (elapsed * self.rate_per_s if elapsed > 0 else 0.0)  # a clock step back adds none
+        self.stamp = now
+        if tokens > self.burst:
+            tokens = self.burst
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return 0.0
+        self.tokens = tokens
+        return (1.0 - tokens) / self.rate_per_s
+
+
 class Connection:
     """The core's view of one client connection: its peer, its admission and its session."""
 
-    __slots__ = ("admission", "conn_id", "peer", "push_inflight", "session", "subscribed")
+    __slots__ = ("admission", "bucket", "conn_id", "peer", "push_inflight", "session", "subscribed")
 
-    def __init__(self, conn_id: int, peer: PeerCredentials, admission: Admission) -> None:
+    def __init__(self, conn_id: int, peer: PeerCredentials, admission: Admission,
+                 bucket: TokenBucket | None = None) -> None:
+        self.bucket = bucket
         self.conn_id = conn_id
         self.peer = peer
         self.admission = admission
@@ -178,6 +206,7 @@ class Broker:
         self._pushed: dict[str, Connection] = {}
         self._effects: list[Effect] = []
         self._conns: set[Connection] = set()
+        self._buckets: dict[int, TokenBucket] = {}
         self._secret_failures: dict[int, deque[float]] = {}
         self._next_purge = clock() + _PURGE_INTERVAL_S
         self.connections = 0
@@ -189,6 +218,15 @@ class Broker:
         Returns a :class:`Connection` for an admitted peer, or the one -32002 error frame to
         write before closing a refused one. Both outcomes are audited.
         """
+        bucket = self._buckets.get(peer.uid)
+        if bucket is not None and bucket.users >= self.config.max_connections_per_uid:
+            self._audit("peer_refused", {"uid": peer.uid, "pid": peer.pid, "reason": "too_many_connections",
+                                         "limit": self.config.max_connections_per_uid})
+            return p.encode_error(
+                None, ErrorCode.RATE_LIMITED,
+                f"Too many connections from uid {peer.uid} (limit {self.config.max_connections_per_uid}).",
+                {"reason": "too_many_connections", "retry_after_s": 1.0},
+            )
         adm = self.policy.admit(peer)
         fields: dict[str, Any] = {"uid": peer.uid, "gid": peer.gid, "pid": peer.pid, "exe": peer.exe,
                                   "rule": adm.rule}
@@ -202,7 +240,10 @@ class Broker:
                 f"Peer uid {peer.uid} is not allowed to use this broker.",
                 {"reason": adm.reason},
             )
-        conn = Connection(self._next_conn_id, peer, adm)
+        if bucket is None:
+            bucket = self._buckets[peer.uid] = TokenBucket(self.config.rate_per_s, self.config.burst, self._clock())
+        bucket.users += 1
+        conn = Connection(self._next_conn_id, peer, adm, bucket)
         self._next_conn_id += 1
         self.connections += 1
         self._conns.add(conn)
@@ -214,6 +255,11 @@ class Broker:
         self._unbind(conn)
         self.connections -= 1
         self._conns.discard(conn)
+        bucket = conn.bucket
+        if bucket is not None:
+            bucket.users -= 1
+            if bucket.users <= 0 and self._buckets.get(conn.peer.uid) is bucket:
+                del self._buckets[conn.peer.uid]
 
     def frame_too_large(self, conn: Connection, size_bytes: int) -> bytes:
         """The -32004 frame for a frame over ``max_frame_bytes``; the shell then closes."""
@@ -241,6 +287,12 @@ class Broker:
         Returns the response frame, a :class:`WaitForMail` for a long-poll that must wait, or
         None for a JSON-RPC notification (a request with no ``id``), which gets no response.
         """
+        bucket = conn.bucket
+        if bucket is not None:
+            wait = bucket.take(self._clock())
+            if wait:
+                return self._rate_limited(conn, bucket, frame, wait)
+            bucket.limited = False
         try:
             # msgspec checks UTF-8 only inside the strings it decodes (and raises
             # UnicodeDecodeError there, not DecodeError), so check the whole frame first.
@@ -284,6 +336,24 @@ class Broker:
         if isinstance(result, WaitForMail):
             return result
         return p.encode_result(rid, result)
+
+    def _rate_limited(self, conn: Connection, bucket: TokenBucket, frame: bytes, wait: float) -> bytes | None:
+        """-32003 for a frame over the UID's token bucket; audited once per limited stretch."""
+        if not bucket.limited:
+            bucket.limited = True
+            self._audit("rate_limited", {"conn": conn.conn_id, "uid": conn.peer.uid, "pid": conn.peer.pid,
+                                         "rate_per_s": bucket.rate_per_s, "burst": bucket.burst})
+        try:
+            req = p.REQUEST_DECODER.decode(frame)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            rid: p.RequestId = p.salvage_id(frame)
+        else:
+            if req.id is UNSET:
+                return None  # a notification: dropped, and never answered
+            rid = req.id
+        return p.encode_error(rid, ErrorCode.RATE_LIMITED,
+                              f"Rate limited: at most {bucket.rate_per_s:g} requests/s per user.",
+                              {"reason": "rate_limited", "retry_after_s": round(max(wait, 0.001), 3)})
 
     def poll_receive(self, conn: Connection, wait: WaitForMail, *, final: bool) -> bytes | None:
         """Retry a waiting ``receive``: the response frame if mail is ready or ``final``, else None."""

@@ -41,7 +41,18 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     #: "normal": SQLite synchronous=NORMAL in WAL mode (survives a broker crash);
     #: "fsync": synchronous=FULL (also survives power loss). See docs/durability.md.
     durability: Literal["normal", "fsync"] = "normal"
+    #: Responses (and pushes) queued for one connection before the broker stops reading it.
     max_pending_responses: PositiveInt = 256
+    #: Unsent output bytes queued for one connection before the broker stops reading it; a
+    #: subscriber past this bound with pushes pending is dropped (its mail stays leased).
+    max_pending_bytes: PositiveInt = 4 * 1024 * 1024
+    #: Open sockets in all (RLIMIT_NOFILE is raised to fit at start-up).
+    max_connections: PositiveInt = 10_000
+    #: Admitted connections per peer UID; past it: -32003 ``too_many_connections``.
+    max_connections_per_uid: PositiveInt = 1024
+    #: Per-UID token bucket over all frames: ``rate_per_s`` tokens a second, up to ``burst``.
+    rate_per_s: PositiveFloat = 2000.0
+    burst: PositiveFloat = 4000.0
     push_window: PositiveInt = 100
     shutdown_grace_s: PositiveFloat = 5.0
 
