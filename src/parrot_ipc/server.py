@@ -40,6 +40,7 @@ from .core.timefmt import rfc3339
 log = logging.getLogger("parrot_ipc.server")
 _RECV_BYTES = 65536
 _LINGER_S = 1.0
+_FLUSH_S = 5.0  # at most this long to write what is queued after the reading side ends
 _LINGER_DRAIN_BYTES = 1 << 20
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
@@ -305,6 +306,10 @@ class BrokerServer:
                     broker_closed = await self._reader(link, stream)
                 finally:
                     send.close()  # the writer drains what is queued, then exits
+                if link.dropped:
+                    nursery.cancel_scope.cancel()  # a peer we drop gets no more of its output
+                else:  # a peer that stopped reading must not hold the connection open
+                    nursery.cancel_scope.deadline = trio.current_time() + _FLUSH_S
         finally:
             del self._links[conn]
             self.broker.close(conn)
@@ -351,15 +356,25 @@ class BrokerServer:
         """Read and answer frames until EOF (returns False) or a broker-side close (True)."""
         broker, cfg, conn = self.broker, self.config, link.conn
         framer = FrameBuffer(cfg.max_frame_bytes)
+        # The first complete frame must arrive within handshake_timeout_s of accept, however
+        # the bytes trickle in (slowloris); after that, any read resets idle_timeout_s.
+        handshake_deadline: float | None = trio.current_time() + cfg.handshake_timeout_s
         timeout = cfg.handshake_timeout_s
         while not (self._closing or link.dropped):
             with trio.CancelScope() as link.read_scope:
-                with trio.move_on_after(timeout) as timer:
+                if handshake_deadline is not None:
+                    timer = trio.CancelScope(deadline=handshake_deadline)
+                else:
+                    timer = trio.CancelScope(deadline=trio.current_time() + timeout)
+                with timer:
                     data = await stream.receive_some(_RECV_BYTES)
             if link.read_scope.cancelled_caught:
                 return True
             if timer.cancelled_caught:
-                self._audit_timeout(conn, timeout)
+                if handshake_deadline is not None:
+                    self._audit_timeout(conn, "handshake_timeout", cfg.handshake_timeout_s)
+                else:
+                    self._audit_timeout(conn, "idle_timeout", timeout)
                 return True
             if not data:
                 return False
@@ -373,9 +388,11 @@ class BrokerServer:
                     await self._handle_frames(link, frames)
             else:
                 await self._handle_frames(link, frames)
+            if frames:
+                handshake_deadline = None
             if conn.subscribed:
                 timeout = float("inf")
-            elif frames:
+            elif handshake_deadline is None:
                 timeout = cfg.idle_timeout_s
         return True
 
@@ -412,8 +429,7 @@ class BrokerServer:
         self._release_held(link)
         self._kick()
 
-    def _audit_timeout(self, conn: Connection, timeout_s: float) -> None:
-        kind = "handshake_timeout" if timeout_s == self.config.handshake_timeout_s else "idle_timeout"
+    def _audit_timeout(self, conn: Connection, kind: str, timeout_s: float) -> None:
         self.broker.audit(kind, {"conn": conn.conn_id, "uid": conn.peer.uid, "pid": conn.peer.pid,
                                   "timeout_s": timeout_s})
 

@@ -18,8 +18,9 @@ from parrot_ipc.core import BrokerConfig, WaitForMail
 from parrot_ipc.core.broker import METHODS
 
 VALID_CODES = {-32700, -32600, -32601, -32602, -32001, -32002, -32003, -32004, -32005, -32006, -32007}
+# 4,000 + 4,000 + 2,000 = 10,000 examples a run (the hostile-input issue's floor for CI).
 PROPERTY_SETTINGS = settings(
-    max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=4000, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 _ABSENT: Any = object()
 
@@ -148,7 +149,7 @@ def test_valid_envelopes_with_mutated_params_never_raise(
     check_response(me.send_frame(b'{"jsonrpc":"2.0","id":"after","method":"ping"}'), expect_id="after")
 
 
-@settings(PROPERTY_SETTINGS, max_examples=1000)
+@settings(PROPERTY_SETTINGS, max_examples=2000)
 @given(
     method=st.sampled_from(METHODS),
     params=param_dicts,

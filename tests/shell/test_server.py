@@ -4,91 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import trio
+from shell_harness import Harness, raw, read_lines
 
-from parrot_ipc import AsyncClient, ParrotError, oslayer
-from parrot_ipc.core import Broker, BrokerConfig, DefaultPolicy, PeerCredentials
-from parrot_ipc.server import BrokerServer
-
-
-@dataclass
-class Harness:
-    path: str
-    server: BrokerServer
-    broker: Broker
-    audit: list[tuple[str, dict]]
-    #: uids to report for the next accepted connections instead of the real SO_PEERCRED one
-    fake_uids: list[int] = field(default_factory=list)
-    unlinked: list[bool] = field(default_factory=list)
-
-
-def _raw_connect(path: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(path)
-    return s
-
-
-async def _raw(path: str) -> trio.SocketStream:
-    return await trio.open_unix_socket(path)
-
-
-async def _read_lines(stream: trio.SocketStream, n: int, timeout_s: float = 5) -> list[dict]:
-    buf = b""
-    with trio.fail_after(timeout_s):
-        while buf.count(b"\n") < n:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                break
-            buf += chunk
-    return [json.loads(line) for line in buf.split(b"\n") if line]
-
-
-@pytest.fixture
-def make_harness(tmp_path: Path, nursery: trio.Nursery) -> Callable[..., object]:
-    async def make(broker_uid: int | None = None, **cfg: object) -> Harness:
-        run = tmp_path / "run"
-        path = str(run / "mcp.sock")
-        oslayer.ensure_runtime_dir(str(run))
-        listener, inode = oslayer.bind_listener(path)
-        audit: list[tuple[str, dict]] = []
-        broker = Broker(
-            config=BrokerConfig(**cfg),  # type: ignore[arg-type]
-            policy=DefaultPolicy(os.geteuid() if broker_uid is None else broker_uid),
-            clock=time.time,
-            audit=lambda e, f: audit.append((e, f)),
-        )
-        h = Harness(path, None, broker, audit)  # type: ignore[arg-type]
-
-        def read_peer(sock: socket.socket) -> PeerCredentials:
-            real = oslayer.peer_credentials(sock)
-            if h.fake_uids:
-                return PeerCredentials(real.pid, h.fake_uids.pop(0), real.gid)
-            return real
-
-        def closed() -> None:
-            oslayer.remove_socket(path, inode)
-            h.unlinked.append(True)
-
-        h.server = BrokerServer(broker, listener, read_peer=read_peer, on_listener_closed=closed)
-        await nursery.start(h.server.serve)
-        return h
-
-    return make
-
-
-@pytest.fixture
-async def harness(make_harness: Callable[..., object]) -> AsyncIterator[Harness]:
-    h = await make_harness()  # type: ignore[misc]
-    yield h
-    h.server.shutdown()
+from parrot_ipc import AsyncClient, ParrotError
 
 
 async def test_real_peer_credentials_reach_whoami(harness: Harness) -> None:
@@ -102,10 +24,10 @@ async def test_real_peer_credentials_reach_whoami(harness: Harness) -> None:
 
 async def test_refused_peer_gets_one_error_line_then_eof(harness: Harness) -> None:
     harness.fake_uids.append(4242)
-    stream = await _raw(harness.path)
+    stream = await raw(harness.path)
     # Even a request sent at once is never answered: the refusal is written before any read.
     await stream.send_all(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
-    lines = await _read_lines(stream, 2)
+    lines = await read_lines(stream, 2)
     assert len(lines) == 1
     assert lines[0]["id"] is None
     assert lines[0]["error"]["code"] == -32002
@@ -128,7 +50,7 @@ async def test_token_from_another_uid_is_unauthenticated(make_harness: Callable[
 
 
 async def test_pipelined_requests_answer_in_order(harness: Harness) -> None:
-    stream = await _raw(harness.path)
+    stream = await raw(harness.path)
     reqs = [b'{"jsonrpc":"2.0","id":0,"method":"get_token","params":{"instance_id":"p"}}\n']
     reqs += [
         json.dumps({"jsonrpc": "2.0", "id": i, "method": "send",
@@ -136,7 +58,7 @@ async def test_pipelined_requests_answer_in_order(harness: Harness) -> None:
         for i in range(1, 200)
     ]
     await stream.send_all(b"".join(reqs))
-    lines = await _read_lines(stream, 200)
+    lines = await read_lines(stream, 200)
     assert [r["id"] for r in lines] == list(range(200))
     assert all("result" in r for r in lines)
     await stream.aclose()
@@ -204,9 +126,9 @@ async def test_unacked_lease_is_redelivered_after_lease_s(make_harness: Callable
 
 async def test_oversized_frame_gets_32004_and_close_others_unaffected(make_harness: Callable[..., object]) -> None:
     h: Harness = await make_harness(max_frame_bytes=1024)  # type: ignore[misc]
-    stream = await _raw(h.path)
+    stream = await raw(h.path)
     await stream.send_all(b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"' + b"A" * 5000)
-    lines = await _read_lines(stream, 2)
+    lines = await read_lines(stream, 2)
     assert len(lines) == 1 and lines[0]["error"]["code"] == -32004 and lines[0]["id"] is None
     async with AsyncClient(h.path) as c:
         assert await c.ping() == "pong"
@@ -214,9 +136,9 @@ async def test_oversized_frame_gets_32004_and_close_others_unaffected(make_harne
 
 
 async def test_garbage_from_one_client_leaves_connection_usable(harness: Harness) -> None:
-    stream = await _raw(harness.path)
+    stream = await raw(harness.path)
     await stream.send_all(b"\xff\xfe not json\n" + b'{"jsonrpc":"2.0","id":7,"method":"ping"}\n')
-    lines = await _read_lines(stream, 2)
+    lines = await read_lines(stream, 2)
     assert lines[0]["error"]["code"] == -32700
     assert lines[1] == {"jsonrpc": "2.0", "id": 7, "result": "pong"}
     await stream.aclose()
@@ -224,7 +146,7 @@ async def test_garbage_from_one_client_leaves_connection_usable(harness: Harness
 
 async def test_handshake_timeout_closes_silent_connection(make_harness: Callable[..., object]) -> None:
     h: Harness = await make_harness(handshake_timeout_s=0.2)  # type: ignore[misc]
-    stream = await _raw(h.path)
+    stream = await raw(h.path)
     with trio.fail_after(3):
         assert await stream.receive_some(100) == b""
     assert any(e == "handshake_timeout" for e, _ in h.audit)

@@ -1,0 +1,59 @@
+"""Fixtures for the trio-shell tests: an in-process BrokerServer on a real AF_UNIX socket."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import trio
+from shell_harness import Harness
+
+from parrot_ipc import oslayer
+from parrot_ipc.core import Broker, BrokerConfig, DefaultPolicy, PeerCredentials
+from parrot_ipc.server import BrokerServer
+
+
+@pytest.fixture
+def make_harness(tmp_path: Path, nursery: trio.Nursery) -> Callable[..., object]:
+    async def make(broker_uid: int | None = None, **cfg: object) -> Harness:
+        run = tmp_path / "run"
+        path = str(run / "mcp.sock")
+        oslayer.ensure_runtime_dir(str(run))
+        listener, inode = oslayer.bind_listener(path)
+        audit: list[tuple[str, dict]] = []
+        broker = Broker(
+            config=BrokerConfig(**cfg),  # type: ignore[arg-type]
+            policy=DefaultPolicy(os.geteuid() if broker_uid is None else broker_uid),
+            clock=time.time,
+            audit=lambda e, f: audit.append((e, f)),
+        )
+        h = Harness(path, None, broker, audit)  # type: ignore[arg-type]
+
+        def read_peer(sock: socket.socket) -> PeerCredentials:
+            real = oslayer.peer_credentials(sock)
+            if h.fake_uids:
+                return PeerCredentials(real.pid, h.fake_uids.pop(0), real.gid)
+            return real
+
+        def closed() -> None:
+            oslayer.remove_socket(path, inode)
+            h.unlinked.append(True)
+
+        h.server = BrokerServer(broker, listener, read_peer=read_peer, on_listener_closed=closed)
+        await nursery.start(h.server.serve)
+        return h
+
+    return make
+
+
+@pytest.fixture
+async def harness(make_harness: Callable[..., object]) -> AsyncIterator[Harness]:
+    h = await make_harness()  # type: ignore[misc]
+    yield h
+    h.server.shutdown()
+
+
