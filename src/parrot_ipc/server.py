@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from . import oslayer
+from . import oslayer, systemd
 from .core import Broker, BrokerConfig, DefaultPolicy, FrameBuffer, FrameTooLarge, PeerCredentials, Push, Wake
 from .core.broker import Connection, WaitForMail
 
@@ -312,21 +312,96 @@ def run_broker(socket_path: str, config: BrokerConfig | None = None) -> None:
 
     Creates or checks the runtime directory (0700), binds the socket (0600, under umask 0o077),
     admits by the default policy (our UID and root), and unlinks the socket on the way out.
+    Under socket activation (``$LISTEN_PID``/``$LISTEN_FDS``, sd_listen_fds(3)) it serves the
+    passed fd 3 instead, and neither creates, binds nor unlinks anything (systemd owns the
+    socket file). With ``$NOTIFY_SOCKET`` set it reports to the service manager
+    (sd_notify(3)): ``READY=1``, ``STATUS=`` counts, ``WATCHDOG=1``, ``STOPPING=1``.
 
     Raises:
-        oslayer.StartupError: the directory or socket path is unsafe, or a broker already
-            answers there.
+        oslayer.StartupError: the directory or socket path is unsafe, a broker already
+            answers there, or the activated fd is not a listening AF_UNIX stream socket.
     """
     config = config or BrokerConfig()
-    oslayer.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)))
-    listener, inode = oslayer.bind_listener(socket_path)
+    listener, where, release = _acquire_listener(socket_path)
     broker = Broker(config=config, policy=DefaultPolicy(os.geteuid()), clock=time.time)
-    server = BrokerServer(broker, listener, on_listener_closed=lambda: oslayer.remove_socket(socket_path, inode))
-    log.info("parrot-ipc broker listening on %s (uid %d, pid %d)", socket_path, os.geteuid(), os.getpid())
+    supervisor = _Supervisor(systemd.Notifier.from_env(), systemd.watchdog_interval())
+
+    def on_listener_closed() -> None:
+        release()
+        supervisor.stopping()
+
+    server = BrokerServer(broker, listener, on_listener_closed=on_listener_closed)
+    log.info("parrot-ipc broker listening on %s (uid %d, pid %d)", where, os.geteuid(), os.getpid())
     try:
-        trio.run(_serve_until_signal, server)
+        trio.run(_serve_and_notify, server, supervisor)
     finally:
-        oslayer.remove_socket(socket_path, inode)
+        release()
         listener.close()
+        supervisor.notifier.close()
     log.info("broker stopped")
 
+
+# --------------------------------------------------------------------------- systemd hooks
+_STATUS_INTERVAL_S = 5.0
+
+
+def _acquire_listener(socket_path: str) -> tuple[stdsocket.socket, str, Callable[[], None]]:
+    """The listening socket, where it is (for the log), and how to remove it (idempotent).
+
+    Socket activation wins: the passed socket is served as is and never unlinked.
+    """
+    activated = systemd.activated_listener()
+    if activated is not None:
+        name = activated.getsockname()
+        where = f"{name or '(unnamed)'} (fd {systemd.SD_LISTEN_FDS_START}, socket-activated)"
+        return activated, where, lambda: None
+    oslayer.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)))
+    listener, inode = oslayer.bind_listener(socket_path)
+    return listener, socket_path, lambda: oslayer.remove_socket(socket_path, inode)
+
+
+@dataclass
+class _Supervisor:
+    """What the broker tells the service manager (a no-op without ``$NOTIFY_SOCKET``)."""
+
+    notifier: systemd.Notifier
+    watchdog_s: float | None
+    is_stopping: bool = False
+
+    def stopping(self) -> None:
+        if not self.is_stopping:
+            self.is_stopping = True
+            self.notifier.notify("STOPPING=1", "STATUS=shutting down")
+
+
+def _status(broker: Broker) -> str:
+    return f"STATUS=serving: {broker.connections} connection(s), {broker.live_sessions()} live session(s)"
+
+
+async def _notify_loop(broker: Broker, sup: _Supervisor) -> None:
+    """``READY=1`` now; then ``STATUS=`` every 5 s and ``WATCHDOG=1`` every half watchdog timeout."""
+    wd_every = sup.watchdog_s / 2 if sup.watchdog_s else float("inf")
+    sup.notifier.notify("READY=1", _status(broker), *(["WATCHDOG=1"] if sup.watchdog_s else []))
+    now = trio.current_time()
+    next_status, next_wd = now + _STATUS_INTERVAL_S, now + wd_every
+    while True:
+        await trio.sleep_until(min(next_status, next_wd))
+        now = trio.current_time()
+        out: list[str] = []
+        if now >= next_wd:
+            out.append("WATCHDOG=1")
+            next_wd = now + wd_every
+        if now >= next_status:
+            if not sup.is_stopping:
+                out.append(_status(broker))
+            next_status = now + _STATUS_INTERVAL_S
+        if out:
+            sup.notifier.notify(*out)
+
+
+async def _serve_and_notify(server: BrokerServer, sup: _Supervisor) -> None:
+    async with trio.open_nursery() as nursery:
+        if sup.notifier.enabled:
+            nursery.start_soon(_notify_loop, server.broker, sup)
+        await _serve_until_signal(server)
+        nursery.cancel_scope.cancel()
