@@ -71,18 +71,38 @@ def peer_pidfd(sock: socket.socket) -> int | None:
 
 # --------------------------------------------------------------------------- runtime directory
 def _describe(st: os.stat_result) -> str:
-    kind = "symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode) else "non-directory"
+    kind = ("symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode)
+            else "socket" if stat.S_ISSOCK(st.st_mode) else "non-directory")
     return f"a {kind} owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def runtime_dir_problem(path: str, euid: int | None = None) -> str | None:
+    """What makes ``path`` unsafe as a runtime directory, or None if it is safe. Changes nothing.
+
+    Safe means: a real directory (checked with lstat(2), so a symlink is refused), owned by
+    ``euid`` (default: our effective UID), with mode exactly 0700. The answer is one line
+    naming the path, the owner and the mode found. Used by :func:`ensure_runtime_dir` and by
+    ``parrot-ipc doctor``.
+    """
+    euid = os.geteuid() if euid is None else euid
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"runtime directory {path} does not exist"
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or stat.S_IMODE(st.st_mode) != 0o700:
+        return (f"runtime directory {path} must be a directory owned by uid {euid} "
+                f"with mode 0700; found {_describe(st)}")
+    return None
 
 
 def ensure_runtime_dir(path: str, euid: int | None = None) -> None:
     """Create ``path`` with mode 0700, or check that the existing one is safe.
 
     An existing path must be a real directory (checked with lstat(2): a symlink is refused),
-    owned by ``euid`` (default: our effective UID), with mode exactly 0700. The parent must
-    exist. Raises :class:`StartupError` naming the path, the owner and the mode found.
+    owned by ``euid`` (default: our effective UID), with mode exactly 0700 (see
+    :func:`runtime_dir_problem`). The parent must exist. Raises :class:`StartupError` naming
+    the path, the owner and the mode found.
     """
-    euid = os.geteuid() if euid is None else euid
     try:
         os.mkdir(path, 0o700)
         os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask; make it exact
@@ -92,15 +112,32 @@ def ensure_runtime_dir(path: str, euid: int | None = None) -> None:
         raise StartupError(f"refusing to start: the parent of runtime directory {path} does not exist") from None
     except OSError as exc:
         raise StartupError(f"refusing to start: cannot create runtime directory {path}: {exc.strerror}") from None
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or stat.S_IMODE(st.st_mode) != 0o700:
-        raise StartupError(
-            f"refusing to start: runtime directory {path} must be a directory owned by uid {euid} "
-            f"with mode 0700; found {_describe(st)}"
-        )
+    problem = runtime_dir_problem(path, euid)
+    if problem is not None:
+        raise StartupError(f"refusing to start: {problem}")
 
 
 # --------------------------------------------------------------------------- listening socket
+def socket_file_problem(path: str, euid: int | None = None, mode: int | None = None) -> str | None:
+    """What is wrong with the file at ``path`` as our socket, or None. Changes nothing.
+
+    It must be a socket (lstat(2): a symlink is refused) owned by ``euid`` (default: our
+    effective UID), and, if ``mode`` is given, have exactly that mode (e.g. ``0o600``). A
+    missing file is reported as such. Used by :func:`bind_listener` (which replaces a stale
+    socket of ours whatever its mode) and by ``parrot-ipc doctor``.
+    """
+    euid = os.geteuid() if euid is None else euid
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != euid:
+        return f"{path} exists and is not a socket of ours ({_describe(st)})"
+    if mode is not None and stat.S_IMODE(st.st_mode) != mode:
+        return f"socket {path} must have mode {mode:04o}; found {_describe(st)}"
+    return None
+
+
 def _probe(path: str) -> bool:
     """True if something accepts connections on ``path``."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -133,8 +170,9 @@ def bind_listener(path: str, backlog: int = 4096, euid: int | None = None) -> tu
     except FileNotFoundError:
         st = None
     if st is not None:
-        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != euid:
-            raise StartupError(f"refusing to start: {path} exists and is not a socket of ours ({_describe(st)})")
+        problem = socket_file_problem(path, euid)
+        if problem is not None:
+            raise StartupError(f"refusing to start: {problem}")
         try:
             live = _probe(path)
         except OSError as exc:
