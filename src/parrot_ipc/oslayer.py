@@ -70,7 +70,8 @@ def peer_pidfd(sock: socket.socket) -> int | None:
 
 
 # --------------------------------------------------------------------------- runtime directory
-def _describe(st: os.stat_result) -> str:
+def describe(st: os.stat_result) -> str:
+    """``st`` (from lstat(2)) in words: kind, owner uid, mode, e.g. ``a directory owned by uid 0 with mode 0755``."""
     kind = ("symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode)
             else "socket" if stat.S_ISSOCK(st.st_mode) else "non-directory")
     return f"a {kind} owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}"
@@ -91,7 +92,7 @@ def runtime_dir_problem(path: str, euid: int | None = None) -> str | None:
         return f"runtime directory {path} does not exist"
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or stat.S_IMODE(st.st_mode) != 0o700:
         return (f"runtime directory {path} must be a directory owned by uid {euid} "
-                f"with mode 0700; found {_describe(st)}")
+                f"with mode 0700; found {describe(st)}")
     return None
 
 
@@ -132,9 +133,9 @@ def socket_file_problem(path: str, euid: int | None = None, mode: int | None = N
     except FileNotFoundError:
         return f"{path} does not exist"
     if not stat.S_ISSOCK(st.st_mode) or st.st_uid != euid:
-        return f"{path} exists and is not a socket of ours ({_describe(st)})"
+        return f"{path} exists and is not a socket of ours ({describe(st)})"
     if mode is not None and stat.S_IMODE(st.st_mode) != mode:
-        return f"socket {path} must have mode {mode:04o}; found {_describe(st)}"
+        return f"socket {path} must have mode {mode:04o}; found {describe(st)}"
     return None
 
 
