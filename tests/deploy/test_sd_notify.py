@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from parrot_ipc.oslayer import StartupError
-from parrot_ipc.systemd import Notifier, activated_listener, adopt_listener, listen_fds, notify_address, watchdog_interval
+from parrot_ipc.systemd import (
+    Notifier,
+    activated_listener,
+    adopt_listener,
+    listen_fds,
+    notify_address,
+    watchdog_interval,
+)
 
 
 @pytest.fixture
