@@ -3,7 +3,7 @@
 systemd-socket-activate(1) binds the socket, waits for the first connection, then execs the
 broker with the socket at fd 3 and LISTEN_PID/LISTEN_FDS set, as systemd does for a
 ``.socket`` unit. The test listens on its own NOTIFY_SOCKET and sees READY=1 (with STATUS=),
-then STOPPING=1 after SIGTERM. A Client pings through the activated socket; the broker
+WATCHDOG=1 at half of WATCHDOG_USEC, then STOPPING=1 after SIGTERM. A Client pings through the activated socket; the broker
 neither creates the directory named by --socket nor unlinks the socket systemd owns.
 """
 
@@ -74,7 +74,7 @@ def test_socket_activated_broker_serves_fd_3_and_notifies(tool: Callable[[str], 
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, log_path.open("wb") as log:
         notify.bind(notify_path)
         cmd = [tool("systemd-socket-activate"), "-l", sock_path, "-E", f"NOTIFY_SOCKET={notify_path}",
-               sys.executable, "-m", "parrot_ipc", "serve", "--socket", str(named), "--state-dir", _state(short_dir)]
+               "-E", "WATCHDOG_USEC=400000", sys.executable, "-m", "parrot_ipc", "serve", "--socket", str(named), "--state-dir", _state(short_dir)]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=_env())
         try:
             deadline = time.monotonic() + START_TIMEOUT_S
@@ -87,6 +87,7 @@ def test_socket_activated_broker_serves_fd_3_and_notifies(tool: Callable[[str], 
             ready = _datagrams(notify, "READY=1", START_TIMEOUT_S)
             assert any(line.startswith("STATUS=") and "connection" in line and "session" in line
                        for d in ready for line in d.split("\n")), ready
+            _datagrams(notify, "WATCHDOG=1", 2)  # every WATCHDOG_USEC / 2 = 0.2 s
             with Client(sock_path, timeout_s=5) as c:  # still serving on the same socket
                 assert c.get_token("activated").instance_id == "activated"
             proc.send_signal(signal.SIGTERM)
