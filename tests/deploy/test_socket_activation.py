@@ -3,8 +3,9 @@
 systemd-socket-activate(1) binds the socket, waits for the first connection, then execs the
 broker with the socket at fd 3 and LISTEN_PID/LISTEN_FDS set, as systemd does for a
 ``.socket`` unit. The test listens on its own NOTIFY_SOCKET and sees READY=1 (with STATUS=),
-WATCHDOG=1 at half of WATCHDOG_USEC, then STOPPING=1 after SIGTERM. A Client pings through the activated socket; the broker
-neither creates the directory named by --socket nor unlinks the socket systemd owns.
+WATCHDOG=1 at half of WATCHDOG_USEC, then STOPPING=1 after SIGTERM. A Client pings through the
+activated socket; the broker neither creates the directory named by --socket nor unlinks the
+socket systemd owns.
 """
 
 from __future__ import annotations
