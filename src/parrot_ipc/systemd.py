@@ -195,7 +195,7 @@ class Notifier:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.sendto(payload, self.address)
         except OSError as exc:
-            if exc.errno not in self._logged:
+            if (exc.errno or 0) not in self._logged:
                 self._logged.add(exc.errno or 0)
                 log.warning("sd_notify to %s failed: %s", self.address.replace("\0", "@"), exc.strerror)
             return False
