@@ -216,6 +216,26 @@ def check_config(
     typer.echo(f"shared secret: {'configured' if desc['shared_secret'] else 'none'}")
 
 
+# --------------------------------------------------------------------------- doctor
+@app.command()
+def doctor(
+    socket: SocketOpt = None,
+    state_dir: Annotated[Optional[Path], typer.Option(help="State directory. Default: /var/lib/parrot-mcp for root, else $XDG_STATE_HOME/parrot-ipc.")] = None,  # noqa: UP045
+    config: Annotated[Optional[Path], typer.Option(help="TOML config file to validate. Default for root: /etc/parrot-ipc/config.toml.")] = None,  # noqa: UP045
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the installation: runtime dir and socket, ping, config, state, units, AppArmor/Landlock.
+
+    Prints PASS/WARN/FAIL with a fix for each problem. Exit code 1 if any check FAILs, else 0.
+    """
+    from . import doctor as doc
+
+    rows = doc.run_checks(socket or default_socket_path(), state_dir=None if state_dir is None else str(state_dir),
+                          config=config, load_config=load_config)
+    _emit(as_json, doc.as_dict(rows), doc.render(rows))
+    raise typer.Exit(EXIT_REFUSED if doc.failed(rows) else EXIT_OK)
+
+
 # --------------------------------------------------------------------------- agent commands
 @app.command()
 def ping(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:

@@ -199,17 +199,39 @@ def raise_nofile_limit(wanted: int) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- runtime directory
-def _describe(st: os.stat_result) -> str:
-    kind = "symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode) else "non-directory"
+def describe(st: os.stat_result) -> str:
+    """``st`` (from lstat(2)) in words: kind, owner uid, mode, e.g. ``a directory owned by uid 0 with mode 0755``."""
+    kind = ("symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode)
+            else "socket" if stat.S_ISSOCK(st.st_mode) else "non-directory")
     return f"a {kind} owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def runtime_dir_problem(path: str, euid: int | None = None, group_gid: int | None = None) -> str | None:
+    """What makes ``path`` unsafe as a runtime directory, or None if it is safe. Changes nothing.
+
+    Safe means: a real directory (checked with lstat(2), so a symlink is refused), owned by
+    ``euid`` (default: our effective UID), with mode exactly 0700 (0750 and group
+    ``group_gid`` when a socket group is configured). The answer is one line naming the path,
+    the owner and the mode found. Used by :func:`ensure_runtime_dir` and ``parrot-ipc doctor``.
+    """
+    euid = os.geteuid() if euid is None else euid
+    mode = 0o700 if group_gid is None else 0o750
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"runtime directory {path} does not exist"
+    wrong_group = group_gid is not None and st.st_gid != group_gid
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or stat.S_IMODE(st.st_mode) != mode or wrong_group:
+        want = f"mode {mode:04o}" + ("" if group_gid is None else f" and group {group_gid}")
+        return (f"runtime directory {path} must be a directory owned by uid {euid} with {want}; "
+                f"found {describe(st)}" + (f", group {st.st_gid}" if group_gid is not None else ""))
+    return None
 
 
 def ensure_runtime_dir(path: str, euid: int | None = None, group_gid: int | None = None) -> None:
     """Create ``path`` with mode 0700 (0750 and group ``group_gid`` when a socket group is
-    configured), or check that the existing one is exactly that.
+    configured), or check that the existing one is exactly that (:func:`runtime_dir_problem`).
 
-    An existing path must be a real directory (checked with lstat(2): a symlink is refused),
-    owned by ``euid`` (default: our effective UID), with exactly the expected mode (and group).
     The parent must exist. Raises :class:`StartupError` naming the path, the owner and the mode
     found.
     """
@@ -226,17 +248,32 @@ def ensure_runtime_dir(path: str, euid: int | None = None, group_gid: int | None
         raise StartupError(f"refusing to start: the parent of runtime directory {path} does not exist") from None
     except OSError as exc:
         raise StartupError(f"refusing to start: cannot create runtime directory {path}: {exc.strerror}") from None
-    st = os.lstat(path)
-    wrong_group = group_gid is not None and st.st_gid != group_gid
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or stat.S_IMODE(st.st_mode) != mode or wrong_group:
-        want = f"mode {mode:04o}" + ("" if group_gid is None else f" and group {group_gid}")
-        raise StartupError(
-            f"refusing to start: runtime directory {path} must be a directory owned by uid {euid} "
-            f"with {want}; found {_describe(st)}" + (f", group {st.st_gid}" if group_gid is not None else "")
-        )
+    problem = runtime_dir_problem(path, euid, group_gid)
+    if problem is not None:
+        raise StartupError(f"refusing to start: {problem}")
 
 
 # --------------------------------------------------------------------------- listening socket
+def socket_file_problem(path: str, euid: int | None = None, mode: int | None = None) -> str | None:
+    """What is wrong with the file at ``path`` as our socket, or None. Changes nothing.
+
+    It must be a socket (lstat(2): a symlink is refused) owned by ``euid`` (default: our
+    effective UID), and, if ``mode`` is given, have exactly that mode (e.g. ``0o600``). A
+    missing file is reported as such. Used by :func:`bind_listener` (which replaces a stale
+    socket of ours whatever its mode) and by ``parrot-ipc doctor``.
+    """
+    euid = os.geteuid() if euid is None else euid
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != euid:
+        return f"{path} exists and is not a socket of ours ({describe(st)})"
+    if mode is not None and stat.S_IMODE(st.st_mode) != mode:
+        return f"socket {path} must have mode {mode:04o}; found {describe(st)}"
+    return None
+
+
 def _probe(path: str) -> bool:
     """True if something accepts connections on ``path``."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -271,8 +308,9 @@ def bind_listener(path: str, backlog: int = 4096, euid: int | None = None,
     except FileNotFoundError:
         st = None
     if st is not None:
-        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != euid:
-            raise StartupError(f"refusing to start: {path} exists and is not a socket of ours ({_describe(st)})")
+        problem = socket_file_problem(path, euid)
+        if problem is not None:
+            raise StartupError(f"refusing to start: {problem}")
         try:
             live = _probe(path)
         except OSError as exc:

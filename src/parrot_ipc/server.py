@@ -27,7 +27,7 @@ from typing import Any, Literal
 import msgspec
 import trio
 
-from . import oslayer
+from . import oslayer, systemd
 from .config_file import ConfigError, LoadedConfig, load_config
 from .core import Broker, BrokerConfig, Drop, FrameBuffer, FrameTooLarge, PeerCredentials, Push, Wake
 from .core import protocol as p
@@ -630,7 +630,11 @@ def run_broker(socket_path: str, config: BrokerConfig | LoadedConfig | None = No
     or checks the runtime directory (0700, or 0750 with a socket group), binds the socket
     (0600/0660, under umask 0o077), admits peers by the config's policy (by default our UID and
     root), and unlinks the socket on the way out. On a clean stop the store writes what is
-    still pending and closes.
+    still pending and closes. Under socket activation (``$LISTEN_PID``/``$LISTEN_FDS``,
+    sd_listen_fds(3)) it serves the passed fd 3 instead, and neither creates, binds nor unlinks
+    anything (systemd owns the socket file). With ``$NOTIFY_SOCKET`` set it reports to the
+    service manager (sd_notify(3)): ``READY=1``, ``STATUS=`` counts, ``WATCHDOG=1``,
+    ``STOPPING=1``.
 
     Args:
         socket_path: where to listen.
@@ -652,13 +656,17 @@ def run_broker(socket_path: str, config: BrokerConfig | LoadedConfig | None = No
     st = open_store(store, state_dir, loaded.server)
     close_store = getattr(st, "close", None)
     try:
-        oslayer.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)), group_gid=loaded.socket_gid)
-        listener, inode = oslayer.bind_listener(socket_path, group_gid=loaded.socket_gid)
+        listener, where, release = _acquire_listener(socket_path, loaded.socket_gid)
         _fit_nofile_limit(loaded.server.max_connections)
         broker = Broker(config=loaded.server, policy=loaded.policy, clock=time.time, audit=audit_sink,
                         shared_secret=loaded.shared_secret, store=st, id_floor=getattr(st, "max_id", None))
-        server = BrokerServer(broker, listener, commit_mode=commit_mode,
-                              on_listener_closed=lambda: oslayer.remove_socket(socket_path, inode))
+        supervisor = _Supervisor(systemd.Notifier.from_env(), systemd.watchdog_interval())
+
+        def on_listener_closed() -> None:
+            release()
+            supervisor.stopping()
+
+        server = BrokerServer(broker, listener, commit_mode=commit_mode, on_listener_closed=on_listener_closed)
 
         def reload() -> None:
             path = None if config_path is None else Path(config_path)
@@ -671,14 +679,15 @@ def run_broker(socket_path: str, config: BrokerConfig | LoadedConfig | None = No
             server.reload_policy(fresh.policy, str(fresh.path or "(defaults)"))
             log.info("config reloaded from %s", fresh.path or "(defaults)")
 
-        log.info("parrot-ipc broker listening on %s (uid %d, pid %d, policy %s)", socket_path, os.geteuid(),
+        log.info("parrot-ipc broker listening on %s (uid %d, pid %d, policy %s)", where, os.geteuid(),
                  os.getpid(),
                  "default" if loaded.rules is None else f"{len(loaded.rules)} rule(s) from {loaded.path}")
         try:
-            trio.run(_serve_until_signal, server, reload)
+            trio.run(_serve_and_notify, server, supervisor, reload)
         finally:
-            oslayer.remove_socket(socket_path, inode)
+            release()
             listener.close()
+            supervisor.notifier.close()
     finally:
         if close_store is not None:
             try:
@@ -686,3 +695,69 @@ def run_broker(socket_path: str, config: BrokerConfig | LoadedConfig | None = No
             except Exception as exc:  # the last writes failed: say so, in one line
                 log.error("closing the store failed: %s", exc)
     log.info("broker stopped")
+
+
+# --------------------------------------------------------------------------- systemd hooks
+_STATUS_INTERVAL_S = 5.0
+
+
+def _acquire_listener(socket_path: str, group_gid: int | None = None) -> tuple[stdsocket.socket, str, Callable[[], None]]:
+    """The listening socket, where it is (for the log), and how to remove it (idempotent).
+
+    Socket activation wins: the passed socket is served as is and never unlinked.
+    """
+    activated = systemd.activated_listener()
+    if activated is not None:
+        name = activated.getsockname()
+        where = f"{name or '(unnamed)'} (fd {systemd.SD_LISTEN_FDS_START}, socket-activated)"
+        return activated, where, lambda: None
+    oslayer.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)), group_gid=group_gid)
+    listener, inode = oslayer.bind_listener(socket_path, group_gid=group_gid)
+    return listener, socket_path, lambda: oslayer.remove_socket(socket_path, inode)
+
+
+@dataclass
+class _Supervisor:
+    """What the broker tells the service manager (a no-op without ``$NOTIFY_SOCKET``)."""
+
+    notifier: systemd.Notifier
+    watchdog_s: float | None
+    is_stopping: bool = False
+
+    def stopping(self) -> None:
+        if not self.is_stopping:
+            self.is_stopping = True
+            self.notifier.notify("STOPPING=1", "STATUS=shutting down")
+
+
+def _status(broker: Broker) -> str:
+    return f"STATUS=serving: {broker.connections} connection(s), {broker.live_sessions()} live session(s)"
+
+
+async def _notify_loop(broker: Broker, sup: _Supervisor) -> None:
+    """``READY=1`` now; then ``STATUS=`` every 5 s and ``WATCHDOG=1`` every half watchdog timeout."""
+    wd_every = sup.watchdog_s / 2 if sup.watchdog_s else float("inf")
+    sup.notifier.notify("READY=1", _status(broker), *(["WATCHDOG=1"] if sup.watchdog_s else []))
+    now = trio.current_time()
+    next_status, next_wd = now + _STATUS_INTERVAL_S, now + wd_every
+    while True:
+        await trio.sleep_until(min(next_status, next_wd))
+        now = trio.current_time()
+        out: list[str] = []
+        if now >= next_wd:
+            out.append("WATCHDOG=1")
+            next_wd = now + wd_every
+        if now >= next_status:
+            if not sup.is_stopping:
+                out.append(_status(broker))
+            next_status = now + _STATUS_INTERVAL_S
+        if out:
+            sup.notifier.notify(*out)
+
+
+async def _serve_and_notify(server: BrokerServer, sup: _Supervisor, reload: Callable[[], None] | None) -> None:
+    async with trio.open_nursery() as nursery:
+        if sup.notifier.enabled:
+            nursery.start_soon(_notify_loop, server.broker, sup)
+        await _serve_until_signal(server, reload)
+        nursery.cancel_scope.cancel()

@@ -781,6 +781,13 @@ class Broker:
         """Instance ids with at least one connection bound to a live session."""
         return list(self._bound)
 
+    def live_sessions(self) -> int:
+        """How many sessions have at least one connection bound now (one per online instance).
+
+        Read-only and O(1); the shell reports it to the service manager (``STATUS=``).
+        """
+        return len(self._bound)
+
 
 def _method(handler: Callable[..., Any], params: type, needs: str) -> _Method:
     return _Method(handler, msgspec.json.Decoder(params), needs)

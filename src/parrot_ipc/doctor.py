@@ -1,0 +1,257 @@
+"""``parrot-ipc doctor``: check an installation and say how to fix what is wrong.
+
+Each check is a :class:`Check` row: PASS, WARN (works, but worth a look) or FAIL (the broker
+is unsafe or will not serve), with the fix in one line. The rules for the runtime directory
+and the socket are the OS layer's own (:func:`parrot_ipc.oslayer.runtime_dir_problem`,
+:func:`parrot_ipc.oslayer.socket_file_problem`), so doctor and ``serve`` never disagree.
+
+Paths that describe the host (unit directories, securityfs) are parameters, for tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import sqlite3
+import stat
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from . import oslayer
+from .client import Client, ParrotError
+from .store_sqlite import DB_NAME, default_state_dir
+
+Status = Literal["PASS", "WARN", "FAIL"]
+
+SERVICE_USER: Final = "parrot-mcp"
+SYSTEM_CONFIG: Final = "/etc/parrot-ipc/config.toml"
+UNITS: Final = ("parrot-ipc.socket", "parrot-ipc.service")
+SYSTEM_UNIT_DIRS: Final = ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
+USER_UNIT_DIRS: Final = ("/etc/systemd/user", "/usr/lib/systemd/user", "~/.config/systemd/user")
+SECURITYFS: Final = "/sys/kernel/security"
+APPARMOR_PROFILE: Final = "parrot-ipc"
+PING_TIMEOUT_S: Final = 2.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of the report: what was checked, the verdict, what was found, how to fix it."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} ({uid})"
+    except KeyError:
+        return str(uid)
+
+
+def _allowed_owners(euid: int) -> list[int]:
+    """Who may own the runtime and state directories: us, and the service user if it exists."""
+    owners = [euid]
+    with contextlib.suppress(KeyError):
+        owners.append(pwd.getpwnam(SERVICE_USER).pw_uid)
+    return owners
+
+
+def _expected_owner(path: str, owners: Sequence[int]) -> int:
+    try:
+        uid = os.lstat(path).st_uid
+    except OSError:
+        return owners[0]
+    return uid if uid in owners else owners[0]
+
+
+# --------------------------------------------------------------------------- checks
+def check_runtime_dir(socket_path: str, euid: int) -> Check:
+    """The socket's directory: a real directory, mode 0700, owned by us or the service user."""
+    path = os.path.dirname(os.path.abspath(socket_path))
+    owner = _expected_owner(path, _allowed_owners(euid))
+    problem = oslayer.runtime_dir_problem(path, owner)
+    if problem is None:
+        return Check("runtime dir", "PASS", f"{path}: directory owned by {_user(owner)}, mode 0700")
+    if not os.path.lexists(path):
+        return Check("runtime dir", "FAIL", problem,
+                     "start the broker: systemctl start parrot-ipc.socket (or parrot-ipc serve)")
+    if os.path.islink(path) or not os.path.isdir(path):
+        return Check("runtime dir", "FAIL", problem,
+                     f"inspect and remove it (rm {path}); the broker or systemd recreates a safe directory")
+    return Check("runtime dir", "FAIL", problem, f"chown {owner} {path} && chmod 0700 {path}")
+
+
+def check_socket(socket_path: str, euid: int) -> Check:
+    """The socket file: a socket (not a symlink), mode 0600, owned like its directory."""
+    owner = _expected_owner(os.path.dirname(os.path.abspath(socket_path)), _allowed_owners(euid))
+    problem = oslayer.socket_file_problem(socket_path, owner, mode=0o600)
+    if problem is None:
+        return Check("socket", "PASS", f"{socket_path}: socket owned by {_user(owner)}, mode 0600")
+    if not os.path.lexists(socket_path):
+        return Check("socket", "FAIL", problem,
+                     "start the broker: systemctl start parrot-ipc.socket (or parrot-ipc serve)")
+    if stat.S_ISSOCK(os.lstat(socket_path).st_mode) and os.lstat(socket_path).st_uid == owner:
+        return Check("socket", "FAIL", problem, f"chmod 0600 {socket_path}, or restart the broker")
+    return Check("socket", "FAIL", problem,
+                 f"stop the broker, inspect and remove {socket_path}, then start it again")
+
+
+def check_ping(socket_path: str, safe: bool) -> Check:
+    """The broker answers ``ping`` (skipped, WARN, when the path is unsafe)."""
+    if not safe:
+        return Check("ping", "WARN", "skipped: the runtime directory or socket failed its check",
+                     "fix the rows above first")
+    t0 = time.perf_counter()
+    try:
+        with Client(socket_path, timeout_s=PING_TIMEOUT_S) as client:
+            reply = client.ping()
+    except (ParrotError, OSError) as exc:
+        return Check("ping", "FAIL", f"no answer on {socket_path}: {getattr(exc, 'message', exc)}",
+                     "systemctl start parrot-ipc.socket (or parrot-ipc serve); then journalctl -u parrot-ipc")
+    ms = (time.perf_counter() - t0) * 1000
+    if reply != "pong":
+        return Check("ping", "FAIL", f"unexpected reply {reply!r}", "is this a parrot-ipc broker?")
+    return Check("ping", "PASS", f"pong in {ms:.1f} ms")
+
+
+def check_config(config: Path | None, euid: int, load_config: Callable[[Path | None], object]) -> Check:
+    """The config file parses and validates (``cli.load_config``); also ``$PARROT_MAX_INPUT_SIZE``."""
+    if config is None and euid == 0:
+        if not os.path.exists(SYSTEM_CONFIG):
+            return Check("config", "WARN", f"{SYSTEM_CONFIG} not found; the system unit passes it to serve",
+                         f"install -D -m 0644 /dev/null {SYSTEM_CONFIG}  (an empty file means the defaults)")
+        config = Path(SYSTEM_CONFIG)
+    try:
+        load_config(config)
+    except ValueError as exc:
+        return Check("config", "FAIL", str(exc), "fix the file or key named; see docs/operations.md")
+    return Check("config", "PASS", f"{config}: valid" if config else "no config file; the defaults apply")
+
+
+def check_state_dir(state_dir: str, euid: int) -> Check:
+    """The state directory: a real directory, not group/world accessible, owned by us or the service user."""
+    try:
+        st = os.lstat(state_dir)
+    except FileNotFoundError:
+        return Check("state dir", "WARN", f"{state_dir} does not exist yet",
+                     "none needed: StateDirectory= (or the broker) creates it at first start")
+    owners = _allowed_owners(euid)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        return Check("state dir", "FAIL", f"{state_dir} is not a real directory ({oslayer.describe(st)})",
+                     f"inspect and remove {state_dir}; systemd recreates it (StateDirectory=)")
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in owners or mode & 0o077:
+        want = " or ".join(_user(u) for u in owners)
+        return Check("state dir", "FAIL", f"{state_dir} must be owned by {want} with mode 0700; "
+                     f"found {oslayer.describe(st)}", f"chown {owners[-1]} {state_dir} && chmod 0700 {state_dir}")
+    return Check("state dir", "PASS", f"{state_dir}: owned by {_user(st.st_uid)}, mode {mode:04o}")
+
+
+def check_database(state_dir: str) -> Check:
+    """``PRAGMA quick_check`` on ``<state_dir>/parrot.db``, opened read-only; WARN if absent."""
+    db = os.path.join(state_dir, DB_NAME)
+    if not os.path.isfile(db):
+        return Check("database", "WARN", f"no {db} (the memory store, or never started)",
+                     "none needed unless the broker should be durable")
+    uri = "file:" + urllib.parse.quote(db) + "?mode=ro"
+    try:
+        con = sqlite3.connect(uri, uri=True, timeout=2.0)
+        try:
+            rows = [str(r[0]) for r in con.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return Check("database", "FAIL", f"{db}: {exc}",
+                     "stop the broker and restore the last backup (docs/operations.md)")
+    if rows != ["ok"]:
+        return Check("database", "FAIL", f"{db}: quick_check: {'; '.join(rows[:3])}",
+                     "stop the broker and restore the last backup (docs/operations.md)")
+    return Check("database", "PASS", f"{db}: quick_check ok")
+
+
+def check_units(system_dirs: Sequence[str] = SYSTEM_UNIT_DIRS, user_dirs: Sequence[str] = USER_UNIT_DIRS) -> Check:
+    """``parrot-ipc.socket`` and ``.service`` installed for the system or user manager."""
+    for scope, dirs in (("system", system_dirs), ("user", user_dirs)):
+        for d in dirs:
+            d = os.path.expanduser(d)
+            found = [u for u in UNITS if os.path.isfile(os.path.join(d, u))]
+            if len(found) == len(UNITS):
+                return Check("units", "PASS", f"{scope} units installed in {d}")
+            if found:
+                return Check("units", "FAIL", f"only {', '.join(found)} in {d}",
+                             f"install both: install -m 0644 systemd/parrot-ipc.socket systemd/parrot-ipc.service {d}/")
+    return Check("units", "WARN", "no parrot-ipc units installed",
+                 "see docs/operations.md: install -m 0644 systemd/parrot-ipc.{socket,service} /etc/systemd/system/")
+
+
+def check_lsm(securityfs: str = SECURITYFS) -> Check:
+    """AppArmor (and our profile) or Landlock active in the kernel (``/sys/kernel/security``)."""
+    try:
+        lsms = Path(securityfs, "lsm").read_text().strip().split(",")
+    except OSError:
+        lsms = []
+    apparmor = "apparmor" in lsms or os.path.isdir(os.path.join(securityfs, "apparmor"))
+    if apparmor:
+        try:
+            profiles = Path(securityfs, "apparmor", "profiles").read_text().splitlines()
+        except OSError as exc:
+            return Check("lsm", "WARN", f"AppArmor active; cannot read its profiles: {exc.strerror}",
+                         "run doctor as root to see whether the parrot-ipc profile is loaded")
+        mine = [p for p in profiles if p.split(" ", 1)[0] == APPARMOR_PROFILE]
+        if mine:
+            return Check("lsm", "PASS", f"AppArmor active; profile {mine[0]}")
+        return Check("lsm", "WARN", f"AppArmor active but profile {APPARMOR_PROFILE} is not loaded "
+                     "(the unit's AppArmorProfile= will fail)",
+                     "install -m 0644 apparmor/parrot-ipc /etc/apparmor.d/ && apparmor_parser -r /etc/apparmor.d/parrot-ipc")
+    if "landlock" in lsms:
+        return Check("lsm", "PASS", "Landlock active (AppArmor is not)")
+    return Check("lsm", "WARN", f"neither AppArmor nor Landlock is active ({securityfs})",
+                 "boot with lsm=...,apparmor (or landlock); the systemd sandbox still applies")
+
+
+def run_checks(socket_path: str, *, state_dir: str | None = None, config: Path | None = None,
+               load_config: Callable[[Path | None], object], euid: int | None = None,
+               system_unit_dirs: Sequence[str] = SYSTEM_UNIT_DIRS,
+               user_unit_dirs: Sequence[str] = USER_UNIT_DIRS, securityfs: str = SECURITYFS) -> list[Check]:
+    """All checks, in report order. Reads only; connects to the socket once (``ping``)."""
+    euid = os.geteuid() if euid is None else euid
+    state = state_dir or default_state_dir(euid)
+    rows = [check_runtime_dir(socket_path, euid), check_socket(socket_path, euid)]
+    rows.append(check_ping(socket_path, safe=all(r.status == "PASS" for r in rows)))
+    rows.append(check_config(config, euid, load_config))
+    rows.append(check_state_dir(state, euid))
+    if rows[-1].status == "FAIL":
+        rows.append(Check("database", "WARN", "skipped: the state directory failed its check", "fix it first"))
+    else:
+        rows.append(check_database(state))
+    rows.append(check_units(system_unit_dirs, user_unit_dirs))
+    rows.append(check_lsm(securityfs))
+    return rows
+
+
+def render(rows: Sequence[Check]) -> str:
+    """A fixed-width table: CHECK, STATUS, DETAIL, and a ``fix:`` line under each non-PASS row."""
+    w = max(len("CHECK"), *(len(r.name) for r in rows))
+    lines = [f"{'CHECK':<{w}}  STATUS  DETAIL"]
+    for r in rows:
+        lines.append(f"{r.name:<{w}}  {r.status:<6}  {r.detail}")
+        if r.status != "PASS" and r.fix:
+            lines.append(f"{'':<{w}}  {'':<6}  fix: {r.fix}")
+    return "\n".join(lines)
+
+
+def as_dict(rows: Sequence[Check]) -> dict[str, Any]:
+    """``{"ok": no FAIL, "checks": [{"name", "status", "detail", "fix"}, ...]}`` for ``--json``."""
+    return {"ok": not failed(rows), "checks": [asdict(r) for r in rows]}
+
+
+def failed(rows: Sequence[Check]) -> bool:
+    """True if any row is FAIL (doctor then exits 1)."""
+    return any(r.status == "FAIL" for r in rows)
