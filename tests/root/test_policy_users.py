@@ -490,3 +490,42 @@ scopes = ["send", "receive", "rename", "admin"]
     text = b.audit.read_text()
     assert all(t and t not in text for t in tokens)
     assert all(json.loads(line)["ts"].endswith("Z") for line in text.splitlines())
+
+
+# --------------------------------------------------------------------------- connection flood
+def test_a_connection_flood_past_the_per_uid_cap_is_refused_and_another_uid_still_works(
+        people: People, policy_broker) -> None:
+    import socket as stdsocket
+
+    b = policy_broker(f"""
+[server]
+max_connections_per_uid = 20
+
+[[peers]]
+uids = [{people.u2.uid}]
+{ROOT_RULE}""")
+    b.open_up()
+    flood = []
+    try:
+        for _ in range(20):
+            s = stdsocket.socket(stdsocket.AF_UNIX)
+            s.settimeout(5)
+            s.connect(b.socket)
+            s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+            assert b"pong" in s.recv(1000)  # admitted
+            flood.append(s)
+        extra = stdsocket.socket(stdsocket.AF_UNIX)
+        extra.settimeout(5)
+        extra.connect(b.socket)
+        err = json.loads(extra.recv(1000).split(b"\n")[0])["error"]
+        extra.close()
+        assert err["code"] == -32003 and err["data"]["reason"] == "too_many_connections"
+        assert "limit 20" in err["message"]
+        # Another UID is not affected by root's flood.
+        doc = people.rpc(people.u2, b.socket, [["get_token", {"instance_id": "calm"}], ["ping", None]])
+        assert doc["responses"][1]["result"] == "pong"
+        ev = b.wait_event(lambda e: e["event"] == "peer_refused" and e.get("reason") == "too_many_connections")
+        assert ev["uid"] == 0
+    finally:
+        for s in flood:
+            s.close()
