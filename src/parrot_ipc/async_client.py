@@ -159,3 +159,7 @@ class AsyncClient:
 
     async def revoke(self) -> bool:
         return bool((await self.call("revoke", None, p.RevokeResult)).revoked)
+
+    async def get_resource(self, name: str) -> p.ResourceResult:
+        """A protected resource: ``{name, content, sha256}`` (scope ``resources``; -32005 if unknown)."""
+        return await self.call("get_resource", {"name": name}, p.ResourceResult)  # type: ignore[no-any-return]

@@ -36,6 +36,7 @@ from .core.errors import ErrorCode
 from .core.policy import Policy
 from .core.store import Journaled, MemoryStore, Store
 from .core.timefmt import rfc3339
+from .resources import ResourceDir
 
 log = logging.getLogger("parrot_ipc.server")
 _RECV_BYTES = 65536
@@ -579,7 +580,8 @@ def run_broker(socket_path: str, config: BrokerConfig | LoadedConfig | None = No
         oslayer.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)), group_gid=loaded.socket_gid)
         listener, inode = oslayer.bind_listener(socket_path, group_gid=loaded.socket_gid)
         broker = Broker(config=loaded.server, policy=loaded.policy, clock=time.time, audit=audit_sink,
-                        shared_secret=loaded.shared_secret, store=st, id_floor=getattr(st, "max_id", None))
+                        shared_secret=loaded.shared_secret, store=st, id_floor=getattr(st, "max_id", None),
+                        resources=ResourceDir(loaded.server.resources_dir))
         server = BrokerServer(broker, listener, commit_mode=commit_mode,
                               on_listener_closed=lambda: oslayer.remove_socket(socket_path, inode))
 
