@@ -435,7 +435,9 @@ def mcp_(
 
     Add it to Claude Code with: claude mcp add parrot -- parrot-ipc mcp --instance claude-1
 
-    The session token is held in memory only. Needs the 'mcp' extra: pip install 'parrot-ipc[mcp]'.
+    The session token is held in memory only, never written. The initialize instructions are the
+    broker's resource 'instructions' (generic ones, and a warning on stderr, if the broker is
+    unreachable or refuses). Needs the optional 'mcp' extra of parrot-ipc (the MCP Python SDK).
     """
     if not valid_instance_id(instance):
         typer.echo(f"error: bad instance id {instance!r}: 1-64 of A-Z a-z 0-9 _ . -, starting "

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import sqlite3
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -130,6 +131,12 @@ async def test_initialize_is_generic_without_the_resources_scope(broker, setup: 
     assert "scope_missing" in err and "-32002" in err
     assert PROTECTED.strip() not in err
     assert "scope_denied" in b.log_text()
+
+
+def test_bad_instance_id_is_a_usage_error(setup: Setup) -> None:
+    res = subprocess.run([sys.executable, "-m", "parrot_ipc", "mcp", "--instance", "../x"], capture_output=True,
+                         text=True, env=_bridge_env(setup), stdin=subprocess.DEVNULL, timeout=TIMEOUT_S)
+    assert res.returncode == 2 and "bad instance id" in res.stderr
 
 
 # --------------------------------------------------------------------------- tools
