@@ -54,7 +54,10 @@ class AsyncClient:
     async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
         assert self._stream is not None
-        await self._stream.aclose()
+        # Shielded: if we are being cancelled, aclose() would raise Cancelled at its checkpoint and
+        # the nursery below would never be exited, corrupting trio's task tree.
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()
         return bool(await self._nursery_cm.__aexit__(et, ev, tb))
 
     async def _read_loop(self) -> None:
@@ -159,3 +162,7 @@ class AsyncClient:
 
     async def revoke(self) -> bool:
         return bool((await self.call("revoke", None, p.RevokeResult)).revoked)
+
+    async def get_resource(self, name: str) -> p.ResourceResult:
+        """A protected resource: ``{name, content, sha256}`` (scope ``resources``; -32005 if unknown)."""
+        return await self.call("get_resource", {"name": name}, p.ResourceResult)  # type: ignore[no-any-return]

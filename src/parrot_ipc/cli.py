@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ import typer
 from . import config_file, session_file
 from .client import BrokerUnavailable, Client, ParrotError
 from .core.config import BrokerConfig
-from .core.protocol import ListSessionsResult, RevokeResult
+from .core.protocol import INSTANCE_ID_PATTERN, ListSessionsResult, RevokeResult
 from .oslayer import StartupError, default_socket_path
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_SESSION = 0, 1, 2, 3, 4
@@ -421,6 +422,59 @@ def admin_revoke(
     with _session(socket, as_json) as (client, _):
         res = client.call("revoke_session", {"instance_id": name}, RevokeResult)
         _emit(as_json, {"instance_id": name, "revoked": res.revoked}, f"revoked the session of {name}")
+
+
+resource_app = typer.Typer(help="Protected resources the broker serves (the session needs the "
+                           "'resources' scope).", no_args_is_help=True)
+app.add_typer(resource_app, name="resource")
+
+
+@resource_app.command("get")
+def resource_get(
+    name: Annotated[str, typer.Argument(help="The resource name, e.g. 'instructions'.")],
+    socket: SocketOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print resource NAME (its text as-is; with --json: name, content, sha256)."""
+    with _session(socket, as_json) as (client, _):
+        res = client.get_resource(name)
+        if as_json:
+            _emit(True, res)
+        else:
+            sys.stdout.write(res.content)
+
+
+@app.command("mcp")
+def mcp_(
+    instance: Annotated[str, typer.Option("--instance", "-i", help="The instance id this agent registers as, "
+                                          "e.g. claude-1.")],
+    socket: SocketOpt = None,
+    log_level: Annotated[str, typer.Option(help="Log level on stderr: DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
+) -> None:
+    """Run an MCP server on stdin/stdout that gives an AI agent the broker as tools.
+
+    Add it to Claude Code with: claude mcp add parrot -- parrot-ipc mcp --instance claude-1
+
+    The session token is held in memory only, never written. The initialize instructions are the
+    broker's resource 'instructions' (generic ones, and a warning on stderr, if the broker is
+    unreachable or refuses). Needs the optional 'mcp' extra of parrot-ipc (the MCP Python SDK).
+    """
+    if not valid_instance_id(instance):
+        typer.echo(f"error: bad instance id {instance!r}: 1-64 of A-Z a-z 0-9 _ . -, starting "
+                   "with a letter or digit", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        from .mcp_bridge import run_bridge
+    except ImportError as exc:
+        typer.echo(f"error: the MCP bridge needs the 'mcp' extra ({exc}); install it with: "
+                   "pip install 'parrot-ipc[mcp]'", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    run_bridge(instance, socket, log_level=log_level)
+
+
+def valid_instance_id(name: str) -> bool:
+    """True if ``name`` matches the protocol's instance id pattern."""
+    return re.fullmatch(INSTANCE_ID_PATTERN, name) is not None
 
 
 def _audit_line(raw: str) -> str:

@@ -217,6 +217,10 @@ class Client:
     def revoke(self) -> bool:
         return bool(self.call("revoke", None, p.RevokeResult).revoked)
 
+    def get_resource(self, name: str) -> p.ResourceResult:
+        """A protected resource: ``{name, content, sha256}`` (scope ``resources``; -32005 if unknown)."""
+        return self.call("get_resource", {"name": name}, p.ResourceResult)  # type: ignore[no-any-return]
+
     def next_message(self, timeout_s: float | None = None) -> p.Message | None:
         """The next pushed message after :meth:`subscribe`, or None after ``timeout_s`` seconds."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -80,11 +80,20 @@ def _check_file(path: Path, broker_uid: int) -> None:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"config {path} is not a regular file")
+    problem = owner_mode_problem(st, broker_uid)
+    if problem:
+        raise ConfigError(f"config {path} {problem}")
+
+
+def owner_mode_problem(st: os.stat_result, broker_uid: int) -> str | None:
+    """Why a file that decides policy (the config, a resource) is unsafe, or None if it is fine.
+
+    It must be owned by root or ``broker_uid`` and not writable by group or others.
+    """
     if st.st_uid not in (0, broker_uid) or st.st_mode & 0o022:
-        raise ConfigError(
-            f"config {path} must be owned by root or uid {broker_uid} and not writable by group or "
-            f"others; found uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}"
-        )
+        return (f"must be owned by root or uid {broker_uid} and not writable by group or "
+                f"others; found uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}")
+    return None
 
 
 def load_config(path: Path | None = None, *, broker_uid: int | None = None,

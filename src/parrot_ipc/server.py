@@ -36,6 +36,7 @@ from .core.errors import ErrorCode
 from .core.policy import Policy
 from .core.store import Journaled, MemoryStore, Store
 from .core.timefmt import rfc3339
+from .resources import ResourceDir
 
 log = logging.getLogger("parrot_ipc.server")
 _RECV_BYTES = 65536
@@ -659,7 +660,8 @@ def run_broker(socket_path: str, config: BrokerConfig | LoadedConfig | None = No
         listener, where, release = _acquire_listener(socket_path, loaded.socket_gid)
         _fit_nofile_limit(loaded.server.max_connections)
         broker = Broker(config=loaded.server, policy=loaded.policy, clock=time.time, audit=audit_sink,
-                        shared_secret=loaded.shared_secret, store=st, id_floor=getattr(st, "max_id", None))
+                        shared_secret=loaded.shared_secret, store=st, id_floor=getattr(st, "max_id", None),
+                        resources=ResourceDir(loaded.server.resources_dir))
         supervisor = _Supervisor(systemd.Notifier.from_env(), systemd.watchdog_interval())
 
         def on_listener_closed() -> None:

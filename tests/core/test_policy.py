@@ -12,7 +12,7 @@ from parrot_ipc.core.policy import DEFAULT_SCOPES, SCOPE_ADMIN
 
 
 def test_default_scopes_are_every_scope_but_admin() -> None:
-    assert {"send", "receive", "list", "rename", "broadcast"} == DEFAULT_SCOPES
+    assert {"send", "receive", "list", "rename", "broadcast", "resources"} == DEFAULT_SCOPES
     assert SCOPE_ADMIN not in DEFAULT_SCOPES
 
 

@@ -26,13 +26,14 @@ from msgspec import UNSET
 
 from . import protocol as p
 from .config import BrokerConfig
-from .errors import ErrorCode, RpcError
+from .errors import ErrorCode, ResourceRefused, RpcError
 from .policy import (
     SCOPE_ADMIN,
     SCOPE_BROADCAST,
     SCOPE_LIST,
     SCOPE_RECEIVE,
     SCOPE_RENAME,
+    SCOPE_RESOURCES,
     SCOPE_SEND,
     Admission,
     PeerCredentials,
@@ -43,6 +44,10 @@ from .timefmt import IdGenerator, rfc3339
 
 log = logging.getLogger("parrot_ipc.broker")
 AuditSink = Callable[[str, dict[str, Any]], None]
+#: Reads one resource by an already-validated name: its bytes, or None if there is no such
+#: resource. Raises :class:`~parrot_ipc.core.errors.ResourceRefused` for a file it must not serve.
+#: The OS layer provides it (:class:`parrot_ipc.resources.ResourceDir`); the core does no I/O.
+ResourceReader = Callable[[str], bytes | None]
 
 _PURGE_INTERVAL_S: Final = 60.0
 _MAX_FORWARD_HOPS: Final = 8
@@ -174,6 +179,8 @@ class Broker:
             ``shared_secret_proof`` = hex HMAC-SHA256(secret, instance_id).
         id_floor: the highest message id a durable store has seen (or None); new ids sort
             after it, so an id is never issued twice across restarts.
+        resources: the reader behind ``get_resource`` (see :data:`ResourceReader`); None
+            means the broker has no resources (every name is -32005).
 
     Every public method is total: a peer's bad input becomes an error frame, and a bug becomes
     -32603 with a logged traceback. None of them raise.
@@ -190,6 +197,7 @@ class Broker:
         audit: AuditSink = default_audit,
         shared_secret: bytes | None = None,
         id_floor: str | None = None,
+        resources: ResourceReader | None = None,
     ) -> None:
         self.config = config or BrokerConfig()
         self.policy = policy
@@ -200,6 +208,7 @@ class Broker:
         #: The audit sink, for the shell's own events (timeouts, drops).
         self.audit = audit
         self._shared_secret = shared_secret
+        self._resources = resources
         self._ids = IdGenerator(floor_id=id_floor)
         self._next_conn_id = 1
         self._bound: dict[str, set[Connection]] = {}
@@ -707,6 +716,33 @@ class Broker:
         self._kill_session(s, f"revoked by admin uid {conn.peer.uid}")
         return p.RevokeResult(revoked=True)
 
+    def _m_get_resource(self, conn: Connection, prm: p.GetResourceParams, rid: p.RequestId) -> p.ResourceResult:
+        """Serve one resource file's text. Errors: -32602 ``bad_resource_name``; -32005
+        ``resource_not_found`` (no such file, or no reader); -32005 ``resource_refused`` (the
+        file is unsafe or not UTF-8: the reason is logged and audited, not sent)."""
+        s = conn.session
+        assert s is not None
+        name = prm.name
+        fields = {"conn": conn.conn_id, "uid": conn.peer.uid, "instance": s.instance_id, "name": name}
+        if not p.valid_resource_name(name):
+            raise RpcError(ErrorCode.INVALID_PARAMS, "bad_resource_name",
+                           "A resource name is 1-64 of A-Z a-z 0-9 _ . -, starts alphanumeric, and has no '..'.")
+        try:
+            raw = None if self._resources is None else self._resources(name)
+            content = None if raw is None else raw.decode("utf-8")
+        except (ResourceRefused, UnicodeDecodeError) as exc:
+            why = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            log.warning("refusing to serve resource %r: %s", name, why)
+            self._audit("resource_refused", {**fields, "why": why})
+            raise RpcError(ErrorCode.NOT_FOUND, "resource_refused",
+                           f"The resource {name!r} cannot be served; the broker's log says why.") from None
+        if raw is None or content is None:
+            self._audit("resource_not_found", fields)
+            raise RpcError(ErrorCode.NOT_FOUND, "resource_not_found", f"No resource named {name!r}.")
+        digest = hashlib.sha256(raw).hexdigest()
+        self._audit("resource_served", {**fields, "sha256": digest})
+        return p.ResourceResult(name=name, content=content, sha256=digest)
+
     # ------------------------------------------------------------------ policy reload
     def replace_policy(self, policy: Policy, label: str = "") -> None:
         """Swap in a new admission policy (a config reload) and apply it to live connections.
@@ -806,6 +842,7 @@ _METHODS: Final[dict[str, _Method]] = {
     "rename": _method(Broker._m_rename, p.RenameParams, SCOPE_RENAME),
     "subscribe": _method(Broker._m_subscribe, p.NoParams, SCOPE_RECEIVE),
     "revoke": _method(Broker._m_revoke, p.NoParams, _SESSION),
+    "get_resource": _method(Broker._m_get_resource, p.GetResourceParams, SCOPE_RESOURCES),
     "list_sessions": _method(Broker._m_list_sessions, p.NoParams, SCOPE_ADMIN),
     "revoke_session": _method(Broker._m_revoke_session, p.RevokeSessionParams, SCOPE_ADMIN),
 }

@@ -55,6 +55,10 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     burst: PositiveFloat = 4000.0
     push_window: PositiveInt = 100
     shutdown_grace_s: PositiveFloat = 5.0
+    #: Directory of the files ``get_resource`` serves (one file per resource name). It and its
+    #: files must be owned by root or the broker's user and not writable by group or others,
+    #: like the config file. Read at start; the files are read on each request.
+    resources_dir: str = "/etc/parrot-ipc/resources"
 
 
 Scope = Literal["send", "receive", "list", "rename", "broadcast", "admin", "resources"]
@@ -75,7 +79,8 @@ class PeerRuleConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     groups: list[str] = []
     gids: list[Annotated[int, Meta(ge=0)]] = []
     executables: list[Annotated[str, Meta(pattern="^/")]] = []
-    scopes: list[Scope] = field(default_factory=lambda: ["send", "receive", "list", "rename", "broadcast"])
+    scopes: list[Scope] = field(
+        default_factory=lambda: ["send", "receive", "list", "rename", "broadcast", "resources"])
     may_send_to: list[InstancePattern] = field(default_factory=lambda: ["*"])
     bind: Literal["uid", "process"] = "uid"
 

@@ -47,3 +47,10 @@ class RpcError(Exception):
         self.reason = reason
         self.message = message
         self.data: dict[str, Any] = {"reason": reason, **data}
+
+
+class ResourceRefused(Exception):
+    """Raised by a resource reader (injected into the broker) for a resource file that exists
+    but must not be served: a symlink, not a regular file, owned by another user, writable by
+    group or others, too large, or not UTF-8. ``str(exc)`` says which, for the broker's log.
+    """

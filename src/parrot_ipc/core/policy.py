@@ -24,8 +24,9 @@ ALL_SCOPES: Final = frozenset(
 Bind = Literal["uid", "process"]
 
 #: Every scope but ``admin``: what an admitted peer gets when no config file exists.
+#: ``resources`` (``get_resource``) is in it: any admitted peer may read the broker's resources.
 DEFAULT_SCOPES: Final = frozenset(
-    {SCOPE_SEND, SCOPE_RECEIVE, SCOPE_LIST, SCOPE_RENAME, SCOPE_BROADCAST}
+    {SCOPE_SEND, SCOPE_RECEIVE, SCOPE_LIST, SCOPE_RENAME, SCOPE_BROADCAST, SCOPE_RESOURCES}
 )
 
 

@@ -22,6 +22,9 @@ DEFAULT_MAX_FRAME_BYTES: Final = 65536
 
 INSTANCE_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 InstanceId = Annotated[str, Meta(pattern=INSTANCE_ID_PATTERN)]
+#: A resource name: one file name in ``resources_dir``, never a path (no ``/``, no leading dot).
+RESOURCE_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+ResourceName = Annotated[str, Meta(pattern=RESOURCE_NAME_PATTERN)]
 RequestId = int | str | None
 _EMPTY_OBJECT: Final = Raw(b"{}")
 _ABSENT: Final = Raw(b"")
@@ -191,6 +194,10 @@ class RevokeSessionParams(_Params):
     instance_id: InstanceId
 
 
+class GetResourceParams(_Params):
+    name: ResourceName
+
+
 # --------------------------------------------------------------------------- results
 class Message(Struct, kw_only=True, omit_defaults=True):
     """One message. ``id`` sorts by arrival; ``sent_at`` is RFC 3339 UTC."""
@@ -268,6 +275,14 @@ class RevokeResult(Struct, kw_only=True):
     revoked: bool
 
 
+class ResourceResult(Struct, kw_only=True):
+    """``get_resource``: the resource's text (UTF-8) and the hex SHA-256 of its bytes."""
+
+    name: str
+    content: str
+    sha256: str
+
+
 class SessionInfo(Struct, kw_only=True):
     """A session as the admin sees it: never the token, nor its hash."""
 
@@ -324,6 +339,19 @@ def encode_request(request_id: RequestId, method: str, params: Any | None = None
     if params is not None:
         obj["params"] = params
     return encode_frame(obj)
+
+
+_RESOURCE_NAME_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def valid_resource_name(name: object) -> bool:
+    """True if ``name`` is a safe resource name: it matches :data:`RESOURCE_NAME_PATTERN`
+    (1-64 of ``A-Z a-z 0-9 _ . -``, first one alphanumeric) and holds no ``..``.
+
+    Such a name is one directory entry: no ``/``, no NUL, not ``.`` or ``..``.
+    """
+    return (isinstance(name, str) and 1 <= len(name) <= 64 and name[0].isascii() and name[0].isalnum()
+            and set(name) <= _RESOURCE_NAME_CHARS and ".." not in name)
 
 
 def salvage_id(frame: bytes) -> RequestId:
