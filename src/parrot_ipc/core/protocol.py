@@ -51,7 +51,8 @@ class FrameBuffer:
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
-        self._buf = b""
+        self._buf = bytearray()  # the partial frame, grown in place: a frame that trickles in
+        # one byte per read costs O(n) in all, not O(n^2) (each read re-copying the tail)
 
     @property
     def buffered_bytes(self) -> int:
@@ -60,24 +61,27 @@ class FrameBuffer:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return the frames it completes. Raises :class:`FrameTooLarge`."""
-        if self._buf:
-            data = self._buf + data
+        buf = self._buf
         if b"\n" not in data:
-            if len(data) > self.max_frame_bytes:
-                self._buf = b""
-                raise FrameTooLarge(len(data))
-            self._buf = data
+            size = len(buf) + len(data)
+            if size > self.max_frame_bytes:
+                buf.clear()
+                raise FrameTooLarge(size)
+            buf += data
             return []
+        if buf:
+            buf += data
+            data = bytes(buf)
+            buf.clear()
         *frames, tail = data.split(b"\n")
         limit = self.max_frame_bytes
         if len(tail) > limit:
-            self._buf = b""
             raise FrameTooLarge(len(tail))
-        self._buf = tail
+        buf += tail
         out = []
         for frame in frames:
             if len(frame) > limit:
-                self._buf = b""
+                buf.clear()
                 raise FrameTooLarge(len(frame))
             if frame and not frame.isspace():
                 out.append(frame)
