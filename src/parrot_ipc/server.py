@@ -13,6 +13,7 @@ until the store is durable up to what it saw before it queues the responses, so 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -117,6 +118,10 @@ class BrokerServer:
         self._failures = 0  # failed commits so far
         self._deferred: list[tuple[int, Push]] = []  # pushes waiting for their commit
         self._per_request_lock = trio.Lock() if commit_mode == "per_request" else None
+        self._full_frame = p.encode_error(
+            None, ErrorCode.RATE_LIMITED,
+            f"The broker is at max_connections ({self.config.max_connections}); retry later.",
+            {"reason": "server_full", "retry_after_s": 1.0})
 
     # ------------------------------------------------------------------ lifecycle
     def reload_policy(self, policy: Policy, label: str = "") -> None:
@@ -168,8 +173,10 @@ class BrokerServer:
                 now = time.monotonic()
                 if now - self._last_full_warning > 1.0:
                     self._last_full_warning = now
-                    log.warning("max_connections (%d) reached: closing new connections at once",
+                    log.warning("max_connections (%d) reached: refusing new connections at once",
                                 self.config.max_connections)
+                with contextlib.suppress(OSError):  # one line into an empty, non-blocking socket
+                    os.write(sock.fileno(), self._full_frame)
                 sock.close()
                 continue
             self._sockets += 1

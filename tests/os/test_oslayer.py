@@ -136,3 +136,34 @@ def test_bind_refuses_a_symlink_at_the_socket_path(tmp_path: Path) -> None:
     with pytest.raises(StartupError):
         oslayer.bind_listener(str(tmp_path / "s.sock"))
     assert target.read_text() == "x"
+
+
+def _in_child(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (rlimits changed there do not leak into pytest)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    return out.stdout + out.stderr
+
+
+def test_raise_nofile_limit_raises_the_soft_limit_and_never_past_the_hard_one() -> None:
+    out = _in_child(
+        "import resource\n"
+        "from parrot_ipc.oslayer import raise_nofile_limit\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))\n"
+        "print(raise_nofile_limit(1000), resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+        "print(raise_nofile_limit(50000), resource.getrlimit(resource.RLIMIT_NOFILE))\n")
+    assert out.splitlines() == ["(1000, 4096) (1000, 4096)", "(4096, 4096) (4096, 4096)"]
+
+
+def test_broker_start_up_logs_when_the_hard_limit_cannot_fit_max_connections() -> None:
+    out = _in_child(
+        "import logging, resource\n"
+        "logging.basicConfig(level=logging.DEBUG, format='%(levelname)s %(message)s')\n"
+        "from parrot_ipc.server import _fit_nofile_limit\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (128, 512))\n"
+        "_fit_nofile_limit(10000)\n"
+        "print('soft', resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+    assert "WARNING RLIMIT_NOFILE hard limit is 512, lower than max_connections" in out, out
+    assert "soft 512" in out

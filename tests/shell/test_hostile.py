@@ -175,3 +175,54 @@ async def test_one_uid_at_its_rate_limit_does_not_slow_another(make_harness: Cal
             assert await other.ping() == "pong"
     await hog.aclose()
     h.server.shutdown()
+
+
+async def test_an_idle_connection_is_closed_at_idle_timeout_but_a_subscriber_is_kept(
+        make_harness: Callable[..., object]) -> None:
+    h: Harness = await make_harness(idle_timeout_s=0.5)  # type: ignore[misc]
+    idle = await raw(h.path)
+    await idle.send_all(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')  # past the handshake
+    t0 = trio.current_time()
+    with trio.fail_after(5):
+        got = b""
+        while True:
+            data = await idle.receive_some(1000)
+            if not data:
+                break
+            got += data
+    waited = trio.current_time() - t0
+    assert b'"pong"' in got
+    assert 0.4 <= waited < 3.0, waited
+    assert any(e == "idle_timeout" for e, _ in h.audit)
+    async with AsyncClient(h.path) as sub:
+        await sub.get_token("listener")
+        await sub.subscribe()
+        await trio.sleep(1.5)  # three idle timeouts: a subscriber is not idle, it waits for pushes
+        assert await sub.ping() == "pong"
+    await idle.aclose()
+    h.server.shutdown()
+
+
+async def test_connections_past_max_connections_are_closed_at_once_and_a_closed_one_frees_a_slot(
+        make_harness: Callable[..., object]) -> None:
+    h: Harness = await make_harness(max_connections=3)  # type: ignore[misc]
+    keep = [await raw(h.path) for _ in range(3)]
+    for s in keep:
+        await s.send_all(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+        with trio.fail_after(5):
+            assert b"pong" in await s.receive_some(1000)
+    extra = await raw(h.path)
+    with trio.fail_after(5):
+        line = await extra.receive_some(1000)
+        assert await extra.receive_some(1000) == b""  # then closed at once, nothing read from it
+    err = json.loads(line)["error"]
+    assert err["code"] == -32003 and err["data"]["reason"] == "server_full", err
+    await keep[0].aclose()
+    with trio.fail_after(5):
+        while h.server._sockets >= 3:
+            await trio.sleep(0.02)
+    async with AsyncClient(h.path) as c:
+        assert await c.ping() == "pong"
+    for s in keep[1:]:
+        await s.aclose()
+    h.server.shutdown()
