@@ -218,6 +218,21 @@ def test_receive_rejects_out_of_range_params(harness: Harness, params: dict[str,
     assert harness.register("a").err("receive", params)["code"] == INVALID_PARAMS
 
 
+
+@pytest.mark.parametrize(
+    "number",
+    [b"1" * 5000, b"-" + b"9" * 400, b"1e999999", b"-1e999999", b"18446744073709551616", b"1.5e308"],
+    ids=["5000-digits", "400-digit-negative", "exponent-overflow", "negative-overflow", "2**64", "near-max-float"],
+)
+def test_huge_numbers_in_params_are_invalid_params_not_a_crash(harness: Harness, number: bytes) -> None:
+    alice = harness.register("a")
+    harness.register("b")
+    frame = b'{"jsonrpc":"2.0","id":7,"method":"receive","params":{"max":' + number + b'}}'
+    rid, error = error_of(alice.send_frame(frame))
+    assert error["code"] in (INVALID_PARAMS, PARSE_ERROR), error  # never -32603
+    assert rid in (7, None)
+    assert alice.ok("ping") == "pong"  # the connection state is unchanged
+
 def test_invalid_params_are_audited(harness: Harness, peer: Peer) -> None:
     peer.err("get_token", {"instance_id": "../../etc/passwd"})
     (fields,) = harness.audit.named("bad_request")
