@@ -133,28 +133,35 @@ async def test_slowloris_connections_are_closed_at_the_handshake_timeout_while_o
     h.server.shutdown()
 
 
-async def test_a_connection_flood_past_the_per_uid_cap_is_refused_with_a_reason(
-        make_harness: Callable[..., object]) -> None:
-    h: Harness = await make_harness(max_connections_per_uid=5)  # type: ignore[misc]
-    keep = [await raw(h.path) for _ in range(5)]
-    for s in keep:  # make sure each is admitted (answered) before the sixth
+async def _fill_then_refuse_then_free(h: Harness, cap: int, reason: str, still_counted: Callable[[], bool]) -> None:
+    """Open ``cap`` answered connections; one more gets one -32003 ``reason`` line and a close;
+    once one of the first closes (``still_counted`` turns False), a new client is served."""
+    keep = [await raw(h.path) for _ in range(cap)]
+    for s in keep:  # make sure each is admitted (answered) before the extra one
         await s.send_all(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
         with trio.fail_after(5):
             assert b"pong" in await s.receive_some(1000)
     extra = await raw(h.path)
     with trio.fail_after(5):
         line = await extra.receive_some(1000)
+        assert await extra.receive_some(1000) == b""  # then closed, nothing read from it
     err = json.loads(line)["error"]
-    assert err["code"] == -32003 and err["data"]["reason"] == "too_many_connections"
+    assert err["code"] == -32003 and err["data"]["reason"] == reason, err
     await keep[0].aclose()
     with trio.fail_after(5):
-        while h.broker.connections >= 5:
+        while still_counted():
             await trio.sleep(0.02)
     async with AsyncClient(h.path) as c:
         assert await c.ping() == "pong"
     for s in keep[1:]:
         await s.aclose()
     h.server.shutdown()
+
+
+async def test_a_connection_flood_past_the_per_uid_cap_is_refused_with_a_reason(
+        make_harness: Callable[..., object]) -> None:
+    h: Harness = await make_harness(max_connections_per_uid=5)  # type: ignore[misc]
+    await _fill_then_refuse_then_free(h, 5, "too_many_connections", lambda: h.broker.connections >= 5)
 
 
 async def test_one_uid_at_its_rate_limit_does_not_slow_another(make_harness: Callable[..., object]) -> None:
@@ -206,23 +213,4 @@ async def test_an_idle_connection_is_closed_at_idle_timeout_but_a_subscriber_is_
 async def test_connections_past_max_connections_are_closed_at_once_and_a_closed_one_frees_a_slot(
         make_harness: Callable[..., object]) -> None:
     h: Harness = await make_harness(max_connections=3)  # type: ignore[misc]
-    keep = [await raw(h.path) for _ in range(3)]
-    for s in keep:
-        await s.send_all(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
-        with trio.fail_after(5):
-            assert b"pong" in await s.receive_some(1000)
-    extra = await raw(h.path)
-    with trio.fail_after(5):
-        line = await extra.receive_some(1000)
-        assert await extra.receive_some(1000) == b""  # then closed at once, nothing read from it
-    err = json.loads(line)["error"]
-    assert err["code"] == -32003 and err["data"]["reason"] == "server_full", err
-    await keep[0].aclose()
-    with trio.fail_after(5):
-        while h.server._sockets >= 3:
-            await trio.sleep(0.02)
-    async with AsyncClient(h.path) as c:
-        assert await c.ping() == "pong"
-    for s in keep[1:]:
-        await s.aclose()
-    h.server.shutdown()
+    await _fill_then_refuse_then_free(h, 3, "server_full", lambda: h.server._sockets >= 3)
