@@ -143,6 +143,38 @@ def table(agg: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _md(node: Any) -> str:
+    return _fmt(node).replace("[", "(").replace("]", ")")
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The results as Markdown (for docs/benchmarks.md): the table, then the targets."""
+    agg = doc["scenarios"]
+    out = ["| scenario | metric | parrot-ipc | floor | parrot-ipc / floor |", "|---|---|---:|---:|---:|"]
+    for name in ORDER:
+        entry = agg.get(name)
+        if entry is None:
+            continue
+        if name == "redis":
+            if "skipped" in entry:
+                out.append(f"| redis | skipped: {entry['skipped']} | | | |")
+                continue
+            for k, v in entry["redis_lpush"].items():
+                out.append(f"| redis | redis-py LPUSH {k} | {_md(v)} | | |")
+            if "seq_send_over_redis" in entry:
+                out.append(f"| redis | seq_send rt/s / LPUSH rt/s | | | {_md(entry['seq_send_over_redis'])} |")
+            continue
+        for k in entry["parrot"]:
+            out.append(f"| {name} | {k} | {_md(entry['parrot'][k])} | {_md(entry['floor'].get(k))} | "
+                       f"{_md(entry['ratio_to_floor'].get(k))} |")
+    out += ["", "| target | measured (median) | met |", "|---|---:|---|"]
+    for t in doc["targets"]:
+        v = "-" if t["measured"] is None else f"{t['measured']:,.4g}"
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        out.append(f"| {t['target']} | {v} | {met} |")
+    return "\n".join(out)
+
+
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "kernel": platform.release(), "machine": platform.machine(),
             "python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
@@ -202,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "latest.json"), help="the JSON results")
     ap.add_argument("--png", default=None, help="the plot (default: --out with .png)")
     ap.add_argument("--only", default=None, help="comma-separated scenarios (default: all)")
+    ap.add_argument("--markdown", metavar="JSON", default=None,
+                    help="print an earlier results file as Markdown tables, and run nothing")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     sz = QUICK if args.quick else FULL
     runs = 1 if args.quick else args.runs
     only = set(ORDER) if args.only is None else set(args.only.split(","))
