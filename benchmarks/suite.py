@@ -143,6 +143,10 @@ def table(agg: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
 def _md(node: Any) -> str:
     return _fmt(node).replace("[", "(").replace("]", ")")
 
@@ -169,7 +173,7 @@ def markdown(doc: dict[str, Any]) -> str:
                        f"{_md(entry['ratio_to_floor'].get(k))} |")
     out += ["", "| target | measured (median) | met |", "|---|---:|---|"]
     for t in doc["targets"]:
-        v = "-" if t["measured"] is None else f"{t['measured']:,.4g}"
+        v = "-" if t["measured"] is None else _num(t["measured"])
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
         out.append(f"| {t['target']} | {v} | {met} |")
     return "\n".join(out)
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for t in tg:
         verdict = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
-        v = "-" if t["measured"] is None else f"{t['measured']:.4g}"
+        v = "-" if t["measured"] is None else _num(t["measured"])
         print(f"{verdict:<7} {t['target']:<50} measured {v}")
     if why_no_png:
         print(f"no PNG: {why_no_png}")

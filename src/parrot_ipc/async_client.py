@@ -161,8 +161,11 @@ class AsyncClient:
         try:
             if not self._writing:
                 await self._write_out()
-            with trio.fail_after(timeout_s or self.timeout_s):
+            # A bare CancelScope, not trio.fail_after: no generator context manager per call.
+            with trio.CancelScope(deadline=trio.current_time() + (timeout_s or self.timeout_s)) as scope:
                 inc = await waiter.wait()
+            if scope.cancelled_caught:
+                raise trio.TooSlowError
         finally:
             del self._waiting[rid]
         if inc is None:
