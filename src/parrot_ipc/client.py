@@ -88,6 +88,13 @@ class _Wire:
         self._next_id += 1
         return rid, p.encode_request(rid, method, params or None)
 
+    def request_into(self, method: str, params: dict[str, Any] | None, buf: bytearray) -> int:
+        """Like :meth:`request`, appending the frame to ``buf``; returns the request id."""
+        rid = self._next_id
+        self._next_id += 1
+        p.encode_request_into(buf, rid, method, params or None)
+        return rid
+
     def feed(self, data: bytes) -> list[p.Incoming]:
         """Frames in ``data``: responses are returned, ``message`` notifications are queued."""
         out = []
@@ -134,6 +141,8 @@ class Client:
             self._sock.close()
             raise _unreachable(self.socket_path, exc) from None
         self._pending: deque[p.Incoming] = deque()
+        self._timeout: float | None = timeout_s  # what the socket is set to now
+        self._out = bytearray()  # the request being written, reused
 
     def __enter__(self) -> Client:
         return self
@@ -145,7 +154,9 @@ class Client:
         self._sock.close()
 
     def _read(self, timeout_s: float | None) -> None:
-        self._sock.settimeout(timeout_s)
+        if timeout_s != self._timeout:  # settimeout costs two fcntl(2) calls: only on a change
+            self._sock.settimeout(timeout_s)
+            self._timeout = timeout_s
         try:
             data = self._sock.recv(_RECV_BYTES)
         except TimeoutError:
@@ -163,9 +174,11 @@ class Client:
         Raises :class:`ParrotError` for an error response, :class:`BrokerUnavailable` if the
         connection breaks, and :class:`TimeoutError` after ``timeout_s``.
         """
-        rid, frame = self._wire.request(method, params)
+        out = self._out
+        out.clear()
+        rid = self._wire.request_into(method, params, out)
         try:
-            self._sock.sendall(frame)
+            self._sock.sendall(out)
         except OSError as exc:
             raise _unreachable(self.socket_path, exc) from None
         while True:

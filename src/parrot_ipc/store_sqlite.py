@@ -341,12 +341,18 @@ class SqliteStore(MemoryStore):
         last_id: str | None = None
         db.execute("BEGIN")
         try:
-            for op in ops:
+            i, n = 0, len(ops)
+            while i < n:
+                op = ops[i]
                 tag = op[0]
-                if tag == "msg":
-                    db.execute("INSERT OR REPLACE INTO messages (id, mailbox, sender, content, data, sent_at, "
-                               "size_bytes, recipient, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)", op[1:])
-                    last_id = op[1]
+                i += 1
+                if tag == "msg":  # a run of inserts: one executemany
+                    j = i
+                    while j < n and ops[j][0] == "msg":
+                        j += 1
+                    db.executemany(_INSERT_MSG, [o[1:] for o in ops[i - 1:j]])
+                    last_id = ops[j - 1][1]
+                    i = j
                 elif tag == "lease":
                     db.executemany("UPDATE messages SET lease_until = ? WHERE id = ?",
                                    [(op[1], mid) for mid in op[2]])
@@ -450,6 +456,10 @@ class SqliteStore(MemoryStore):
     def purge(self, now: float) -> None:
         super().purge(now)  # expired sessions go through delete_session (ops of their own)
         self._op(("purge", now))
+
+
+_INSERT_MSG: Final = ("INSERT OR REPLACE INTO messages (id, mailbox, sender, content, data, sent_at, "
+                      "size_bytes, recipient, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)")
 
 
 def _session_op(s: Session) -> Op:

@@ -106,7 +106,7 @@ class Connection:
         self.admission = admission
         self.session: Session | None = None
         self.subscribed = False
-        self.push_inflight: set[str] = set()
+        self.push_inflight: dict[str, None] = {}  # ids pushed and not acked (a dict: smaller than a set)
 
     @property
     def instance_id(self) -> str | None:
@@ -305,7 +305,8 @@ class Broker:
         try:
             # msgspec checks UTF-8 only inside the strings it decodes (and raises
             # UnicodeDecodeError there, not DecodeError), so check the whole frame first.
-            frame.decode()
+            if not frame.isascii():  # ASCII is valid UTF-8: skip the copy
+                frame.decode()
             req = p.REQUEST_DECODER.decode(frame)
         except msgspec.ValidationError as exc:
             return self._bad(conn, p.salvage_id(frame), ErrorCode.INVALID_REQUEST, "invalid_request",
@@ -541,7 +542,8 @@ class Broker:
 
     def _enqueue(self, sender: str, target: str, content: str, data: dict[str, Any] | None,
                  now: float) -> p.Message:
-        size = len(content.encode()) + (len(msgspec.json.encode(data)) if data else 0)
+        size = (len(content) if content.isascii() else len(content.encode())) + (
+            len(msgspec.json.encode(data)) if data else 0)
         count, used = self.store.mailbox_usage(target)
         cfg = self.config
         if count >= cfg.max_mailbox_messages or used + size > cfg.max_mailbox_bytes:
@@ -574,7 +576,7 @@ class Broker:
                 for mid in gone:
                     holder = self._pushed.pop(mid, None)
                     if holder is not None:
-                        holder.push_inflight.discard(mid)
+                        holder.push_inflight.pop(mid, None)
                 if gone:
                     self._audit("mail_expired", {"instance": name, "count": len(gone)})
 
@@ -634,7 +636,7 @@ class Broker:
         for mid in done:
             holder = self._pushed.pop(mid, None)
             if holder is not None:
-                holder.push_inflight.discard(mid)
+                holder.push_inflight.pop(mid, None)
         self._deliver(s.instance_id, wake=False)
         return p.AckResult(acked=len(done))
 
@@ -785,7 +787,7 @@ class Broker:
                 if not msgs:
                     break
                 for m in msgs:
-                    c.push_inflight.add(m.id)
+                    c.push_inflight[m.id] = None
                     self._pushed[m.id] = c
                     self._effects.append(Push(c, p.encode_notification("message", m)))
         if wake:
@@ -798,7 +800,7 @@ class Broker:
         for item in self.store.release_expired(now):
             holder = self._pushed.pop(item.message.id, None)
             if holder is not None:
-                holder.push_inflight.discard(item.message.id)
+                holder.push_inflight.pop(item.message.id, None)
             names.add(item.mailbox)
         for name in names:
             self._deliver(name)

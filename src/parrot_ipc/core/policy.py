@@ -75,6 +75,8 @@ class Admission:
     bind: Bind = "uid"
 
     def may_send(self, instance_id: str) -> bool:
+        if self.may_send_to == ("*",):
+            return True
         return any(p == "*" or fnmatchcase(instance_id, p) for p in self.may_send_to)
 
 

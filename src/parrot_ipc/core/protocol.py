@@ -51,8 +51,7 @@ class FrameBuffer:
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()  # the partial frame, grown in place: a frame that trickles in
-        # one byte per read costs O(n) in all, not O(n^2) (each read re-copying the tail)
+        self._buf = bytearray()  # the unterminated tail; grows in place (no copy per read)
 
     @property
     def buffered_bytes(self) -> int:
@@ -60,31 +59,49 @@ class FrameBuffer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data``; return the frames it completes. Raises :class:`FrameTooLarge`."""
-        buf = self._buf
-        if b"\n" not in data:
-            size = len(buf) + len(data)
-            if size > self.max_frame_bytes:
+        """Add ``data``; return the frames it completes. Raises :class:`FrameTooLarge`.
+
+        Linear in the bytes fed: a partial frame is appended to a bytearray in place, and each
+        byte is copied a bounded number of times however many reads a frame takes.
+        """
+        limit, buf = self.max_frame_bytes, self._buf
+        out: list[bytes] = []
+        if buf:
+            nl = data.find(b"\n")
+            if nl < 0:
+                size = len(buf) + len(data)
+                if size > limit:
+                    buf.clear()
+                    raise FrameTooLarge(size)
+                buf += data
+                return out
+            size = len(buf) + nl
+            if size > limit:
                 buf.clear()
                 raise FrameTooLarge(size)
-            buf += data
-            return []
-        if buf:
-            buf += data
-            data = bytes(buf)
+            buf += data[:nl]
+            first = bytes(buf)
             buf.clear()
+            if first and not first.isspace():
+                out.append(first)
+            data = data[nl + 1:]
+        if not data:
+            return out
+        if b"\n" not in data:
+            if len(data) > limit:
+                raise FrameTooLarge(len(data))
+            buf += data
+            return out
         *frames, tail = data.split(b"\n")
-        limit = self.max_frame_bytes
         if len(tail) > limit:
             raise FrameTooLarge(len(tail))
-        buf += tail
-        out = []
         for frame in frames:
             if len(frame) > limit:
-                buf.clear()
                 raise FrameTooLarge(len(frame))
             if frame and not frame.isspace():
                 out.append(frame)
+        if tail:
+            buf += tail
         return out
 
 
@@ -312,15 +329,12 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 def encode_frame(obj: Any) -> bytes:
     """Encode one object as an NDJSON frame (JSON + ``\\n``)."""
-    buf = bytearray()
-    _ENCODER.encode_into(obj, buf)
-    buf += b"\n"
-    return bytes(buf)
+    return _ENCODER.encode(obj) + b"\n"
 
 
 def encode_result(request_id: RequestId, result: Any) -> bytes:
     """A success response frame."""
-    return encode_frame(Response(id=request_id, result=result))
+    return _ENCODER.encode(Response(id=request_id, result=result)) + b"\n"
 
 
 def encode_error(
@@ -337,12 +351,24 @@ def encode_notification(method: str, params: Any) -> bytes:
     return encode_frame(Notification(method=method, params=params))
 
 
+class _OutRequest(Struct, omit_defaults=True):
+    """A client request as written: ``params`` is left out when None."""
+
+    jsonrpc: str
+    id: RequestId
+    method: str
+    params: Any = None
+
+
 def encode_request(request_id: RequestId, method: str, params: Any | None = None) -> bytes:
     """A client request frame. ``params`` is a dict or a Struct, or None to leave it out."""
-    obj: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-    if params is not None:
-        obj["params"] = params
-    return encode_frame(obj)
+    return _ENCODER.encode(_OutRequest("2.0", request_id, method, params)) + b"\n"
+
+
+def encode_request_into(buf: bytearray, request_id: RequestId, method: str, params: Any | None = None) -> None:
+    """Append a client request frame to ``buf`` (no intermediate bytes object)."""
+    _ENCODER.encode_into(_OutRequest("2.0", request_id, method, params), buf, len(buf))
+    buf += b"\n"
 
 
 _RESOURCE_NAME_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")

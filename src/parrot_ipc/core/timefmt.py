@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
+
+_last_second: tuple[int, str] = (-1 << 62, "")
 
 
 def rfc3339(epoch_s: float) -> str:
-    """``epoch_s`` (seconds since the Unix epoch) as RFC 3339 UTC with milliseconds and ``Z``."""
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``epoch_s`` (seconds since the Unix epoch) as RFC 3339 UTC with milliseconds and ``Z``.
+
+    Rounded to the microsecond, then truncated to the millisecond (as
+    ``datetime.isoformat(timespec="milliseconds")`` does). The date and time of day of the
+    last second are cached: a burst of sends formats them once.
+    """
+    global _last_second
+    frac, whole = math.modf(epoch_s)  # datetime.fromtimestamp's own rounding
+    us = round(frac * 1e6)
+    sec = int(whole)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    elif us < 0:
+        sec, us = sec - 1, us + 1_000_000
+    ms = us // 1000
+    if _last_second[0] != sec:
+        _last_second = (sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_last_second[1]}.{ms:03d}Z"
 
 
 def parse_rfc3339(text: str) -> float:

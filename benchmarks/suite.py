@@ -1,0 +1,286 @@
+"""``python -m benchmarks``: every scenario against a real broker and against the floor, N runs.
+
+    .venv/bin/python -m benchmarks [--runs 3] [--quick] [--out benchmarks/results/latest.json]
+                                   [--png PATH] [--only seq_send,deliver,...]
+
+Each run starts, for each scenario, a fresh ``parrot-ipc serve`` (SQLite store, durability
+normal, rate limits raised: see ``servers.BROKER_CONFIG``) and a fresh floor
+(``benchmarks/floor.py``), drives both with the same client code, and stops them. ``redis``
+runs redis-server (AOF, everysec) in the same run, right after ``seq_send``. Ratios are taken
+within a run; the table shows the median of the runs and the spread (min-max).
+
+``--quick``: one run with small counts (a smoke test: it checks the suite works, not speed).
+The PNG needs matplotlib and ``redis`` needs redis-server and redis-py (the ``bench`` extra);
+without them the suite says so and goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .scenarios import FULL, QUICK, SCENARIOS, Sizes, redis_lpush
+from .servers import HERE, RedisServer, make_server
+
+ORDER = ["seq_send", "redis", "pipelined_send", "deliver", "get_token", "idle", "deep_mailbox", "scaling"]
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def run_once(sz: Sizes, only: set[str], log: Any) -> dict[str, Any]:
+    """One run of every selected scenario: ``{scenario: {"parrot": {...}, "floor": {...}, ...}}``."""
+    res: dict[str, Any] = {}
+    for name in ORDER:
+        if name not in only:
+            continue
+        if name == "redis":
+            why = RedisServer.available()
+            if why is not None:
+                res["redis"] = {"skipped": why}
+                log(f"  redis: skipped ({why})")
+                continue
+            with RedisServer() as r:
+                red = redis_lpush(r, sz)
+            res["redis"] = {"redis_lpush": red}
+            if "seq_send" in res:
+                res["redis"]["seq_send_over_redis"] = _ratio(res["seq_send"]["parrot"]["rt_per_s"], red["rt_per_s"])
+            log(f"  redis: {red['rt_per_s']:.0f} rt/s")
+            continue
+        fn = SCENARIOS[name]
+        entry: dict[str, Any] = {}
+        for kind in ("parrot", "floor"):
+            t0 = time.monotonic()
+            with make_server(kind) as srv:
+                entry[kind] = fn(srv, sz)
+            log(f"  {name} [{kind}] {time.monotonic() - t0:.1f} s: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in entry[kind].items()))
+        par, flo = entry["parrot"], entry["floor"]
+        entry["ratio_to_floor"] = {k: _ratio(par[k], flo[k]) for k in par}
+        res[name] = entry
+    return res
+
+
+def aggregate(runs: list[Any]) -> Any:
+    """Same shape as one run; each number becomes ``{median, min, max, runs}``."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {k: aggregate([r[k] for r in runs if k in r]) for k in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        vals = [float(v) for v in runs]
+        return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "runs": vals}
+    return first
+
+
+def _get(agg: dict[str, Any], *path: str) -> float | None:
+    node: Any = agg
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node["median"]) if isinstance(node, dict) and "median" in node else None
+
+
+def targets(agg: dict[str, Any], sz: Sizes) -> list[dict[str, Any]]:
+    """Each target of issue 7, judged on the medians."""
+    big = sz.idle_stages[-1]
+    rows = [
+        ("seq_send >= 0.6 x floor", ("seq_send", "ratio_to_floor", "rt_per_s"), ">=", 0.6),
+        ("seq_send >= 1.0 x redis-py LPUSH (AOF everysec)", ("redis", "seq_send_over_redis"), ">=", 1.0),
+        ("pipelined_send >= 100,000 msgs/s", ("pipelined_send", "parrot", "msgs_per_s"), ">=", 100_000),
+        ("deliver >= 20,000 msgs/s", ("deliver", "parrot", "msgs_per_s"), ">=", 20_000),
+        ("get_token p50 <= 300 us", ("get_token", "parrot", "p50_us"), "<=", 300),
+        (f"idle <= 16 KiB per connection at {big:,}", ("idle", "parrot", f"rss_per_conn_bytes_{big}"), "<=", 16384),
+        (f"idle ping p99 <= 10 ms at {big:,}", ("idle", "parrot", f"ping_p99_ms_{big}"), "<=", 10),
+        ("deep_mailbox p50 at deep <= 2 x at 100", ("deep_mailbox", "parrot", "deep_over_shallow"), "<=", 2.0),
+    ]
+    out = []
+    for label, path, op, bound in rows:
+        v = _get(agg, *path)
+        met = None if v is None else (v >= bound if op == ">=" else v <= bound)
+        out.append({"target": label, "metric": ".".join(path), "bound": bound, "op": op, "measured": v,
+                    "met": met})
+    return out
+
+
+def _fmt(node: Any) -> str:
+    if not isinstance(node, dict) or "median" not in node:
+        return "-"
+    m, lo, hi = node["median"], node["min"], node["max"]
+    if abs(m) >= 100:
+        return f"{m:,.0f} [{lo:,.0f}-{hi:,.0f}]"
+    return f"{m:.3g} [{lo:.3g}-{hi:.3g}]"
+
+
+def table(agg: dict[str, Any]) -> str:
+    lines = [f"{'scenario':<15} {'metric':<26} {'parrot-ipc':>30} {'floor':>30} {'ratio':>22}"]
+    for name in ORDER:
+        entry = agg.get(name)
+        if entry is None:
+            continue
+        if name == "redis":
+            if "skipped" in entry:
+                lines.append(f"{'redis':<15} skipped: {entry['skipped']}")
+                continue
+            for k, v in entry["redis_lpush"].items():
+                lines.append(f"{'redis':<15} {'LPUSH ' + k:<26} {_fmt(v):>30}")
+            if "seq_send_over_redis" in entry:
+                lines.append(f"{'redis':<15} {'seq_send / LPUSH rt/s':<26} {'':>30} {'':>30} "
+                             f"{_fmt(entry['seq_send_over_redis']):>22}")
+            continue
+        for k in entry["parrot"]:
+            lines.append(f"{name:<15} {k:<26} {_fmt(entry['parrot'][k]):>30} {_fmt(entry['floor'].get(k)):>30} "
+                         f"{_fmt(entry['ratio_to_floor'].get(k)):>22}")
+    return "\n".join(lines)
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+def _md(node: Any) -> str:
+    return _fmt(node).replace("[", "(").replace("]", ")")
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The results as Markdown (for docs/benchmarks.md): the table, then the targets."""
+    agg = doc["scenarios"]
+    out = ["| scenario | metric | parrot-ipc | floor | parrot-ipc / floor |", "|---|---|---:|---:|---:|"]
+    for name in ORDER:
+        entry = agg.get(name)
+        if entry is None:
+            continue
+        if name == "redis":
+            if "skipped" in entry:
+                out.append(f"| redis | skipped: {entry['skipped']} | | | |")
+                continue
+            for k, v in entry["redis_lpush"].items():
+                out.append(f"| redis | redis-py LPUSH {k} | {_md(v)} | | |")
+            if "seq_send_over_redis" in entry:
+                out.append(f"| redis | seq_send rt/s / LPUSH rt/s | | | {_md(entry['seq_send_over_redis'])} |")
+            continue
+        for k in entry["parrot"]:
+            out.append(f"| {name} | {k} | {_md(entry['parrot'][k])} | {_md(entry['floor'].get(k))} | "
+                       f"{_md(entry['ratio_to_floor'].get(k))} |")
+    out += ["", "| target | measured (median) | met |", "|---|---:|---|"]
+    for t in doc["targets"]:
+        v = "-" if t["measured"] is None else _num(t["measured"])
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        out.append(f"| {t['target']} | {v} | {met} |")
+    return "\n".join(out)
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "kernel": platform.release(), "machine": platform.machine(),
+            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
+
+
+def draw(agg: dict[str, Any], path: Path, sz: Sizes) -> str | None:
+    """The scaling curve and the deep-mailbox p50s; None if drawn, else why not."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]')"
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    sc = agg.get("scaling")
+    if sc is not None:
+        for kind, style in (("parrot", "o-"), ("floor", "s--")):
+            xs = [int(k) for k in sc[kind]]
+            med = [sc[kind][k]["median"] for k in sc[kind]]
+            lo = [sc[kind][k]["median"] - sc[kind][k]["min"] for k in sc[kind]]
+            hi = [sc[kind][k]["max"] - sc[kind][k]["median"] for k in sc[kind]]
+            ax1.errorbar(xs, med, yerr=[lo, hi], fmt=style, capsize=3,
+                         label="parrot-ipc (SQLite)" if kind == "parrot" else "floor")
+        ax1.set_xscale("log", base=2)
+        ax1.set_xticks([int(k) for k in sc["parrot"]], labels=list(sc["parrot"]))
+        ax1.set_xlabel("sender/receiver pairs")
+        ax1.set_ylabel("delivered msgs/s")
+        ax1.set_title("scaling: delivered msgs/s")
+        ax1.set_ylim(bottom=0)
+        ax1.legend()
+        ax1.grid(alpha=0.3)
+    dm = agg.get("deep_mailbox")
+    if dm is not None:
+        depths = list(sz.deep_depths)
+        for kind, style in (("parrot", "o-"), ("floor", "s--")):
+            ys = [dm[kind][f"p50_us_{d}"]["median"] for d in depths]
+            ax2.plot(depths, ys, style, label="parrot-ipc (SQLite)" if kind == "parrot" else "floor")
+        ax2.set_xscale("log")
+        ax2.set_xlabel("messages queued")
+        ax2.set_ylabel("receive(max=10) p50, us")
+        ax2.set_title("deep mailbox: receive p50")
+        ax2.set_ylim(bottom=0)
+        ax2.legend()
+        ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=3, help="runs; the table shows medians (default 3)")
+    ap.add_argument("--quick", action="store_true", help="one small run: a smoke test, not figures")
+    ap.add_argument("--out", default=str(HERE / "results" / "latest.json"), help="the JSON results")
+    ap.add_argument("--png", default=None, help="the plot (default: --out with .png)")
+    ap.add_argument("--only", default=None, help="comma-separated scenarios (default: all)")
+    ap.add_argument("--markdown", metavar="JSON", default=None,
+                    help="print an earlier results file as Markdown tables, and run nothing")
+    args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
+    sz = QUICK if args.quick else FULL
+    runs = 1 if args.quick else args.runs
+    only = set(ORDER) if args.only is None else set(args.only.split(","))
+    unknown = only - set(ORDER)
+    if unknown:
+        ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    per_run = []
+    t0 = time.monotonic()
+    for i in range(runs):
+        log(f"run {i + 1}/{runs}")
+        per_run.append(run_once(sz, only, log))
+    agg = aggregate(per_run)
+    tg = targets(agg, sz)
+    out = Path(args.out)
+    png = Path(args.png) if args.png else out.with_suffix(".png")
+    why_no_png = draw(agg, png, sz)
+    doc = {"command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "quick": args.quick, "runs": runs, "sizes": sz.__dict__, "machine": machine(),
+           "seconds": round(time.monotonic() - t0, 1), "png": None if why_no_png else str(png),
+           "scenarios": agg, "targets": tg, "per_run": per_run}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1, default=list) + "\n")
+    m = doc["machine"]
+    print(f"# {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}, SQLite {m['sqlite']}; "
+          f"{runs} run(s){' (quick)' if args.quick else ''}; median [min-max]")
+    print(table(agg))
+    print()
+    for t in tg:
+        verdict = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
+        v = "-" if t["measured"] is None else _num(t["measured"])
+        print(f"{verdict:<7} {t['target']:<50} measured {v}")
+    if why_no_png:
+        print(f"no PNG: {why_no_png}")
+    else:
+        print(f"wrote {out} and {png}")
+    return 0
