@@ -216,10 +216,12 @@ class BrokerServer:
         """
         backoff = 0.0
         while True:
-            while j.written_seq <= j.durable_seq:
+            while j.written_seq <= j.durable_seq and not j.checkpoint_due():
                 ev = self._commit_kick = trio.Event()
                 await ev.wait()
-            if j.written_seq - j.durable_seq <= self._inline_ops:
+            if j.written_seq <= j.durable_seq:  # only a checkpoint is due (after inline commits)
+                ok = True
+            elif j.written_seq - j.durable_seq <= self._inline_ops:
                 ok = self._commit_here(j)
             else:
                 ops, seq = j.take_pending()
@@ -238,9 +240,22 @@ class BrokerServer:
                     self._committing = False
             if ok:
                 backoff = 0.0
+                if j.checkpoint_due():
+                    await self._checkpoint(j)
             else:
                 backoff = min(1.0, backoff * 2 or 0.05)
                 await trio.sleep(backoff)
+
+    async def _checkpoint(self, j: Journaled) -> None:
+        """Checkpoint the WAL in the worker thread. Meanwhile no commit runs on the event loop:
+        requests that need one wait for the committer, so the loop never waits on an fsync."""
+        self._committing = True
+        try:
+            await trio.to_thread.run_sync(j.checkpoint)
+        except Exception:
+            log.exception("WAL checkpoint failed; retrying after the next commits")
+        finally:
+            self._committing = False
 
     def _commit_here(self, j: Journaled) -> bool:
         """Commit every pending op synchronously, on the event loop (a small batch). False if it failed."""
@@ -253,6 +268,8 @@ class BrokerServer:
         j.durable_seq = max(j.durable_seq, seq)
         self._healthy = True
         self._commit_finished(j)
+        if j.checkpoint_due():
+            self._commit_kick.set()  # the committer checkpoints in its thread
         return True
 
     def _commit_failed(self, j: Journaled, ops: list[Any], seq: int) -> None:

@@ -189,6 +189,10 @@ def migrate(db: sqlite3.Connection) -> int:
     return found
 
 
+#: Commits between WAL checkpoints (autocheckpoint is off; see :meth:`SqliteStore.checkpoint`).
+CHECKPOINT_EVERY_COMMITS = 256
+
+
 class SqliteStore(MemoryStore):
     """A durable :class:`~parrot_ipc.core.store.Store`: the memory mirror plus an SQLite journal.
 
@@ -213,6 +217,7 @@ class SqliteStore(MemoryStore):
         self.durable_seq = 0
         #: The highest message id found in the database at open (seed for the id generator).
         self.max_id: str | None = None
+        self._commits_since_checkpoint = 0
 
     # ------------------------------------------------------------------ open / close
     @classmethod
@@ -244,6 +249,10 @@ class SqliteStore(MemoryStore):
                 if str(mode).lower() != "wal":
                     raise _refuse(f"state database {path}: cannot use WAL mode (got {mode})")
                 db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'fsync' else 'NORMAL'}")
+                # No checkpoint inside a commit: small commits may run on the event loop, and a
+                # checkpoint fsyncs the database. The shell calls checkpoint() in its worker
+                # thread when checkpoint_due() says so (https://sqlite.org/wal.html#ckpt).
+                db.execute("PRAGMA wal_autocheckpoint = 0")
                 migrate(db)
                 db.execute("BEGIN IMMEDIATE")  # proves the file is writable now
                 _purge_sql(db, clock())
@@ -388,6 +397,21 @@ class SqliteStore(MemoryStore):
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
+        self._commits_since_checkpoint += 1
+
+    def checkpoint_due(self) -> bool:
+        """True once :data:`CHECKPOINT_EVERY_COMMITS` commits have gone into the WAL since the
+        last :meth:`checkpoint` (a few pages each: about SQLite's default 1,000-page trigger)."""
+        return self._commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database (``PRAGMA wal_checkpoint(PASSIVE)``; fsyncs under both
+        durabilities). Run it in the writer thread, never on the event loop.
+
+        Raises sqlite3.Error (the WAL is kept; the next try comes after as many commits again).
+        """
+        self._commits_since_checkpoint = 0
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     # ------------------------------------------------------------------ mutations (mirror + op)
     def put_session(self, session: Session) -> None:

@@ -148,3 +148,31 @@ async def test_a_push_never_overtakes_the_response_that_caused_it(
     await stream.aclose()
     if not durable:
         server.shutdown()
+
+
+async def test_wal_checkpoints_run_in_the_worker_thread_never_on_the_event_loop(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import parrot_ipc.store_sqlite as store_sqlite
+
+    monkeypatch.setattr(store_sqlite, "CHECKPOINT_EVERY_COMMITS", 5)
+    assert rig.store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    loop_thread = threading.get_ident()
+    ran_in: list[int] = []
+    real = rig.store.checkpoint
+
+    def checkpoint() -> None:
+        ran_in.append(threading.get_ident())
+        real()
+
+    rig.store.checkpoint = checkpoint  # type: ignore[method-assign]
+    async with AsyncClient(rig.path) as c:
+        await c.get_token("sink")
+        for i in range(30):  # sequential sends: small batches, committed on the event loop
+            await c.send("sink", f"m{i}")
+        with trio.fail_after(5):
+            while len(ran_in) < 2:
+                await trio.sleep(0.01)
+        assert await c.ping() == "pong"
+    assert loop_thread not in ran_in
