@@ -110,7 +110,8 @@ class AsyncClient:
                     self._note_send.send_nowait(self._wire.notifications.popleft())
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             cause = str(exc) or cause
-        self._broken = BrokerUnavailable(self.socket_path, cause)
+        if self._broken is None:  # else the writer closed the stream and said why
+            self._broken = BrokerUnavailable(self.socket_path, cause)
         for waiter in list(self._waiting.values()):
             waiter.set(None)
         self._note_send.close()
@@ -125,14 +126,28 @@ class AsyncClient:
             waiter.set(inc)
 
     async def _write_out(self) -> None:
-        """Write ``_out`` until it is empty: one ``send_all`` per batch of queued frames."""
-        assert self._stream is not None
+        """Write ``_out`` until it is empty: one ``send_all`` per batch of queued frames.
+
+        Each write is shielded from the caller's cancellation: a ``send_all`` cut short leaves
+        part of a frame on the wire (trio's Stream contract) and the frames of other callers in
+        the batch lost. Instead a write has its own deadline, ``timeout_s``: a broker that reads
+        nothing for that long gets the connection closed, and every caller BrokerUnavailable.
+        """
+        stream = self._stream
+        assert stream is not None
         self._writing = True
         try:
             while self._out:
                 data = bytes(self._out)
                 self._out.clear()
-                await self._stream.send_all(data)
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + self.timeout_s) as scope:
+                    await stream.send_all(data)
+                if scope.cancelled_caught:
+                    self._broken = BrokerUnavailable(
+                        self.socket_path, f"the broker read none of our requests for {self.timeout_s:g} s")
+                    with trio.CancelScope(shield=True):
+                        await stream.aclose()  # the read loop sees it and fails every waiter
+                    raise self._broken
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise BrokerUnavailable(self.socket_path, str(exc) or "connection lost") from None
         finally:
