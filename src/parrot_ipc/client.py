@@ -179,7 +179,8 @@ class Client:
         rid = self._wire.request_into(method, params, out)
         try:
             self._sock.sendall(out)
-        except OSError as exc:
+        except OSError as exc:  # a timeout may leave part of the frame sent: the stream is torn
+            self._sock.close()
             raise _unreachable(self.socket_path, exc) from None
         while True:
             while self._pending:
