@@ -7,6 +7,7 @@ import multiprocessing
 import resource
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
@@ -59,21 +60,26 @@ def _us(ns: list[int]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- 1. seq_send
+def _round_trips(op: Callable[[], object], warm: int, n: int) -> dict[str, float]:
+    """``warm`` untimed calls of ``op``, then ``n`` timed ones: rt/s and p50/p99 in us."""
+    for _ in range(warm):
+        op()
+    lat: list[int] = []
+    clock = time.perf_counter_ns
+    start = clock()
+    for _ in range(n):
+        t0 = clock()
+        op()
+        lat.append(clock() - t0)
+    elapsed = (clock() - start) / 1e9
+    return {"rt_per_s": n / elapsed, **_us(lat)}
+
+
 def seq_send(srv: Server, sz: Sizes) -> dict[str, float]:
     """One authenticated connection, sequential ``send`` round trips through ``Client``."""
     with Client(srv.sock) as c:
         c.get_token("seq")
-        for _ in range(min(500, sz.seq_sends)):
-            c.send("sink", PAD)
-        lat: list[int] = []
-        clock = time.perf_counter_ns
-        start = clock()
-        for _ in range(sz.seq_sends):
-            t0 = clock()
-            c.send("sink", PAD)
-            lat.append(clock() - t0)
-        elapsed = (clock() - start) / 1e9
-    return {"rt_per_s": sz.seq_sends / elapsed, **_us(lat)}
+        return _round_trips(lambda: c.send("sink", PAD), min(500, sz.seq_sends), sz.seq_sends)
 
 
 # --------------------------------------------------------------------------- 7. redis
@@ -83,18 +89,10 @@ def redis_lpush(srv: RedisServer, sz: Sizes) -> dict[str, float]:
 
     r = redis.Redis(unix_socket_path=srv.sock)
     payload = PAD.encode()
-    for _ in range(min(500, sz.redis_pushes)):
-        r.lpush("q", payload)
-    lat: list[int] = []
-    clock = time.perf_counter_ns
-    start = clock()
-    for _ in range(sz.redis_pushes):
-        t0 = clock()
-        r.lpush("q", payload)
-        lat.append(clock() - t0)
-    elapsed = (clock() - start) / 1e9
-    r.close()
-    return {"rt_per_s": sz.redis_pushes / elapsed, **_us(lat)}
+    try:
+        return _round_trips(lambda: r.lpush("q", payload), min(500, sz.redis_pushes), sz.redis_pushes)
+    finally:
+        r.close()
 
 
 # --------------------------------------------------------------------------- 2. pipelined_send

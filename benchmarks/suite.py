@@ -121,25 +121,33 @@ def _fmt(node: Any) -> str:
     return f"{m:.3g} [{lo:.3g}-{hi:.3g}]"
 
 
-def table(agg: dict[str, Any]) -> str:
-    lines = [f"{'scenario':<15} {'metric':<26} {'parrot-ipc':>30} {'floor':>30} {'ratio':>22}"]
+def _rows(agg: dict[str, Any]) -> list[tuple[str, str, Any, Any, Any]]:
+    """``(scenario, metric, parrot-ipc, floor, ratio)`` in table order; ``""`` is a cell left
+    blank (redis has no floor), and a skipped redis run is one row whose metric says why."""
+    rows: list[tuple[str, str, Any, Any, Any]] = []
     for name in ORDER:
         entry = agg.get(name)
         if entry is None:
             continue
         if name == "redis":
             if "skipped" in entry:
-                lines.append(f"{'redis':<15} skipped: {entry['skipped']}")
+                rows.append(("redis", f"skipped: {entry['skipped']}", "", "", ""))
                 continue
             for k, v in entry["redis_lpush"].items():
-                lines.append(f"{'redis':<15} {'LPUSH ' + k:<26} {_fmt(v):>30}")
+                rows.append(("redis", f"redis-py LPUSH {k}", v, "", ""))
             if "seq_send_over_redis" in entry:
-                lines.append(f"{'redis':<15} {'seq_send / LPUSH rt/s':<26} {'':>30} {'':>30} "
-                             f"{_fmt(entry['seq_send_over_redis']):>22}")
+                rows.append(("redis", "seq_send rt/s / LPUSH rt/s", "", "", entry["seq_send_over_redis"]))
             continue
         for k in entry["parrot"]:
-            lines.append(f"{name:<15} {k:<26} {_fmt(entry['parrot'][k]):>30} {_fmt(entry['floor'].get(k)):>30} "
-                         f"{_fmt(entry['ratio_to_floor'].get(k)):>22}")
+            rows.append((name, k, entry["parrot"][k], entry["floor"].get(k), entry["ratio_to_floor"].get(k)))
+    return rows
+
+
+def table(agg: dict[str, Any]) -> str:
+    lines = [f"{'scenario':<15} {'metric':<26} {'parrot-ipc':>30} {'floor':>30} {'ratio':>22}"]
+    for name, metric, ours, floor, ratio in _rows(agg):
+        cells = [x if x == "" else _fmt(x) for x in (ours, floor, ratio)]
+        lines.append(f"{name:<15} {metric:<26} {cells[0]:>30} {cells[1]:>30} {cells[2]:>22}".rstrip())
     return "\n".join(lines)
 
 
@@ -153,24 +161,10 @@ def _md(node: Any) -> str:
 
 def markdown(doc: dict[str, Any]) -> str:
     """The results as Markdown (for docs/benchmarks.md): the table, then the targets."""
-    agg = doc["scenarios"]
     out = ["| scenario | metric | parrot-ipc | floor | parrot-ipc / floor |", "|---|---|---:|---:|---:|"]
-    for name in ORDER:
-        entry = agg.get(name)
-        if entry is None:
-            continue
-        if name == "redis":
-            if "skipped" in entry:
-                out.append(f"| redis | skipped: {entry['skipped']} | | | |")
-                continue
-            for k, v in entry["redis_lpush"].items():
-                out.append(f"| redis | redis-py LPUSH {k} | {_md(v)} | | |")
-            if "seq_send_over_redis" in entry:
-                out.append(f"| redis | seq_send rt/s / LPUSH rt/s | | | {_md(entry['seq_send_over_redis'])} |")
-            continue
-        for k in entry["parrot"]:
-            out.append(f"| {name} | {k} | {_md(entry['parrot'][k])} | {_md(entry['floor'].get(k))} | "
-                       f"{_md(entry['ratio_to_floor'].get(k))} |")
+    for name, metric, ours, floor, ratio in _rows(doc["scenarios"]):
+        cells = [x if x == "" else _md(x) for x in (ours, floor, ratio)]
+        out.append("|" + "|".join(f" {c} " if c else " " for c in (name, metric, *cells)) + "|")
     out += ["", "| target | measured (median) | met |", "|---|---:|---|"]
     for t in doc["targets"]:
         v = "-" if t["measured"] is None else _num(t["measured"])
@@ -182,6 +176,15 @@ def markdown(doc: dict[str, Any]) -> str:
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "kernel": platform.release(), "machine": platform.machine(),
             "python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
+
+
+def _label(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    ax.grid(alpha=0.3)
 
 
 def draw(agg: dict[str, Any], path: Path, sz: Sizes) -> str | None:
@@ -205,12 +208,7 @@ def draw(agg: dict[str, Any], path: Path, sz: Sizes) -> str | None:
                          label="parrot-ipc (SQLite)" if kind == "parrot" else "floor")
         ax1.set_xscale("log", base=2)
         ax1.set_xticks([int(k) for k in sc["parrot"]], labels=list(sc["parrot"]))
-        ax1.set_xlabel("sender/receiver pairs")
-        ax1.set_ylabel("delivered msgs/s")
-        ax1.set_title("scaling: delivered msgs/s")
-        ax1.set_ylim(bottom=0)
-        ax1.legend()
-        ax1.grid(alpha=0.3)
+        _label(ax1, "sender/receiver pairs", "delivered msgs/s", "scaling: delivered msgs/s")
     dm = agg.get("deep_mailbox")
     if dm is not None:
         depths = list(sz.deep_depths)
@@ -218,12 +216,7 @@ def draw(agg: dict[str, Any], path: Path, sz: Sizes) -> str | None:
             ys = [dm[kind][f"p50_us_{d}"]["median"] for d in depths]
             ax2.plot(depths, ys, style, label="parrot-ipc (SQLite)" if kind == "parrot" else "floor")
         ax2.set_xscale("log")
-        ax2.set_xlabel("messages queued")
-        ax2.set_ylabel("receive(max=10) p50, us")
-        ax2.set_title("deep mailbox: receive p50")
-        ax2.set_ylim(bottom=0)
-        ax2.legend()
-        ax2.grid(alpha=0.3)
+        _label(ax2, "messages queued", "receive(max=10) p50, us", "deep mailbox: receive p50")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
