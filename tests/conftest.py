@@ -7,7 +7,11 @@ where they fail: CI must run the suite as root, so a skip there would hide them.
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import os
+import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -65,6 +69,58 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep = outcome.get_result()
     if rep.when == "setup" and rep.failed and item.stash.get(_ROOT_REFUSED, False):
         rep.when = "call"
+
+
+# --------------------------------------------------------------------------- throwaway accounts
+class UnixAccounts:
+    """Throwaway system users and groups (useradd(8), groupadd(8)) and world-readable work dirs,
+    each a context manager that removes what it made. Root-marked tests only."""
+
+    @staticmethod
+    def _run(*cmd: str) -> None:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, f"{' '.join(cmd)} failed: {res.stderr}"
+
+    @contextlib.contextmanager
+    def group(self, prefix: str) -> Iterator[grp.struct_group]:
+        name = f"{prefix}-{secrets.token_hex(3)}"
+        self._run("groupadd", "--system", name)
+        try:
+            yield grp.getgrnam(name)
+        finally:
+            self._run("groupdel", name)
+
+    @contextlib.contextmanager
+    def user(self, prefix: str, *, groups: Sequence[str] = ()) -> Iterator[pwd.struct_passwd]:
+        """A system user with no home and a nologin shell, in ``groups``; userdel'd and checked
+        gone on exit."""
+        name = f"{prefix}-{secrets.token_hex(3)}"
+        extra = ["-G", ",".join(groups)] if groups else []
+        self._run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", *extra, name)
+        try:
+            pw = pwd.getpwnam(name)
+            assert pw.pw_uid != 0
+            yield pw
+        finally:
+            self._run("userdel", name)
+            with pytest.raises(KeyError):
+                pwd.getpwnam(name)
+
+    @contextlib.contextmanager
+    def open_dir(self, prefix: str) -> Iterator[Path]:
+        """A fresh directory of mode 0755 (other users may enter it), removed on exit."""
+        d = Path(tempfile.mkdtemp(prefix=prefix))
+        try:
+            d.chmod(0o755)
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def accounts() -> UnixAccounts:
+    """:class:`UnixAccounts`; usable from fixtures of any scope."""
+    return UnixAccounts()
 
 
 # --------------------------------------------------------------------------- broker subprocess

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import secrets
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,22 +46,15 @@ print(json.dumps(out))
 
 
 @pytest.fixture
-def second_user() -> Iterator[tuple[str, int]]:
-    name = f"ptr-{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True, timeout=60)
-    try:
-        yield name, pwd.getpwnam(name).pw_uid
-    finally:
-        subprocess.run(["userdel", name], capture_output=True, timeout=60)
+def second_user(accounts) -> Iterator[tuple[str, int]]:
+    with accounts.user("ptr") as pw:
+        yield pw.pw_name, pw.pw_uid
 
 
 @pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="pipc-res-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def shared_dir(accounts) -> Iterator[Path]:
+    with accounts.open_dir("pipc-res-") as d:
+        yield d
 
 
 def test_peer_without_the_resources_scope_never_receives_the_protected_text(

@@ -12,8 +12,6 @@ import hashlib
 import hmac
 import json
 import os
-import pwd
-import secrets
 import shutil
 import signal
 import stat
@@ -133,38 +131,15 @@ class People:
         return path
 
 
-def _run(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
-def people() -> Iterator[People]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates Unix users")
-    tag = secrets.token_hex(3)
-    group, n2, n3 = f"ptg-{tag}", f"pt2-{tag}", f"pt3-{tag}"
-    workdir = Path(tempfile.mkdtemp(prefix="pipc-pol-"))
-    made: list[tuple[str, str]] = []
-    try:
-        workdir.chmod(0o755)
+def people(accounts) -> Iterator[People]:
+    with (accounts.open_dir("pipc-pol-") as workdir, accounts.group("ptg") as group,
+          accounts.user("pt2", groups=[group.gr_name]) as p2, accounts.user("pt3") as p3):
         script = workdir / "rpc.py"
         script.write_text(RPC_SCRIPT)
         script.chmod(0o755)
-        _run("groupadd", "--system", group)
-        made.append(("groupdel", group))
-        _run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "-G", group, n2)
-        made.append(("userdel", n2))
-        _run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", n3)
-        made.append(("userdel", n3))
-        p2, p3 = pwd.getpwnam(n2), pwd.getpwnam(n3)
-        import grp
-
-        yield People(group, grp.getgrnam(group).gr_gid, User(n2, p2.pw_uid, p2.pw_gid),
-                     User(n3, p3.pw_uid, p3.pw_gid), workdir, script)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        for cmd, name in reversed(made):
-            subprocess.run([cmd, name], capture_output=True, timeout=60)
+        yield People(group.gr_name, group.gr_gid, User(p2.pw_name, p2.pw_uid, p2.pw_gid),
+                     User(p3.pw_name, p3.pw_uid, p3.pw_gid), workdir, script)
 
 
 @dataclass

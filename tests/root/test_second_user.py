@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import secrets
 import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,42 +159,22 @@ def _as_user_prefix(name: str, uid: int, gid: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def second_user() -> Iterator[SecondUser]:
+def second_user(accounts) -> Iterator[SecondUser]:
     """A fresh system user (no home, nologin shell) and a world-readable dir with the client script."""
-    if os.geteuid() != 0:  # the root marker normally stops us earlier
-        pytest.skip("needs root: creates Unix users")
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         pytest.fail(f"{SYSTEM_PYTHON} is missing: the second user's client needs a system Python")
-    name = f"parrot-t2-{secrets.token_hex(4)}"
-    workdir = Path(tempfile.mkdtemp(prefix="pipc-u2-"))
-    created = False
-    try:
-        workdir.chmod(0o755)
+    with accounts.open_dir("pipc-u2-") as workdir, accounts.user("parrot-t2") as pw:
         script = workdir / "client.py"
         script.write_text(CLIENT_SCRIPT)
         script.chmod(0o755)
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                       check=True, capture_output=True, text=True, timeout=60)
-        created = True
-        pw = pwd.getpwnam(name)
-        assert pw.pw_uid != 0
-        yield SecondUser(name, pw.pw_uid, pw.pw_gid, workdir, script)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        if created:
-            res = subprocess.run(["userdel", name], capture_output=True, text=True, timeout=60)
-            assert res.returncode == 0, f"userdel {name} failed: {res.stderr}"
-            with pytest.raises(KeyError):
-                pwd.getpwnam(name)
+        yield SecondUser(pw.pw_name, pw.pw_uid, pw.pw_gid, workdir, script)
 
 
 @pytest.fixture
-def open_parent() -> Iterator[Path]:
+def open_parent(accounts) -> Iterator[Path]:
     """A fresh parent dir with mode 0755: only the runtime dir's own 0700 can block the second user."""
-    d = Path(tempfile.mkdtemp(prefix="pipc-p-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    with accounts.open_dir("pipc-p-") as d:
+        yield d
 
 
 @pytest.fixture

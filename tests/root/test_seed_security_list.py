@@ -9,12 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
-import secrets
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,20 +35,15 @@ def _request(path: str, frame: bytes) -> dict:
 
 
 @pytest.fixture
-def guide_broker(broker) -> Iterator:
-    parent = Path(tempfile.mkdtemp(prefix="pipc-guide-"))
-    parent.chmod(0o755)
-    yield broker(str(parent / "parrot-mcp" / "mcp.sock"))
-    shutil.rmtree(parent, ignore_errors=True)
+def guide_broker(broker, accounts) -> Iterator:
+    with accounts.open_dir("pipc-guide-") as parent:
+        yield broker(str(parent / "parrot-mcp" / "mcp.sock"))
 
 
-def test_1_permission_checks(guide_broker) -> None:
+def test_1_permission_checks(guide_broker, accounts) -> None:
     """Test 1: another user tries to access the IPC endpoint: permission denied."""
-    name = f"parrot-g-{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True, timeout=60)
-    try:
-        assert pwd.getpwnam(name).pw_uid != 0
+    with accounts.user("parrot-g") as pw:
+        name = pw.pw_name
         probe = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect(sys.argv[1])\n"
                  " print('connected')\nexcept PermissionError:\n print('EACCES')\n")
         res = subprocess.run(["runuser", "-u", name, "--", "/usr/bin/python3", "-c", probe,
@@ -60,8 +51,6 @@ def test_1_permission_checks(guide_broker) -> None:
         assert res.stdout.strip() == "EACCES", res
         st = os.stat(os.path.dirname(guide_broker.socket_path))
         assert st.st_mode & 0o777 == 0o700 and os.stat(guide_broker.socket_path).st_mode & 0o777 == 0o600
-    finally:
-        subprocess.run(["userdel", name], capture_output=True, timeout=60)
 
 
 def test_2_injection_attacks(guide_broker, tmp_path: Path) -> None:
