@@ -45,15 +45,8 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Setup:
-    res = tmp_path / "resources"
-    res.mkdir(mode=0o755)
-    res.chmod(0o755)
-    (res / "instructions").write_text(PROTECTED)
-    (res / "instructions").chmod(0o644)
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f'[server]\nresources_dir = "{res}"\n')
-    cfg.chmod(0o644)
+def setup(tmp_path: Path, write_resources) -> Setup:
+    cfg, res = write_resources(tmp_path, PROTECTED)
     work = tmp_path / "work"
     work.mkdir(mode=0o700)
     return Setup(work, cfg, res)

@@ -13,15 +13,8 @@ TEXT = "Protected instructions: be brief.\n"
 
 
 @pytest.fixture
-def started(broker, tmp_path: Path):  # -> (BrokerProcess, resources dir)
-    res = tmp_path / "resources"
-    res.mkdir(mode=0o755)
-    res.chmod(0o755)
-    (res / "instructions").write_text(TEXT)
-    (res / "instructions").chmod(0o644)
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f'[server]\nresources_dir = "{res}"\n')
-    cfg.chmod(0o644)
+def started(broker, tmp_path: Path, write_resources):  # -> (BrokerProcess, resources dir)
+    cfg, res = write_resources(tmp_path, TEXT)
     return broker(None, "--config", str(cfg)), res
 
 

@@ -58,18 +58,9 @@ def shared_dir(accounts) -> Iterator[Path]:
 
 
 def test_peer_without_the_resources_scope_never_receives_the_protected_text(
-        broker, second_user: tuple[str, int], shared_dir: Path) -> None:
+        broker, second_user: tuple[str, int], shared_dir: Path, write_resources) -> None:
     user, uid = second_user
-    res = shared_dir / "resources"
-    res.mkdir(mode=0o755)
-    res.chmod(0o755)
-    (res / "instructions").write_text(PROTECTED)
-    (res / "instructions").chmod(0o644)
-    cfg = shared_dir / "config.toml"
-    cfg.write_text(f'''[server]
-resources_dir = "{res}"
-
-[[peers]]
+    cfg, _res = write_resources(shared_dir, PROTECTED, f'''[[peers]]
 name = "agents"
 uids = [{uid}]
 scopes = ["send", "receive", "list", "rename", "broadcast"]
@@ -79,7 +70,6 @@ name = "root"
 uids = [0]
 scopes = ["send", "receive", "list", "rename", "broadcast", "resources", "admin"]
 ''')
-    cfg.chmod(0o644)
     script = shared_dir / "rpc.py"
     script.write_text(RPC)
     script.chmod(0o755)
