@@ -31,7 +31,7 @@ from parrot_ipc.core import BrokerConfig
 
 
 def _serve(socket_path: str, state_dir: str, mode: str, durability: str) -> None:
-    from parrot_ipc.server import run_broker
+    from parrot_ipc.shell.server import run_broker
 
     cfg = BrokerConfig(durability=durability, max_mailbox_messages=10_000_000,  # type: ignore[arg-type]
                        max_mailbox_bytes=1 << 40)

@@ -1,7 +1,7 @@
 """parrot-ipc: a local message broker for AI agent processes, gated by SO_PEERCRED.
 
 Public API: :class:`Client` (blocking), :class:`AsyncClient` (trio), :class:`ParrotError` and
-:class:`BrokerUnavailable`. The broker itself is :func:`parrot_ipc.server.run_broker`.
+:class:`BrokerUnavailable`. The broker itself is :func:`parrot_ipc.shell.server.run_broker`.
 
 The names are loaded on first use (PEP 562), so ``import parrot_ipc.core`` stays free of
 ``socket`` and ``trio``, and blocking users never import trio.
@@ -12,13 +12,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .async_client import AsyncClient
-    from .client import BrokerUnavailable, Client, ParrotError
+    from .client.blocking import BrokerUnavailable, Client, ParrotError
+    from .client.trio_client import AsyncClient
 
 __version__ = "0.1.0"
 __all__ = ["AsyncClient", "BrokerUnavailable", "Client", "ParrotError", "__version__"]
 
-_LAZY = {"AsyncClient": "async_client", "BrokerUnavailable": "client", "Client": "client", "ParrotError": "client"}
+_LAZY = {"AsyncClient": "client.trio_client", "BrokerUnavailable": "client.blocking", "Client": "client.blocking",
+         "ParrotError": "client.blocking"}
 
 
 def __getattr__(name: str) -> Any:

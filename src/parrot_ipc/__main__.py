@@ -1,5 +1,5 @@
 """``python -m parrot_ipc``: the same as the ``parrot-ipc`` command."""
 
-from .cli import main
+from .app.cli import main
 
 main()

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from parrot_ipc import doctor
-from parrot_ipc.cli import load_config
+from parrot_ipc.app import doctor
+from parrot_ipc.app.cli import load_config
 
 GOOD_ROWS = ("runtime dir", "socket", "ping", "config", "state dir")
 

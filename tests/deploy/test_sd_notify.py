@@ -1,4 +1,4 @@
-"""parrot_ipc.systemd against real sockets: sd_notify(3) datagrams (path and abstract
+"""parrot_ipc.os.systemd against real sockets: sd_notify(3) datagrams (path and abstract
 addresses), sd_watchdog_enabled(3), and sd_listen_fds(3) in a child process whose fd 3 is a
 socket we pass, with LISTEN_PID set to its own pid.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from parrot_ipc.oslayer import StartupError
-from parrot_ipc.systemd import (
+from parrot_ipc.errors import StartupError
+from parrot_ipc.os.systemd import (
     Notifier,
     activated_listener,
     adopt_listener,
@@ -125,8 +125,8 @@ def test_listen_fds_can_leave_the_environment() -> None:
 
 _CHILD = """
 import json, os, socket
-from parrot_ipc.systemd import activated_listener
-from parrot_ipc.oslayer import StartupError
+from parrot_ipc.os.systemd import activated_listener
+from parrot_ipc.errors import StartupError
 try:
     s = activated_listener()
     out = {"fd": s.fileno(), "family": int(s.family), "type": int(s.type), "blocking": s.getblocking(),

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from parrot_ipc import config_file, oslayer
-from parrot_ipc.config_file import ConfigError, describe, load_config
+from parrot_ipc.app import config_file
+from parrot_ipc.app.config_file import ConfigError, describe, load_config
 from parrot_ipc.core import DefaultPolicy, PeerCredentials, RulePolicy
 from parrot_ipc.core.config import BrokerConfig
 from parrot_ipc.core.policy import DEFAULT_SCOPES
+from parrot_ipc.os import peer as os_peer
 
 NOGROUP_GID = grp.getgrnam("nogroup").gr_gid
 SECRET_TEXT = "correct-horse-battery-staple-7f3a"
@@ -372,10 +373,10 @@ def field22(pid: int) -> int:
 
 
 def test_process_start_time_of_ourselves_is_field_22() -> None:
-    start = oslayer.process_start_time(os.getpid())
+    start = os_peer.process_start_time(os.getpid())
     assert isinstance(start, int) and start > 0
     assert start == field22(os.getpid())
-    assert oslayer.process_start_time(os.getpid()) == start  # stable
+    assert os_peer.process_start_time(os.getpid()) == start  # stable
 
 
 def test_process_start_time_survives_a_hostile_comm() -> None:
@@ -387,8 +388,8 @@ def test_process_start_time_survives_a_hostile_comm() -> None:
         try:
             assert child.stdout is not None and child.stdout.readline() == "ready\n"
             assert Path(f"/proc/{child.pid}/comm").read_text().startswith(") 1 2 (x)")
-            assert oslayer.process_start_time(child.pid) == field22(child.pid)
-            assert oslayer.process_start_time(child.pid) >= oslayer.process_start_time(os.getpid())
+            assert os_peer.process_start_time(child.pid) == field22(child.pid)
+            assert os_peer.process_start_time(child.pid) >= os_peer.process_start_time(os.getpid())
         finally:
             child.communicate("")
 
@@ -397,16 +398,16 @@ def test_process_start_time_of_a_gone_process_raises_oserror() -> None:
     child = subprocess.Popen(["true"])
     child.wait()
     with pytest.raises(OSError):
-        oslayer.process_start_time(child.pid)
+        os_peer.process_start_time(child.pid)
 
 
 def test_attest_process_of_ourselves() -> None:
     want = os.path.realpath(sys.executable)
-    exe, start, error = oslayer.attest_process(os.getpid(), None)
-    assert (exe, start, error) == (want, oslayer.process_start_time(os.getpid()), None)
+    exe, start, error = os_peer.attest_process(os.getpid(), None)
+    assert (exe, start, error) == (want, os_peer.process_start_time(os.getpid()), None)
     fd = os.pidfd_open(os.getpid())
     try:
-        assert oslayer.attest_process(os.getpid(), fd) == (want, start, None)
+        assert os_peer.attest_process(os.getpid(), fd) == (want, start, None)
     finally:
         os.close(fd)
 
@@ -414,7 +415,7 @@ def test_attest_process_of_ourselves() -> None:
 def test_attest_process_of_a_reaped_child_fails() -> None:
     child = subprocess.Popen(["true"])
     child.wait()
-    exe, start, error = oslayer.attest_process(child.pid, None)
+    exe, start, error = os_peer.attest_process(child.pid, None)
     assert exe is None and start is None
     assert isinstance(error, str) and error
 
@@ -425,7 +426,7 @@ def test_attest_process_with_the_pidfd_of_a_reaped_child_fails() -> None:
     try:
         child.kill()
         child.wait()
-        exe, start, error = oslayer.attest_process(child.pid, fd)
+        exe, start, error = os_peer.attest_process(child.pid, fd)
     finally:
         os.close(fd)
     assert (exe, start) == (None, None) and error
@@ -433,17 +434,17 @@ def test_attest_process_with_the_pidfd_of_a_reaped_child_fails() -> None:
 
 @pytest.mark.parametrize("pid", [0, -1])
 def test_attest_process_without_a_pid_fails(pid: int) -> None:
-    exe, start, error = oslayer.attest_process(pid, None)
+    exe, start, error = os_peer.attest_process(pid, None)
     assert (exe, start) == (None, None) and error and "pid" in error
 
 
 def test_identify_peer_on_a_socketpair() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with a, b:
-        cred = oslayer.identify_peer(a)
+        cred = os_peer.identify_peer(a)
     assert (cred.pid, cred.uid, cred.gid) == (os.getpid(), os.geteuid(), os.getegid())
     assert cred.exe == os.path.realpath(sys.executable)
-    assert cred.start_time == oslayer.process_start_time(os.getpid())
+    assert cred.start_time == os_peer.process_start_time(os.getpid())
     assert cred.attest_error is None
     assert os.getegid() not in cred.groups
     assert set(cred.groups) == set(os.getgroups()) - {os.getegid()}
@@ -463,7 +464,7 @@ def test_identify_peer_of_a_child_reports_its_supplementary_groups(tmp_path: Pat
                                     extra_groups=[os.getegid(), NOGROUP_GID]) as child:
         conn, _ = listener.accept()
         with conn:
-            cred = oslayer.identify_peer(conn)
+            cred = os_peer.identify_peer(conn)
             conn.sendall(b"x")
         child.wait(10)
     assert cred.pid == child.pid

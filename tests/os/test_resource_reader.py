@@ -1,4 +1,4 @@
-"""The OS-layer resource reader (:class:`parrot_ipc.resources.ResourceDir`): O_NOFOLLOW relative
+"""The OS-layer resource reader (:class:`parrot_ipc.os.resources.ResourceDir`): O_NOFOLLOW relative
 to a directory fd, fstat checks on the open descriptor, names checked before any filesystem call."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from parrot_ipc import resources
 from parrot_ipc.core.errors import ResourceRefused
-from parrot_ipc.resources import ResourceDir
+from parrot_ipc.os import resources
+from parrot_ipc.os.resources import ResourceDir
 
 ME = os.geteuid()
 
@@ -88,7 +88,7 @@ def test_bad_names_are_refused_before_any_filesystem_call(rdir: Path, name: str,
     touched: list[str] = []
 
     class NoOs:
-        """Stands in for the ``os`` module inside parrot_ipc.resources: any use is recorded."""
+        """Stands in for the ``os`` module inside parrot_ipc.os.resources: any use is recorded."""
 
         def __getattr__(self, attr: str) -> object:
             touched.append(attr)

@@ -12,9 +12,10 @@ import pytest
 import trio
 from shell_harness import Harness
 
-from parrot_ipc import oslayer
 from parrot_ipc.core import Broker, BrokerConfig, DefaultPolicy, PeerCredentials
-from parrot_ipc.server import BrokerServer
+from parrot_ipc.os import paths as os_paths
+from parrot_ipc.os import peer as os_peer
+from parrot_ipc.shell.server import BrokerServer
 
 
 @pytest.fixture
@@ -22,8 +23,8 @@ def make_harness(tmp_path: Path, nursery: trio.Nursery) -> Callable[..., object]
     async def make(broker_uid: int | None = None, **cfg: object) -> Harness:
         run = tmp_path / "run"
         path = str(run / "mcp.sock")
-        oslayer.ensure_runtime_dir(str(run))
-        listener, inode = oslayer.bind_listener(path)
+        os_paths.ensure_runtime_dir(str(run))
+        listener, inode = os_paths.bind_listener(path)
         audit: list[tuple[str, dict]] = []
         broker = Broker(
             config=BrokerConfig(**cfg),  # type: ignore[arg-type]
@@ -34,13 +35,13 @@ def make_harness(tmp_path: Path, nursery: trio.Nursery) -> Callable[..., object]
         h = Harness(path, None, broker, audit)  # type: ignore[arg-type]
 
         def read_peer(sock: socket.socket) -> PeerCredentials:
-            real = oslayer.peer_credentials(sock)
+            real = os_peer.peer_credentials(sock)
             if h.fake_uids:
                 return PeerCredentials(real.pid, h.fake_uids.pop(0), real.gid)
             return real
 
         def closed() -> None:
-            oslayer.remove_socket(path, inode)
+            os_paths.remove_socket(path, inode)
             h.unlinked.append(True)
 
         h.server = BrokerServer(broker, listener, read_peer=read_peer, on_listener_closed=closed)

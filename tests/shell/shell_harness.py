@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import trio
 
 from parrot_ipc.core import Broker
-from parrot_ipc.server import BrokerServer
+from parrot_ipc.shell.server import BrokerServer
 
 
 @dataclass

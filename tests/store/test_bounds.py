@@ -19,7 +19,7 @@ from parrot_ipc.core import (
     PeerCredentials,
     Store,
 )
-from parrot_ipc.store_sqlite import SqliteStore
+from parrot_ipc.store.sqlite import SqliteStore
 
 DAY = 86400.0
 

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import trio
 
-from parrot_ipc import AsyncClient, ParrotError, oslayer
+from parrot_ipc import AsyncClient, ParrotError
 from parrot_ipc.core import Broker, BrokerConfig, DefaultPolicy
-from parrot_ipc.server import BrokerServer
-from parrot_ipc.store_sqlite import SqliteStore
+from parrot_ipc.os import paths as os_paths
+from parrot_ipc.shell.server import BrokerServer
+from parrot_ipc.store.sqlite import SqliteStore
 
 
 @dataclass
@@ -35,8 +36,8 @@ class Rig:
 async def rig(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Rig]:
     run = tmp_path / "run"
     path = str(run / "mcp.sock")
-    oslayer.ensure_runtime_dir(str(run))
-    listener, _ = oslayer.bind_listener(path)
+    os_paths.ensure_runtime_dir(str(run))
+    listener, _ = os_paths.bind_listener(path)
     store = SqliteStore.open(str(tmp_path / "state"))
     broker = Broker(config=BrokerConfig(), policy=DefaultPolicy(os.geteuid()), store=store, clock=time.time,
                     audit=lambda e, f: None)
@@ -123,8 +124,8 @@ async def test_a_push_never_overtakes_the_response_that_caused_it(
     if not durable:  # the same check on a memory-store server
         run = tmp_path / "run-mem"
         path = str(run / "mcp.sock")
-        oslayer.ensure_runtime_dir(str(run))
-        listener, _ = oslayer.bind_listener(path)
+        os_paths.ensure_runtime_dir(str(run))
+        listener, _ = os_paths.bind_listener(path)
         broker = Broker(config=BrokerConfig(), policy=DefaultPolicy(os.geteuid()), clock=time.time,
                         audit=lambda e, f: None)
         server = BrokerServer(broker, listener)
@@ -154,7 +155,7 @@ async def test_wal_checkpoints_run_in_the_worker_thread_never_on_the_event_loop(
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import parrot_ipc.store_sqlite as store_sqlite
+    import parrot_ipc.store.sqlite as store_sqlite
 
     monkeypatch.setattr(store_sqlite, "CHECKPOINT_EVERY_COMMITS", 5)
     assert rig.store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0

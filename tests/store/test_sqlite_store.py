@@ -12,9 +12,9 @@ import pytest
 from msgspec import UNSET
 
 from parrot_ipc.core.protocol import Message, SendResult
-from parrot_ipc.core.store import Session, StoredMessage
-from parrot_ipc.oslayer import StartupError
-from parrot_ipc.store_sqlite import DB_NAME, MIGRATIONS, SCHEMA_VERSION, SqliteStore, migrate
+from parrot_ipc.errors import StartupError
+from parrot_ipc.store import Session, StoredMessage
+from parrot_ipc.store.sqlite import DB_NAME, MIGRATIONS, SCHEMA_VERSION, SqliteStore, migrate
 
 NOW = 1_800_000_000.0
 
@@ -265,7 +265,7 @@ def test_unsafe_state_dir_or_db_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_default_state_dir() -> None:
-    from parrot_ipc.store_sqlite import default_state_dir
+    from parrot_ipc.store.sqlite import default_state_dir
 
     assert default_state_dir(0, {}) == "/var/lib/parrot-mcp"
     assert default_state_dir(1000, {"XDG_STATE_HOME": "/x/state"}) == "/x/state/parrot-ipc"

@@ -24,6 +24,7 @@ from typing import Any, Final
 import msgspec
 from msgspec import UNSET
 
+from ..store import MemoryStore, Session, Store, StoredMessage
 from . import protocol as p
 from .config import BrokerConfig
 from .errors import ErrorCode, ResourceRefused, RpcError
@@ -39,7 +40,6 @@ from .policy import (
     PeerCredentials,
     Policy,
 )
-from .store import MemoryStore, Session, Store, StoredMessage
 from .timefmt import IdGenerator, rfc3339
 
 log = logging.getLogger("parrot_ipc.broker")

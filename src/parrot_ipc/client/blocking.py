@@ -16,8 +16,8 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from .core import protocol as p
-from .oslayer import default_socket_path
+from ..core import protocol as p
+from ..os.paths import default_socket_path
 
 T = TypeVar("T")
 _RECV_BYTES: Final = 65536
@@ -119,7 +119,7 @@ class Client:
     """A blocking client on one connection. Not thread-safe; use one per thread.
 
     Args:
-        socket_path: the broker's socket (default: :func:`parrot_ipc.oslayer.default_socket_path`).
+        socket_path: the broker's socket (default: :func:`parrot_ipc.os_paths.default_socket_path`).
         timeout_s: how long to wait for each response, in seconds (a long-poll ``receive``
             adds its ``wait_s``).
 

@@ -24,11 +24,12 @@ from typing import Annotated, Any, NoReturn, Optional
 import msgspec
 import typer
 
+from ..client.blocking import BrokerUnavailable, Client, ParrotError
+from ..core.config import BrokerConfig
+from ..core.protocol import INSTANCE_ID_PATTERN, ListSessionsResult, RevokeResult
+from ..errors import StartupError
+from ..os.paths import default_socket_path
 from . import config_file, session_file
-from .client import BrokerUnavailable, Client, ParrotError
-from .core.config import BrokerConfig
-from .core.protocol import INSTANCE_ID_PATTERN, ListSessionsResult, RevokeResult
-from .oslayer import StartupError, default_socket_path
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_SESSION = 0, 1, 2, 3, 4
 
@@ -169,7 +170,7 @@ def serve(
     by another broker, corrupt or not writable stops the start with one line. Logs and JSON
     audit lines go to stderr.
     """
-    from .server import open_audit_file, run_broker
+    from ..shell.server import open_audit_file, run_broker
 
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
@@ -464,7 +465,7 @@ def mcp_(
                    "with a letter or digit", err=True)
         raise typer.Exit(EXIT_USAGE)
     try:
-        from .mcp_bridge import run_bridge
+        from ..client.mcp_bridge import run_bridge
     except ImportError as exc:
         typer.echo(f"error: the MCP bridge needs the 'mcp' extra ({exc}); install it with: "
                    "pip install 'parrot-ipc[mcp]'", err=True)

@@ -35,9 +35,9 @@ from typing import Any, Final, Literal
 import msgspec
 from msgspec import UNSET
 
-from .core.protocol import Message, SendResult
-from .core.store import MemoryStore, Session, StoredMessage
-from .oslayer import StartupError
+from ..core.protocol import Message, SendResult
+from ..errors import StartupError
+from . import MemoryStore, Session, StoredMessage
 
 log = logging.getLogger("parrot_ipc.store")
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import trio
 
-from .client import _RECV_BYTES, BrokerUnavailable, ParrotError, _params, _result, _unreachable, _Wire
-from .core import protocol as p
-from .oslayer import default_socket_path
+from ..core import protocol as p
+from ..os.paths import default_socket_path
+from .blocking import _RECV_BYTES, BrokerUnavailable, ParrotError, _params, _result, _unreachable, _Wire
 
 __all__ = ["AsyncClient", "BrokerUnavailable", "ParrotError"]
 

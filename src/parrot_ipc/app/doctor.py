@@ -2,8 +2,8 @@
 
 Each check is a :class:`Check` row: PASS, WARN (works, but worth a look) or FAIL (the broker
 is unsafe or will not serve), with the fix in one line. The rules for the runtime directory
-and the socket are the OS layer's own (:func:`parrot_ipc.oslayer.runtime_dir_problem`,
-:func:`parrot_ipc.oslayer.socket_file_problem`), so doctor and ``serve`` never disagree.
+and the socket are the OS layer's own (:func:`parrot_ipc.os_paths.runtime_dir_problem`,
+:func:`parrot_ipc.os_paths.socket_file_problem`), so doctor and ``serve`` never disagree.
 
 Paths that describe the host (unit directories, securityfs) are parameters, for tests.
 """
@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from . import oslayer
-from .client import Client, ParrotError
-from .store_sqlite import DB_NAME, default_state_dir
+from ..client.blocking import Client, ParrotError
+from ..os import paths as os_paths
+from ..store.sqlite import DB_NAME, default_state_dir
 
 Status = Literal["PASS", "WARN", "FAIL"]
 
@@ -76,7 +76,7 @@ def check_runtime_dir(socket_path: str, euid: int) -> Check:
     """The socket's directory: a real directory, mode 0700, owned by us or the service user."""
     path = os.path.dirname(os.path.abspath(socket_path))
     owner = _expected_owner(path, _allowed_owners(euid))
-    problem = oslayer.runtime_dir_problem(path, owner)
+    problem = os_paths.runtime_dir_problem(path, owner)
     if problem is None:
         return Check("runtime dir", "PASS", f"{path}: directory owned by {_user(owner)}, mode 0700")
     if not os.path.lexists(path):
@@ -91,7 +91,7 @@ def check_runtime_dir(socket_path: str, euid: int) -> Check:
 def check_socket(socket_path: str, euid: int) -> Check:
     """The socket file: a socket (not a symlink), mode 0600, owned like its directory."""
     owner = _expected_owner(os.path.dirname(os.path.abspath(socket_path)), _allowed_owners(euid))
-    problem = oslayer.socket_file_problem(socket_path, owner, mode=0o600)
+    problem = os_paths.socket_file_problem(socket_path, owner, mode=0o600)
     if problem is None:
         return Check("socket", "PASS", f"{socket_path}: socket owned by {_user(owner)}, mode 0600")
     if not os.path.lexists(socket_path):
@@ -144,13 +144,13 @@ def check_state_dir(state_dir: str, euid: int) -> Check:
                      "none needed: StateDirectory= (or the broker) creates it at first start")
     owners = _allowed_owners(euid)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        return Check("state dir", "FAIL", f"{state_dir} is not a real directory ({oslayer.describe(st)})",
+        return Check("state dir", "FAIL", f"{state_dir} is not a real directory ({os_paths.describe(st)})",
                      f"inspect and remove {state_dir}; systemd recreates it (StateDirectory=)")
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid not in owners or mode & 0o077:
         want = " or ".join(_user(u) for u in owners)
         return Check("state dir", "FAIL", f"{state_dir} must be owned by {want} with mode 0700; "
-                     f"found {oslayer.describe(st)}", f"chown {owners[-1]} {state_dir} && chmod 0700 {state_dir}")
+                     f"found {os_paths.describe(st)}", f"chown {owners[-1]} {state_dir} && chmod 0700 {state_dir}")
     return Check("state dir", "PASS", f"{state_dir}: owned by {_user(st.st_uid)}, mode {mode:04o}")
 
 

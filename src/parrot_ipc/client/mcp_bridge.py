@@ -39,10 +39,10 @@ import trio
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
-from .async_client import AsyncClient
-from .client import BrokerUnavailable, ParrotError
-from .core import protocol as p
-from .oslayer import default_socket_path
+from ..core import protocol as p
+from ..os.paths import default_socket_path
+from .blocking import BrokerUnavailable, ParrotError
+from .trio_client import AsyncClient
 
 log = logging.getLogger("parrot_ipc.mcp")
 T = TypeVar("T")
@@ -405,7 +405,7 @@ def build_server(bridge: Bridge, instructions: str) -> Server[Any]:
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         return await bridge.call_tool(params.name, params.arguments)
 
-    from . import __version__
+    from .. import __version__
 
     return Server("parrot-ipc", version=__version__, instructions=instructions,
                   on_list_tools=list_tools, on_call_tool=call_tool)

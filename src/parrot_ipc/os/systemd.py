@@ -22,7 +22,7 @@ import socket
 from collections.abc import Mapping, MutableMapping
 from typing import Final
 
-from .oslayer import StartupError
+from ..errors import StartupError
 
 log = logging.getLogger("parrot_ipc.systemd")
 

@@ -21,9 +21,10 @@ from typing import Any, Final
 
 import msgspec
 
-from .core.config import BrokerConfig, ConfigFile, PeerRuleConfig
-from .core.policy import DefaultPolicy, PeerRule, Policy, RulePolicy
-from .oslayer import StartupError, read_private_file
+from ..core.config import BrokerConfig, ConfigFile, PeerRuleConfig
+from ..core.policy import DefaultPolicy, PeerRule, Policy, RulePolicy
+from ..errors import StartupError
+from ..os.files import owner_mode_problem, read_private_file
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/parrot-ipc/config.toml")
 
@@ -83,17 +84,6 @@ def _check_file(path: Path, broker_uid: int) -> None:
     problem = owner_mode_problem(st, broker_uid)
     if problem:
         raise ConfigError(f"config {path} {problem}")
-
-
-def owner_mode_problem(st: os.stat_result, broker_uid: int) -> str | None:
-    """Why a file that decides policy (the config, a resource) is unsafe, or None if it is fine.
-
-    It must be owned by root or ``broker_uid`` and not writable by group or others.
-    """
-    if st.st_uid not in (0, broker_uid) or st.st_mode & 0o022:
-        return (f"must be owned by root or uid {broker_uid} and not writable by group or "
-                f"others; found uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}")
-    return None
 
 
 def load_config(path: Path | None = None, *, broker_uid: int | None = None,

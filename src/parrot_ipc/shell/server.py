@@ -28,16 +28,20 @@ from typing import Any, Literal
 import msgspec
 import trio
 
-from . import oslayer, systemd
-from .config_file import ConfigError, LoadedConfig, load_config
-from .core import Broker, BrokerConfig, Drop, FrameBuffer, FrameTooLarge, PeerCredentials, Push, Wake
-from .core import protocol as p
-from .core.broker import Connection, WaitForMail
-from .core.errors import ErrorCode
-from .core.policy import Policy
-from .core.store import Journaled, MemoryStore, Store
-from .core.timefmt import rfc3339
-from .resources import ResourceDir
+from .. import errors
+from ..app.config_file import ConfigError, LoadedConfig, load_config
+from ..core import Broker, BrokerConfig, Drop, FrameBuffer, FrameTooLarge, PeerCredentials, Push, Wake
+from ..core import protocol as p
+from ..core.broker import Connection, WaitForMail
+from ..core.errors import ErrorCode
+from ..core.policy import Policy
+from ..core.timefmt import rfc3339
+from ..os import limits as os_limits
+from ..os import paths as os_paths
+from ..os import peer as os_peer
+from ..os import systemd
+from ..os.resources import ResourceDir
+from ..store import Journaled, MemoryStore, Store
 
 log = logging.getLogger("parrot_ipc.server")
 _RECV_BYTES = 65536
@@ -82,7 +86,7 @@ class BrokerServer:
         broker: the core.
         listener: a bound, listening, non-blocking stdlib AF_UNIX stream socket.
         read_peer: reads and attests a connected socket's peer (the OS layer's
-            :func:`parrot_ipc.oslayer.identify_peer`; injectable for tests).
+            :func:`parrot_ipc.os_peer.identify_peer`; injectable for tests).
         commit_mode: with a journaled store, ``"group"`` (the default: one committer task,
             concurrent requests share commits) or ``"per_request"`` (a benchmark baseline:
             requests are handled one chunk at a time, each with its own commit; a long-poll
@@ -97,7 +101,7 @@ class BrokerServer:
         broker: Broker,
         listener: stdsocket.socket,
         *,
-        read_peer: Callable[[stdsocket.socket], PeerCredentials] = oslayer.identify_peer,
+        read_peer: Callable[[stdsocket.socket], PeerCredentials] = os_peer.identify_peer,
         on_listener_closed: Callable[[], None] | None = None,
         commit_mode: Literal["group", "per_request"] = "group",
     ) -> None:
@@ -644,16 +648,16 @@ def audit_sink(event: str, fields: dict[str, Any]) -> None:
 def open_audit_file(path: str) -> None:
     """Also send audit lines to ``path``: appended, created 0600, never through a symlink.
 
-    Raises oslayer.StartupError if the file cannot be opened or is not ours with mode 0600.
+    Raises errors.StartupError if the file cannot be opened or is not ours with mode 0600.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise oslayer.StartupError(f"refusing to start: cannot open audit log {path}: {exc.strerror}") from None
+        raise errors.StartupError(f"refusing to start: cannot open audit log {path}: {exc.strerror}") from None
     st = os.fstat(fd)
     if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         os.close(fd)
-        raise oslayer.StartupError(
+        raise errors.StartupError(
             f"refusing to start: audit log {path} must be owned by uid {os.geteuid()} with mode 0600; "
             f"found uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}")
     handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
@@ -688,7 +692,7 @@ _FD_HEADROOM = 64  # descriptors beyond the connections: listener, store, logs, 
 def _fit_nofile_limit(max_connections: int) -> None:
     """Raise RLIMIT_NOFILE to fit ``max_connections``; say so in the log if the hard limit is lower."""
     wanted = max_connections + _FD_HEADROOM
-    soft, hard = oslayer.raise_nofile_limit(wanted)
+    soft, hard = os_limits.raise_nofile_limit(wanted)
     if soft < wanted:
         log.warning("RLIMIT_NOFILE hard limit is %d, lower than max_connections + %d = %d: about %d "
                     "connections fit (raise LimitNOFILE= or ulimit -Hn)", hard, _FD_HEADROOM, wanted,
@@ -702,11 +706,11 @@ def open_store(kind: Literal["sqlite", "memory"], state_dir: str | None, config:
     :func:`parrot_ipc.store_sqlite.default_state_dir`), or a throwaway :class:`MemoryStore`.
 
     Raises:
-        oslayer.StartupError: the state directory or database cannot be used (one line).
+        errors.StartupError: the state directory or database cannot be used (one line).
     """
     if kind == "memory":
         return MemoryStore()
-    from .store_sqlite import SqliteStore, default_state_dir
+    from ..store.sqlite import SqliteStore, default_state_dir
 
     path = state_dir or default_state_dir()
     store = SqliteStore.open(path, durability=config.durability)
@@ -737,7 +741,7 @@ def run_broker(socket_path: str, config: BrokerConfig | LoadedConfig | None = No
         commit_mode: ``"group"``, or ``"per_request"`` (a benchmark baseline only).
 
     Raises:
-        oslayer.StartupError: the directory or socket path is unsafe, a broker already
+        errors.StartupError: the directory or socket path is unsafe, a broker already
             answers there, or the state database is locked, corrupt or not writable.
     """
     if not isinstance(config, LoadedConfig):
@@ -805,9 +809,9 @@ def _acquire_listener(socket_path: str, group_gid: int | None = None) -> tuple[s
         name = activated.getsockname()
         where = f"{name or '(unnamed)'} (fd {systemd.SD_LISTEN_FDS_START}, socket-activated)"
         return activated, where, lambda: None
-    oslayer.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)), group_gid=group_gid)
-    listener, inode = oslayer.bind_listener(socket_path, group_gid=group_gid)
-    return listener, socket_path, lambda: oslayer.remove_socket(socket_path, inode)
+    os_paths.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)), group_gid=group_gid)
+    listener, inode = os_paths.bind_listener(socket_path, group_gid=group_gid)
+    return listener, socket_path, lambda: os_paths.remove_socket(socket_path, inode)
 
 
 @dataclass

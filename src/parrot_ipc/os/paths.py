@@ -1,36 +1,23 @@
-"""The OS layer: every Linux call the broker makes, as plain functions.
+"""Paths: default socket path, the runtime directory and the listening socket.
 
-- Peer credentials: SO_PEERCRED (``struct ucred``: pid, uid, gid; unix(7), socket(7)) and
-  SO_PEERPIDFD (Linux 6.5+, option 77; missing from Python 3.11's :mod:`socket`).
-- The runtime directory and the listening socket, hardened against the attacks in the Parrot
-  IPC security guide (symlinked or foreign-owned directories, world-readable sockets, a second
-  broker on the same path).
-- Default paths (``docs/protocol.md``, Transport).
+Hardened against the attacks in the Parrot IPC security guide (symlinked or foreign-owned
+directories, world-readable sockets, a second broker on the same path); ``docs/protocol.md``,
+Transport, gives the default paths.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import signal
 import socket
 import stat
-import struct
 from collections.abc import Mapping
 from typing import Final
 
-from .core.policy import PeerCredentials
+from ..errors import StartupError
 
-SO_PEERPIDFD: Final = getattr(socket, "SO_PEERPIDFD", 77)
-SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
-_UCRED: Final = struct.Struct("3i")
 DEFAULT_SYSTEM_DIR: Final = "/run/parrot-mcp"
 SOCKET_NAME: Final = "mcp.sock"
-
-
-class StartupError(Exception):
-    """The broker must not start. ``str(exc)`` is one line for the operator: path and cause."""
 
 
 # --------------------------------------------------------------------------- paths
@@ -49,153 +36,6 @@ def default_socket_path(euid: int | None = None, env: Mapping[str, str] | None =
         return os.path.join(env["XDG_RUNTIME_DIR"], "parrot-mcp", SOCKET_NAME)
     return os.path.join(DEFAULT_SYSTEM_DIR, SOCKET_NAME)
 
-
-# --------------------------------------------------------------------------- peer credentials
-def peer_credentials(sock: socket.socket) -> PeerCredentials:
-    """Read SO_PEERCRED from a connected AF_UNIX socket.
-
-    The kernel records the credentials at connect(2) time, so they describe the process that
-    connected, whatever it sends later. Raises OSError if the socket has no peer.
-    """
-    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    return PeerCredentials(pid=pid, uid=uid, gid=gid)
-
-
-class PeerGone(Exception):
-    """The peer process exited (and was reaped) before we could pin it."""
-
-
-def peer_pidfd(sock: socket.socket) -> int | None:
-    """A pidfd for the peer (SO_PEERPIDFD), or None where the kernel has no such option.
-
-    The caller owns the returned file descriptor and must close it. Raises :class:`PeerGone`
-    when the kernel answers ESRCH: the peer has already exited and been reaped.
-    """
-    try:
-        return int(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD))
-    except OSError as exc:
-        if exc.errno == errno.ESRCH:
-            raise PeerGone() from None
-        return None
-
-
-def peer_groups(sock: socket.socket) -> tuple[int, ...]:
-    """The peer's supplementary GIDs (SO_PEERGROUPS, Linux 4.13+; socket(7)). () if unknown."""
-    size = 64 * 4
-    for _ in range(4):
-        try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
-        except OSError as exc:
-            if exc.errno == errno.ERANGE:
-                size *= 8
-                continue
-            return ()
-        return struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
-    return ()
-
-
-def process_start_time(pid: int) -> int:
-    """Field 22 of ``/proc/<pid>/stat`` (starttime, in clock ticks after boot; proc(5)).
-
-    Raises OSError if the process is gone or unreadable, ValueError if the line is malformed.
-    """
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        line = f.read()
-    # comm (field 2) may hold spaces and parentheses: split after its last ')'.
-    rest = line[line.rindex(b")") + 2 :].split()
-    return int(rest[19])  # rest[0] is field 3, so field 22 is rest[19]
-
-
-def attest_process(pid: int, pidfd: int | None) -> tuple[str | None, int | None, str | None]:
-    """Read the peer's executable and start time without racing against PID reuse.
-
-    With a pidfd: read ``/proc/<pid>/exe`` and the start time, then prove the pidfd's process
-    is still alive (pidfd_send_signal(2) with signal 0). A pidfd always names the process that
-    connected, so a live one means the PID was not recycled during the reads. Without a pidfd:
-    read the start time before and after, and require them equal.
-
-    Returns ``(exe, start_time, None)``, or ``(None, None, reason)`` when anything is uncertain
-    (the peer exited, /proc is unreadable): callers fail closed.
-    """
-    if pid <= 0:
-        return None, None, "no pid (the peer is in another pid namespace)"
-    try:
-        before = None if pidfd is not None else process_start_time(pid)
-        exe = os.readlink(f"/proc/{pid}/exe")
-        start = process_start_time(pid)
-        if pidfd is not None:
-            with contextlib.suppress(PermissionError):  # EPERM: it exists; we may not signal it
-                signal.pidfd_send_signal(pidfd, 0)
-        elif before != start:
-            return None, None, "the pid was reused during attestation"
-    except ProcessLookupError:
-        return None, None, "the peer exited during attestation"
-    except (OSError, ValueError, IndexError) as exc:
-        return None, None, f"cannot read /proc/{pid}: {getattr(exc, 'strerror', None) or exc}"
-    return exe, start, None
-
-
-def identify_peer(sock: socket.socket) -> PeerCredentials:
-    """Everything the policy may ask about a freshly accepted peer, before any byte is read.
-
-    SO_PEERCRED, SO_PEERGROUPS, then SO_PEERPIDFD-backed attestation of ``/proc/<pid>/exe``
-    and start time (see :func:`attest_process`). The pidfd is closed before returning.
-    Raises OSError only if SO_PEERCRED itself fails.
-    """
-    cred = peer_credentials(sock)
-    try:
-        pidfd = peer_pidfd(sock)
-    except PeerGone:
-        return PeerCredentials(cred.pid, cred.uid, cred.gid, groups=tuple(g for g in peer_groups(sock) if g != cred.gid),
-                               attest_error="the peer exited before attestation")
-    try:
-        exe, start, error = attest_process(cred.pid, pidfd)
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-    return PeerCredentials(cred.pid, cred.uid, cred.gid, has_pidfd=pidfd is not None,
-                           groups=tuple(g for g in peer_groups(sock) if g != cred.gid),
-                           exe=exe, start_time=start, attest_error=error)
-
-
-def read_private_file(path: str, euid: int | None = None, *, max_bytes: int = 65536) -> bytes:
-    """Read a secret file that must be a regular file owned by ``euid`` with mode 0600 (or 0400).
-
-    Opened with O_NOFOLLOW and checked with fstat(2) on the open descriptor (no
-    check-then-open race). Raises :class:`StartupError` naming the path, owner and mode.
-    """
-    euid = os.geteuid() if euid is None else euid
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise StartupError(f"refusing to start: cannot open secret file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != euid or st.st_mode & 0o077:
-            raise StartupError(
-                f"refusing to start: secret file {path} must be a regular file owned by uid {euid} "
-                f"with mode 0600; found uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}"
-            )
-        return f.read(max_bytes)
-
-
-def raise_nofile_limit(wanted: int) -> tuple[int, int]:
-    """Raise RLIMIT_NOFILE's soft limit toward ``wanted`` file descriptors (getrlimit(2)).
-
-    Returns ``(soft, hard)`` after the change; the soft limit never exceeds the hard one, so
-    a caller compares ``soft`` with ``wanted`` to know whether it got what it asked for.
-    """
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft, hard
 
 
 # --------------------------------------------------------------------------- runtime directory

@@ -5,7 +5,7 @@ checked again here (:func:`parrot_ipc.core.protocol.valid_resource_name`) before
 filesystem call, and is only ever used as one directory entry relative to a directory file
 descriptor, opened with ``O_NOFOLLOW`` (a symlink is refused, not followed) and checked with
 fstat(2) on the open descriptor, so there is no check-then-open race. The checks are the
-config file's (:func:`parrot_ipc.config_file.owner_mode_problem`): owned by root or the
+config file's (:func:`parrot_ipc.os.files.owner_mode_problem`): owned by root or the
 broker's user, not writable by group or others; the directory is checked the same way.
 """
 
@@ -16,9 +16,9 @@ import os
 import stat
 from typing import Final
 
-from .config_file import owner_mode_problem
-from .core.errors import ResourceRefused
-from .core.protocol import valid_resource_name
+from ..core.errors import ResourceRefused
+from ..core.protocol import valid_resource_name
+from .files import owner_mode_problem
 
 #: The largest resource served, in bytes (it must fit comfortably in one response frame).
 MAX_RESOURCE_BYTES: Final = 256 * 1024
