@@ -12,14 +12,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client.blocking import BrokerUnavailable, Client, ParrotError
+    from .client.blocking import Client
     from .client.trio_client import AsyncClient
+    from .errors import BrokerUnavailable, ParrotError
 
 __version__ = "0.1.0"
 __all__ = ["AsyncClient", "BrokerUnavailable", "Client", "ParrotError", "__version__"]
 
-_LAZY = {"AsyncClient": "client.trio_client", "BrokerUnavailable": "client.blocking", "Client": "client.blocking",
-         "ParrotError": "client.blocking"}
+_LAZY = {"AsyncClient": "client.trio_client", "BrokerUnavailable": "errors", "Client": "client.blocking",
+         "ParrotError": "errors"}
 
 
 def __getattr__(name: str) -> Any:

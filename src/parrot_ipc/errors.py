@@ -1,7 +1,169 @@
-"""parrot-ipc's exceptions."""
+"""parrot-ipc's one exception hierarchy, and the JSON-RPC error codes.
+
+Every exception the package raises on purpose derives from :class:`ParrotIpcError`. Each class
+carries two numbers as class attributes:
+
+- ``rpc_code``: the JSON-RPC error code it becomes on the wire, or ``None`` for errors that
+  never reach the wire (a startup refusal, a bad session file);
+- ``exit_code``: the ``parrot-ipc`` CLI's exit code for it (the CLI's module docstring lists
+  them: 0 ok, 1 the broker said no or must not start, 2 usage or bad config, 3 the broker could
+  not be reached, 4 the session file is missing or unsafe).
+
+Source for the codes: the JSON-RPC 2.0 specification, section 5.1 (codes -32768..-32000 are
+reserved: -32700 and -32600..-32603 are the spec's own; -32001..-32007 are parrot-ipc's server
+errors, listed in ``docs/protocol.md``).
+
+This module imports nothing but the standard library's ``enum`` and ``typing``, so every layer,
+the sans-I/O core included, may import it.
+"""
 
 from __future__ import annotations
 
+from enum import IntEnum
+from typing import Any, ClassVar, Final
 
-class StartupError(Exception):
+EXIT_OK: Final = 0
+EXIT_REFUSED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNREACHABLE: Final = 3
+EXIT_SESSION: Final = 4
+
+
+class ErrorCode(IntEnum):
+    """Every error code the broker sends. Stable: clients switch on these numbers."""
+
+    PARSE_ERROR = -32700
+    INVALID_REQUEST = -32600
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL_ERROR = -32603
+    UNAUTHENTICATED = -32001
+    FORBIDDEN = -32002
+    RATE_LIMITED = -32003
+    FRAME_TOO_LARGE = -32004
+    NOT_FOUND = -32005
+    CONFLICT = -32006
+    MAILBOX_FULL = -32007
+
+
+class ParrotIpcError(Exception):
+    """The base of every exception parrot-ipc raises on purpose.
+
+    Class attributes:
+        rpc_code: the JSON-RPC error code this becomes on the wire (None: never sent).
+        exit_code: the CLI's exit code when this ends a command.
+    """
+
+    rpc_code: ClassVar[int | None] = None
+    exit_code: ClassVar[int] = EXIT_REFUSED
+
+
+# --------------------------------------------------------------------------- broker side
+class RpcError(ParrotIpcError):
+    """A request the broker refuses, carried to the wire as a JSON-RPC error object.
+
+    Args:
+        code: the JSON-RPC error code (see :class:`ErrorCode`); also ``self.rpc_code``.
+        reason: a short machine-readable word, sent as ``error.data.reason``.
+        message: one sentence for people. Never a token, a secret or message content.
+        **data: further members of ``error.data`` (for example ``retry_after_s``).
+
+    This is the *peer's* fault (or policy's decision), never a bug: bugs surface as any
+    other exception and become -32603 at the edge of :class:`parrot_ipc.core.broker.Broker`.
+    """
+
+    def __init__(self, code: ErrorCode, reason: str, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.data: dict[str, Any] = {"reason": reason, **data}
+
+
+class FrameTooLarge(ParrotIpcError):
+    """A frame (without its ``\\n``) is longer than ``max_frame_bytes``: answer -32004, close.
+
+    ``args[0]`` is the frame's size in bytes so far (an int).
+    """
+
+    rpc_code = ErrorCode.FRAME_TOO_LARGE
+
+
+class ResourceRefused(ParrotIpcError):
+    """Raised by a resource reader (injected into the broker) for a resource file that exists
+    but must not be served: a symlink, not a regular file, owned by another user, writable by
+    group or others, too large, or not UTF-8. ``str(exc)`` says which, for the broker's log.
+    """
+
+    rpc_code = ErrorCode.NOT_FOUND
+
+
+class PeerGone(ParrotIpcError):
+    """The peer process exited (and was reaped) before the broker could pin it (SO_PEERPIDFD
+    answered ESRCH; socket(7))."""
+
+
+class SlowReader(ParrotIpcError):
+    """A peer left its output unread past ``max_pending_bytes`` for ``idle_timeout_s``: the
+    shell closes the connection."""
+
+
+class StartupError(ParrotIpcError):
     """The broker must not start. ``str(exc)`` is one line for the operator: path and cause."""
+
+    exit_code = EXIT_REFUSED
+
+
+class ConfigError(ParrotIpcError, ValueError):
+    """The config is unreadable, unsafe or invalid; ``str(exc)`` is one line naming file and key."""
+
+    exit_code = EXIT_USAGE
+
+
+# --------------------------------------------------------------------------- client side
+class ParrotError(ParrotIpcError):
+    """The broker refused a request (or, for :class:`BrokerUnavailable`, could not be reached).
+
+    Attributes:
+        code: the JSON-RPC error code (:class:`ErrorCode`); 0 for unreachable.
+        reason: ``error.data.reason``, a short machine-readable word.
+        message: the broker's sentence for people.
+        data: the whole ``error.data`` object.
+    """
+
+    def __init__(self, code: int, reason: str, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.data = data or {"reason": reason}
+
+    @property
+    def unauthenticated(self) -> bool:
+        """True when the broker answered -32001: the session token is missing, expired or revoked."""
+        return self.code == ErrorCode.UNAUTHENTICATED
+
+    def __str__(self) -> str:
+        return f"{self.message} (code {self.code}, reason {self.reason})"
+
+
+class BrokerUnavailable(ParrotError):
+    """No broker could be reached at ``socket_path`` (missing, refused, no permission, or gone)."""
+
+    exit_code = EXIT_UNREACHABLE
+
+    def __init__(self, socket_path: str, cause: str) -> None:
+        super().__init__(0, "broker_unavailable", f"cannot reach the broker at {socket_path}: {cause}")
+        self.socket_path = socket_path
+        self.cause = cause
+
+
+class SessionFileError(ParrotIpcError):
+    """The session file is missing, unreadable or unsafe; ``str(exc)`` says what to do."""
+
+    exit_code = EXIT_SESSION
+
+
+class ToolError(ParrotIpcError):
+    """An MCP tool call that failed; ``str(exc)`` is the text the model sees (``isError``; MCP
+    specification, Tools, "Error Handling")."""

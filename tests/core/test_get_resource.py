@@ -8,8 +8,8 @@ import pytest
 from core_harness import BROKER_UID, AdmitAll, Harness
 
 from parrot_ipc.core import Broker, DefaultPolicy
-from parrot_ipc.core.errors import ResourceRefused
 from parrot_ipc.core.policy import DEFAULT_SCOPES, SCOPE_RESOURCES
+from parrot_ipc.errors import ResourceRefused
 
 TEXT = "CONFIDENTIAL: be concise.\n"
 

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from parrot_ipc.app import config_file
-from parrot_ipc.app.config_file import ConfigError, describe, load_config
+from parrot_ipc.app.config_file import describe, load_config
 from parrot_ipc.core import DefaultPolicy, PeerCredentials, RulePolicy
 from parrot_ipc.core.config import BrokerConfig
 from parrot_ipc.core.policy import DEFAULT_SCOPES
+from parrot_ipc.errors import ConfigError
 from parrot_ipc.os import peer as os_peer
 
 NOGROUP_GID = grp.getgrnam("nogroup").gr_gid

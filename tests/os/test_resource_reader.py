@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from parrot_ipc.core.errors import ResourceRefused
+from parrot_ipc.errors import ResourceRefused
 from parrot_ipc.os import resources
 from parrot_ipc.os.resources import ResourceDir
 

@@ -24,10 +24,10 @@ from typing import Annotated, Any, NoReturn, Optional
 import msgspec
 import typer
 
-from ..client.blocking import BrokerUnavailable, Client, ParrotError
+from ..client.blocking import Client
 from ..core.config import BrokerConfig
 from ..core.protocol import INSTANCE_ID_PATTERN, ListSessionsResult, RevokeResult
-from ..errors import StartupError
+from ..errors import BrokerUnavailable, ConfigError, ParrotError, SessionFileError, StartupError
 from ..os.paths import default_socket_path
 from . import config_file, session_file
 
@@ -89,11 +89,11 @@ def _errors(as_json: bool) -> Iterator[None]:
               {"code": 0, "reason": exc.reason, "message": exc.message, "socket": exc.socket_path})
     except ParrotError as exc:
         hint = ""
-        if exc.code == -32001:
+        if exc.unauthenticated:
             hint = "Your session is no longer valid: run 'parrot-ipc register NAME' again."
         _fail(as_json, EXIT_REFUSED, f"{exc.message} (code {exc.code}, {exc.reason})", hint,
               {"code": exc.code, "reason": exc.reason, "message": exc.message, "data": exc.data})
-    except session_file.SessionFileError as exc:
+    except SessionFileError as exc:
         _fail(as_json, EXIT_SESSION, str(exc), error={"reason": "session_file", "message": str(exc)})
 
 
@@ -134,7 +134,7 @@ class _JsonLogFormatter(logging.Formatter):
 def load_config(path: Path | None) -> BrokerConfig:
     """The ``[server]`` settings of ``path`` (or of the default config, if it exists).
 
-    Raises ValueError (:class:`parrot_ipc.config_file.ConfigError`) naming the file and key.
+    Raises ValueError (:class:`parrot_ipc.ConfigError`) naming the file and key.
     """
     return config_file.load_config(path, explicit=path is not None).server
 
@@ -180,7 +180,7 @@ def serve(
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     try:
         loaded = config_file.load_config(config, explicit=config is not None)
-    except config_file.ConfigError as exc:
+    except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     if durability is not None:
@@ -204,7 +204,7 @@ def check_config(
     """Validate a config file and print the effective policy. Exit 0 if valid, 2 if not."""
     try:
         loaded = config_file.load_config(file)
-    except config_file.ConfigError as exc:
+    except ConfigError as exc:
         _fail(as_json, EXIT_USAGE, str(exc), error={"reason": "invalid_config", "message": str(exc)})
     desc = config_file.describe(loaded)
     if as_json:

@@ -23,14 +23,10 @@ import msgspec
 
 from ..core.config import BrokerConfig, ConfigFile, PeerRuleConfig
 from ..core.policy import DefaultPolicy, PeerRule, Policy, RulePolicy
-from ..errors import StartupError
+from ..errors import ConfigError, StartupError
 from ..os.files import owner_mode_problem, read_private_file
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/parrot-ipc/config.toml")
-
-
-class ConfigError(ValueError):
-    """The config is unreadable, unsafe or invalid; ``str(exc)`` is one line naming file and key."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from ..client.blocking import Client, ParrotError
+from ..client.blocking import Client
+from ..errors import ParrotError
 from ..os import paths as os_paths
 from ..store.sqlite import DB_NAME, default_state_dir
 

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-
-class SessionFileError(Exception):
-    """The session file is missing, unreadable or unsafe; ``str(exc)`` says what to do."""
+from ..errors import SessionFileError
 
 
 class SavedSession(msgspec.Struct, kw_only=True):

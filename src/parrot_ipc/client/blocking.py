@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from ..core import protocol as p
+from ..errors import BrokerUnavailable, ParrotError
 from ..os.paths import default_socket_path
 
 T = TypeVar("T")
@@ -24,36 +25,6 @@ _RECV_BYTES: Final = 65536
 _CLIENT_MAX_FRAME: Final = 64 * 1024 * 1024
 _DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
 _MESSAGE_DECODER: Final = msgspec.json.Decoder(p.Message)
-
-
-class ParrotError(Exception):
-    """The broker refused a request (or, for :class:`BrokerUnavailable`, could not be reached).
-
-    Attributes:
-        code: the JSON-RPC error code (``parrot_ipc.core.ErrorCode``); 0 for unreachable.
-        reason: ``error.data.reason``, a short machine-readable word.
-        message: the broker's sentence for people.
-        data: the whole ``error.data`` object.
-    """
-
-    def __init__(self, code: int, reason: str, message: str, data: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.data = data or {"reason": reason}
-
-    def __str__(self) -> str:
-        return f"{self.message} (code {self.code}, reason {self.reason})"
-
-
-class BrokerUnavailable(ParrotError):
-    """No broker could be reached at ``socket_path`` (missing, refused, no permission, or gone)."""
-
-    def __init__(self, socket_path: str, cause: str) -> None:
-        super().__init__(0, "broker_unavailable", f"cannot reach the broker at {socket_path}: {cause}")
-        self.socket_path = socket_path
-        self.cause = cause
 
 
 def _decoder(tp: Any) -> msgspec.json.Decoder[Any]:

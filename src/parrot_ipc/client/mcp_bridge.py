@@ -40,8 +40,8 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
 from ..core import protocol as p
+from ..errors import BrokerUnavailable, ParrotError, ToolError
 from ..os.paths import default_socket_path
-from .blocking import BrokerUnavailable, ParrotError
 from .trio_client import AsyncClient
 
 log = logging.getLogger("parrot_ipc.mcp")
@@ -128,10 +128,6 @@ TOOLS: Final[tuple[types.Tool, ...]] = (
         input_schema={"type": "object", "properties": {}, "additionalProperties": False},
     ),
 )
-
-
-class ToolError(Exception):
-    """A tool call that failed; ``str(exc)`` is the text the model sees (``isError``)."""
 
 
 # =============================================================================== broker link

@@ -14,8 +14,9 @@ from typing import Any
 import trio
 
 from ..core import protocol as p
+from ..errors import BrokerUnavailable, ParrotError
 from ..os.paths import default_socket_path
-from .blocking import _RECV_BYTES, BrokerUnavailable, ParrotError, _params, _result, _unreachable, _Wire
+from .blocking import _RECV_BYTES, _params, _result, _unreachable, _Wire
 
 __all__ = ["AsyncClient", "BrokerUnavailable", "ParrotError"]
 

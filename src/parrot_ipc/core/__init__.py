@@ -3,12 +3,12 @@
 Imports neither ``trio`` nor ``socket``, and makes no OS calls (``tests/core/test_sans_io.py``).
 """
 
+from ..errors import ErrorCode, FrameTooLarge, RpcError
 from ..store import MemoryStore, Store
 from .broker import Broker, Connection, Drop, Push, WaitForMail, Wake
 from .config import BrokerConfig
-from .errors import ErrorCode, RpcError
 from .policy import Admission, DefaultPolicy, PeerCredentials, PeerRule, RulePolicy
-from .protocol import FrameBuffer, FrameTooLarge
+from .protocol import FrameBuffer
 
 __all__ = [
     "Admission",

@@ -24,10 +24,10 @@ from typing import Any, Final
 import msgspec
 from msgspec import UNSET
 
+from ..errors import ErrorCode, ResourceRefused, RpcError
 from ..store import MemoryStore, Session, Store, StoredMessage
 from . import protocol as p
 from .config import BrokerConfig
-from .errors import ErrorCode, ResourceRefused, RpcError
 from .policy import (
     SCOPE_ADMIN,
     SCOPE_BROADCAST,
@@ -45,7 +45,7 @@ from .timefmt import IdGenerator, rfc3339
 log = logging.getLogger("parrot_ipc.broker")
 AuditSink = Callable[[str, dict[str, Any]], None]
 #: Reads one resource by an already-validated name: its bytes, or None if there is no such
-#: resource. Raises :class:`~parrot_ipc.core.errors.ResourceRefused` for a file it must not serve.
+#: resource. Raises :class:`~parrot_ipc.errors.ResourceRefused` for a file it must not serve.
 #: The OS layer provides it (:class:`parrot_ipc.resources.ResourceDir`); the core does no I/O.
 ResourceReader = Callable[[str], bytes | None]
 

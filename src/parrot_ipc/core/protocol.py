@@ -15,7 +15,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType, field
 
-from .errors import ErrorCode
+from ..errors import ErrorCode, FrameTooLarge
 
 PROTOCOL_VERSION: Final = 1
 DEFAULT_MAX_FRAME_BYTES: Final = 65536
@@ -31,10 +31,6 @@ _ABSENT: Final = Raw(b"")
 
 
 # --------------------------------------------------------------------------- framing
-class FrameTooLarge(Exception):
-    """A frame (without its ``\\n``) is longer than ``max_frame_bytes``: answer -32004, close."""
-
-
 class FrameBuffer:
     """Splits a byte stream into NDJSON frames, holding at most ``max_frame_bytes`` of a partial one.
 

@@ -16,6 +16,7 @@ import struct
 from typing import Final
 
 from ..core.policy import PeerCredentials
+from ..errors import PeerGone
 
 SO_PEERPIDFD: Final = getattr(socket, "SO_PEERPIDFD", 77)
 SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
@@ -31,10 +32,6 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
     """
     pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     return PeerCredentials(pid=pid, uid=uid, gid=gid)
-
-
-class PeerGone(Exception):
-    """The peer process exited (and was reaped) before we could pin it."""
 
 
 def peer_pidfd(sock: socket.socket) -> int | None:

@@ -16,8 +16,8 @@ import os
 import stat
 from typing import Final
 
-from ..core.errors import ResourceRefused
 from ..core.protocol import valid_resource_name
+from ..errors import ResourceRefused
 from .files import owner_mode_problem
 
 #: The largest resource served, in bytes (it must fit comfortably in one response frame).
@@ -33,7 +33,7 @@ class ResourceDir:
         max_bytes: a larger file is refused.
 
     Returns None when the name is invalid, the directory does not exist, or it holds no
-    such entry. Raises :class:`~parrot_ipc.core.errors.ResourceRefused` (message: why) for
+    such entry. Raises :class:`~parrot_ipc.errors.ResourceRefused` (message: why) for
     an entry that is a symlink or not a regular file, a file or directory with the wrong
     owner or mode, or a file over ``max_bytes``; and for other I/O errors.
     """

@@ -29,13 +29,13 @@ import msgspec
 import trio
 
 from .. import errors
-from ..app.config_file import ConfigError, LoadedConfig, load_config
-from ..core import Broker, BrokerConfig, Drop, FrameBuffer, FrameTooLarge, PeerCredentials, Push, Wake
+from ..app.config_file import LoadedConfig, load_config
+from ..core import Broker, BrokerConfig, Drop, FrameBuffer, PeerCredentials, Push, Wake
 from ..core import protocol as p
 from ..core.broker import Connection, WaitForMail
-from ..core.errors import ErrorCode
 from ..core.policy import Policy
 from ..core.timefmt import rfc3339
+from ..errors import ConfigError, ErrorCode, FrameTooLarge, SlowReader
 from ..os import limits as os_limits
 from ..os import paths as os_paths
 from ..os import peer as os_peer
@@ -73,10 +73,6 @@ class _Link:
         a connection busy answering notices the flag when it next reads."""
         if self.reading and self.read_scope is not None:
             self.read_scope.cancel()
-
-
-class SlowReader(Exception):
-    """A peer left its output unread past ``max_pending_bytes`` for ``idle_timeout_s``."""
 
 
 class BrokerServer:
