@@ -108,6 +108,12 @@ class SlowReader(ParrotIpcError):
     shell closes the connection."""
 
 
+class UnsafeFile(ParrotIpcError):
+    """A file or directory opened by :func:`parrot_ipc.os.files.open_checked` breaks its rule
+    (wrong type, owner or mode, or more than one hard link). ``str(exc)`` names the path and
+    what was found; callers re-raise it as their own error (StartupError, ConfigError, ...)."""
+
+
 class StartupError(ParrotIpcError):
     """The broker must not start. ``str(exc)`` is one line for the operator: path and cause."""
 
