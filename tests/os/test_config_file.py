@@ -229,7 +229,7 @@ def test_a_config_owned_by_another_uid_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path / "c.toml", VALID, 0o644)
     os.chown(path, 65534, -1)
     msg = load_error(path)
-    assert "found uid 65534" in msg and "mode 0644" in msg and str(path) in msg
+    assert "owned by uid 65534" in msg and "mode 0644" in msg and str(path) in msg
     # A file owned by the broker's own (non-root) uid is accepted.
     assert load(path, broker_uid=65534).rules
 
