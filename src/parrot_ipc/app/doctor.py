@@ -37,6 +37,7 @@ USER_UNIT_DIRS: Final = ("/etc/systemd/user", "/usr/lib/systemd/user", "~/.confi
 SECURITYFS: Final = "/sys/kernel/security"
 APPARMOR_PROFILE: Final = "parrot-ipc"
 PING_TIMEOUT_S: Final = 2.0
+START_FIX: Final = "start the broker: systemctl start parrot-ipc.socket (or parrot-ipc serve)"
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,14 @@ def _expected_owner(path: str, owners: Sequence[int]) -> int:
     return st.st_uid if st is not None and st.st_uid in owners else owners[0]
 
 
+def _failed(name: str, problem: str, st: os.stat_result | None, fixable: bool, fix: str, replace: str) -> Check:
+    """A FAIL row for a path: start the broker if it is missing, ``fix`` it in place if
+    ``fixable`` (only owner or mode wrong), else ``replace`` it."""
+    if st is None:
+        return Check(name, "FAIL", problem, START_FIX)
+    return Check(name, "FAIL", problem, fix if fixable else replace)
+
+
 # --------------------------------------------------------------------------- checks
 def check_runtime_dir(socket_path: str, euid: int) -> Check:
     """The socket's directory: a real directory, mode 0700, owned by us or the service user."""
@@ -84,13 +93,9 @@ def check_runtime_dir(socket_path: str, euid: int) -> Check:
     if problem is None:
         return Check("runtime dir", "PASS", f"{path}: directory owned by {_user(owner)}, mode 0700")
     st = _lstat(path)
-    if st is None:
-        return Check("runtime dir", "FAIL", problem,
-                     "start the broker: systemctl start parrot-ipc.socket (or parrot-ipc serve)")
-    if files.kind_of(st) != "directory":
-        return Check("runtime dir", "FAIL", problem,
-                     f"inspect and remove it (rm {path}); the broker or systemd recreates a safe directory")
-    return Check("runtime dir", "FAIL", problem, f"chown {owner} {path} && chmod 0700 {path}")
+    return _failed("runtime dir", problem, st, st is not None and files.kind_of(st) == "directory",
+                   f"chown {owner} {path} && chmod 0700 {path}",
+                   f"inspect and remove it (rm {path}); the broker or systemd recreates a safe directory")
 
 
 def check_socket(socket_path: str, euid: int) -> Check:
@@ -100,13 +105,9 @@ def check_socket(socket_path: str, euid: int) -> Check:
     if problem is None:
         return Check("socket", "PASS", f"{socket_path}: socket owned by {_user(owner)}, mode 0600")
     st = _lstat(socket_path)
-    if st is None:
-        return Check("socket", "FAIL", problem,
-                     "start the broker: systemctl start parrot-ipc.socket (or parrot-ipc serve)")
-    if files.kind_of(st) == "socket" and st.st_uid == owner:
-        return Check("socket", "FAIL", problem, f"chmod 0600 {socket_path}, or restart the broker")
-    return Check("socket", "FAIL", problem,
-                 f"stop the broker, inspect and remove {socket_path}, then start it again")
+    return _failed("socket", problem, st, st is not None and files.kind_of(st) == "socket" and st.st_uid == owner,
+                   f"chmod 0600 {socket_path}, or restart the broker",
+                   f"stop the broker, inspect and remove {socket_path}, then start it again")
 
 
 def check_ping(socket_path: str, safe: bool) -> Check:
