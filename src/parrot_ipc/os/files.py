@@ -102,6 +102,7 @@ def _mode_text(rule: FileRule) -> str:
 
 
 def _owner_mode_ok(st: os.stat_result, rule: FileRule) -> bool:
+    """True if ``st``'s owner, permission bits and group are what ``rule`` allows."""
     mode = stat.S_IMODE(st.st_mode)
     return (st.st_uid in rule.owners and not mode & rule.forbidden_mode
             and (rule.exact_mode is None or mode == rule.exact_mode)
@@ -111,9 +112,14 @@ def _owner_mode_ok(st: os.stat_result, rule: FileRule) -> bool:
 def problem(st: os.stat_result, rule: FileRule) -> str | None:
     """Why ``st`` breaks ``rule`` (one clause, to follow ``"<what> <path> "``), or None if fine.
 
-    The clauses: ``is a symlink owned by uid 0 with mode 0777, not a directory`` (wrong type); ``must be owned by root or uid 1000 and not writable by group or others;
-    found a regular file owned by uid 1000 with mode 0664`` (wrong owner, mode or group);
-    ``must have exactly one hard link; found 2`` (a regular file with ``st_nlink != 1``).
+    The clauses, checked in this order:
+
+    - wrong type: ``is a symlink owned by uid 0 with mode 0777, not a directory``;
+    - wrong owner, mode or group: ``must be owned by root or uid 1000 and not writable by
+      group or others; found a regular file owned by uid 1000 with mode 0664``;
+    - a regular file with ``st_nlink != 1``: ``must have exactly one hard link; found 2``.
+
+    Modes are the permission bits, ``S_IMODE(st_mode)``, in octal (inode(7)).
 
     Args:
         st: from fstat(2) on an open descriptor, or lstat(2) for a path that is not opened
@@ -301,7 +307,7 @@ def owner_mode_problem(st: os.stat_result, broker_uid: int) -> str | None:
     not writable by group or others): the type and link count are not checked. Same clause
     as :func:`problem`. Prefer :func:`open_checked` with :func:`policy_file_rule`.
     """
-    rule = FileRule("file", frozenset({0, broker_uid}), 0o022, what="")
+    rule = policy_file_rule(broker_uid, "")
     if _owner_mode_ok(st, rule):
         return None
     return f"must be owned by {_owners_text(rule.owners)}{_mode_text(rule)}; found {describe(st)}"
@@ -309,14 +315,17 @@ def owner_mode_problem(st: os.stat_result, broker_uid: int) -> str | None:
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` atomically: a new temp file in the same directory
-    (``O_CREAT | O_EXCL | O_NOFOLLOW``, ``mode``), fsync(2), then rename(2) over ``path``.
+    (``.<name>.<pid>.tmp``, ``O_CREAT | O_EXCL | O_NOFOLLOW``), fsync(2), rename(2) over
+    ``path``, then fsync(2) of the directory so the rename survives a crash.
 
-    Readers see the old file or the new one, never a part. The temp file is created with
-    exactly ``mode`` (fchmod(2) after creation, so the umask cannot loosen or tighten it).
+    Readers see the old file or the new one, never a part. The file gets exactly ``mode``
+    (fchmod(2) after creation, so the umask does not change it). A symlink at ``path`` is
+    replaced, not followed (rename(2) replaces the link itself).
 
     Raises:
         OSError: the temp file cannot be created or written, or the rename failed (the temp
-            file is removed).
+            file is removed), or the directory cannot be opened or synced (the new file is
+            in place).
     """
     target = os.fspath(path)
     head, tail = os.path.split(target)
@@ -335,6 +344,11 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600
     except BaseException:
         remove_file(tmp)
         raise
+    dfd = os.open(head or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def remove_file(path: str | os.PathLike[str]) -> bool:
