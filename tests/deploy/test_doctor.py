@@ -214,3 +214,30 @@ def test_render_and_json_shapes() -> None:
     assert doctor.as_dict(rows)["ok"] is False and doctor.failed(rows)
     assert doctor.as_dict(rows[:1]) == {"ok": True, "checks": [{"name": "a", "status": "PASS", "detail": "fine",
                                                                 "fix": ""}]}
+
+
+def test_state_dir_details_name_the_path_and_what_was_found(tmp_path: Path) -> None:
+    euid = os.geteuid()
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    os.chmod(loose, 0o755)
+    row = doctor.check_state_dir(str(loose), euid)
+    assert f"state directory {loose} must be owned by" in row.detail and "mode 0755" in row.detail
+    assert row.fix.endswith(f"chmod 0700 {loose}")
+    link = tmp_path / "link"
+    link.symlink_to(loose)
+    row = doctor.check_state_dir(str(link), euid)
+    assert f"state directory {link} is a symlink" in row.detail and "StateDirectory=" in row.fix
+
+
+def test_runtime_dir_and_socket_of_the_wrong_kind(tmp_path: Path) -> None:
+    euid = os.geteuid()
+    not_a_dir = tmp_path / "run"
+    not_a_dir.write_text("x")
+    row = doctor.check_runtime_dir(str(not_a_dir / "mcp.sock"), euid)
+    assert row.status == "FAIL" and "is a regular file" in row.detail and f"rm {not_a_dir}" in row.fix
+    run = tmp_path / "run2"
+    run.mkdir(mode=0o700)
+    (run / "mcp.sock").write_text("not a socket")
+    row = doctor.check_socket(str(run / "mcp.sock"), euid)
+    assert row.status == "FAIL" and "is a regular file" in row.detail and "inspect and remove" in row.fix

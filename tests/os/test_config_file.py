@@ -229,7 +229,7 @@ def test_a_config_owned_by_another_uid_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path / "c.toml", VALID, 0o644)
     os.chown(path, 65534, -1)
     msg = load_error(path)
-    assert "found uid 65534" in msg and "mode 0644" in msg and str(path) in msg
+    assert "owned by uid 65534" in msg and "mode 0644" in msg and str(path) in msg
     # A file owned by the broker's own (non-root) uid is accepted.
     assert load(path, broker_uid=65534).rules
 
@@ -237,6 +237,34 @@ def test_a_config_owned_by_another_uid_is_refused(tmp_path: Path) -> None:
 def test_a_config_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "dir.toml").mkdir()
     assert "not a regular file" in load_error(tmp_path / "dir.toml")
+
+
+def test_a_config_that_is_a_symlink_is_refused_not_followed(tmp_path: Path) -> None:
+    real = write(tmp_path / "real.toml", VALID)
+    link = tmp_path / "c.toml"
+    link.symlink_to(real)
+    msg = load_error(link)
+    assert f"config {link} is a symlink" in msg and "not a regular file" in msg
+    # The default location is checked the same way: a symlink there is not "missing".
+    with pytest.raises(ConfigError, match="is a symlink"):
+        load(link, explicit=False)
+
+
+def test_a_fifo_config_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "c.toml"
+    os.mkfifo(fifo, 0o644)
+    child = subprocess.run(  # in a child with a timeout: a blocking open(2) of a FIFO would hang
+        [sys.executable, "-c", "import sys; from pathlib import Path; from parrot_ipc.app.config_file import "
+         "load_config\ntry:\n    load_config(Path(sys.argv[1]), env={})\nexcept ValueError as e:\n    print(e)",
+         str(fifo)], capture_output=True, text=True, timeout=20)
+    assert child.returncode == 0, child.stderr
+    assert f"config {fifo} is a FIFO" in child.stdout and "not a regular file" in child.stdout
+
+
+def test_a_hard_linked_config_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", VALID)
+    os.link(path, tmp_path / "other-name.toml")
+    assert "must have exactly one hard link; found 2" in load_error(path)
 
 
 def test_a_missing_explicit_file_is_an_error(tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ def test_runtime_dir_owned_by_another_uid_is_refused(tmp_path: Path) -> None:
 def test_runtime_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     f = tmp_path / "run"
     f.write_text("x")
-    with pytest.raises(StartupError, match="non-directory"):
+    with pytest.raises(StartupError, match=r"is a regular file owned by uid .* not a directory"):
         os_paths.ensure_runtime_dir(str(f))
 
 

@@ -97,3 +97,31 @@ def test_bad_names_are_refused_before_any_filesystem_call(rdir: Path, name: str,
     monkeypatch.setattr(resources, "os", NoOs())
     assert ResourceDir(str(rdir), ME)(name) is None
     assert touched == []
+
+
+def test_hard_linked_resource_is_refused(rdir: Path, tmp_path: Path) -> None:
+    os.link(rdir / "instructions", tmp_path / "second-name")
+    with pytest.raises(ResourceRefused, match="exactly one hard link"):
+        ResourceDir(str(rdir), ME)("instructions")
+
+
+def test_resources_dir_that_is_a_symlink_or_a_file_is_refused(rdir: Path, tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(rdir)
+    with pytest.raises(ResourceRefused, match=f"resources_dir {link} is a symlink"):
+        ResourceDir(str(link), ME)("instructions")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ResourceRefused, match=r"is a regular file .*, not a directory"):
+        ResourceDir(str(afile), ME)("instructions")
+    # A path through a non-directory is still "no such directory".
+    assert ResourceDir(str(afile / "sub"), ME)("instructions") is None
+
+
+def test_no_descriptor_leaks_when_refusing(rdir: Path) -> None:
+    (rdir / "instructions").chmod(0o666)
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        with pytest.raises(ResourceRefused):
+            ResourceDir(str(rdir), ME)("instructions")
+    assert set(os.listdir("/proc/self/fd")) == before

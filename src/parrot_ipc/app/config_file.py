@@ -1,18 +1,18 @@
 """Loading the config file: TOML, decoded by msgspec into typed Structs, names resolved.
 
 Default path ``/etc/parrot-ipc/config.toml`` (read only if it exists); ``--config`` sets another.
-The file must be owned by root or the broker's user and not writable by group or others (it
-decides who may talk to the broker). An unknown key or a wrong type is an error naming the key
+The file must be a regular file (not a symlink: it is opened with ``O_NOFOLLOW``, open(2)) with
+one hard link, owned by root or the broker's user and not writable by group or others (it
+decides who may talk to the broker); :mod:`parrot_ipc.os.files` checks that on the open
+descriptor. User and group names are resolved by :mod:`parrot_ipc.os.users`. An unknown key or a wrong type is an error naming the key
 (msgspec's ``$.peers[0].scopes[1]`` paths). ``PARROT_MAX_INPUT_SIZE`` overrides
 ``max_frame_bytes`` (the Parrot IPC security guide's variable).
 """
 
 from __future__ import annotations
 
-import grp
+import errno
 import os
-import pwd
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,15 +23,28 @@ import msgspec
 
 from ..core.config import BrokerConfig, ConfigFile, PeerRuleConfig
 from ..core.policy import DefaultPolicy, PeerRule, Policy, RulePolicy
-from ..errors import ConfigError, StartupError
-from ..os.files import owner_mode_problem, read_private_file
+from ..errors import ConfigError, StartupError, UnsafeFile
+from ..os import users
+from ..os.files import policy_file_rule, read_checked, read_private_file
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/parrot-ipc/config.toml")
+#: The largest config file read, in bytes (a config is a few KiB; this bounds a mistake).
+MAX_CONFIG_BYTES: Final = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class LoadedConfig:
-    """A config ready to use. ``path`` is None when no file was read (the defaults)."""
+    """A config ready to use.
+
+    Attributes:
+        path: the file read, or None when no file was read (the defaults).
+        server: the ``[server]`` settings (``PARROT_MAX_INPUT_SIZE`` applied).
+        rules: the ``[[peers]]`` rules with numeric UIDs/GIDs, or None (no ``peers`` key: the
+            default policy).
+        policy: the policy to admit peers with (:class:`RulePolicy` or :class:`DefaultPolicy`).
+        socket_gid: the GID of ``server.socket_group``, or None.
+        shared_secret: the stripped bytes of ``server.shared_secret_file``, or None.
+    """
 
     path: Path | None
     server: BrokerConfig
@@ -42,21 +55,29 @@ class LoadedConfig:
 
 
 def _uid_of(name: str, where: str) -> int:
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        raise ConfigError(f"{where}: no such user {name!r}") from None
+    uid = users.uid_of(name)
+    if uid is None:
+        raise ConfigError(f"{where}: no such user {name!r}")
+    return uid
 
 
 def _gid_of(name: str, where: str) -> int:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise ConfigError(f"{where}: no such group {name!r}") from None
+    gid = users.gid_of(name)
+    if gid is None:
+        raise ConfigError(f"{where}: no such group {name!r}")
+    return gid
 
 
 def resolve_rule(rule: PeerRuleConfig, index: int, origin: str) -> PeerRule:
-    """Turn one ``[[peers]]`` table into a :class:`PeerRule` with numeric UIDs and GIDs."""
+    """Turn one ``[[peers]]`` table into a :class:`PeerRule` with numeric UIDs and GIDs.
+
+    ``index`` is the table's position (for the label ``peers[<index>]`` and errors); ``origin``
+    is the config path as errors show it.
+
+    Raises:
+        ConfigError: the table names nobody (no users, uids, groups or gids), or names a user
+            or group that does not exist (getpwnam(3), getgrnam(3)).
+    """
     where = f"{origin}: peers[{index}]"
     if not (rule.users or rule.uids or rule.groups or rule.gids):
         raise ConfigError(f"{where}: give at least one of users, uids, groups, gids")
@@ -70,21 +91,62 @@ def resolve_rule(rule: PeerRuleConfig, index: int, origin: str) -> PeerRule:
     )
 
 
-def _check_file(path: Path, broker_uid: int) -> None:
+def _read_doc(path: Path, broker_uid: int, explicit: bool) -> dict[str, Any] | None:
+    """The parsed TOML of ``path``, opened once with :func:`read_checked` and read from that
+    descriptor (no stat-then-open); None if it is missing and not ``explicit``."""
     try:
-        st = os.stat(path)
+        raw = read_checked(path, policy_file_rule(broker_uid, "config"), max_bytes=MAX_CONFIG_BYTES)
     except OSError as exc:
+        if exc.errno == errno.ENOENT and not explicit:
+            return None
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"config {path} is not a regular file")
-    problem = owner_mode_problem(st, broker_uid)
-    if problem:
-        raise ConfigError(f"config {path} {problem}")
+    except UnsafeFile as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        return tomllib.loads(raw.decode())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path} is not UTF-8: {exc.reason}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+
+
+def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """``doc`` with ``PARROT_MAX_INPUT_SIZE`` (if set and not empty) as ``server.max_frame_bytes``."""
+    max_input = env.get("PARROT_MAX_INPUT_SIZE")
+    if not max_input:
+        return doc
+    try:
+        size = int(max_input)
+    except ValueError:
+        raise ConfigError(f"PARROT_MAX_INPUT_SIZE={max_input!r} is not an integer "
+                          f"(it overrides server.max_frame_bytes)") from None
+    server_doc = doc.get("server", {})
+    if not isinstance(server_doc, dict):  # let msgspec name the wrong type of [server]
+        return doc
+    return {**doc, "server": {**server_doc, "max_frame_bytes": size}}
+
+
+def _read_secret(secret_file: str | None, broker_uid: int) -> bytes | None:
+    """The stripped shared secret from ``secret_file`` (:func:`read_private_file`), or None."""
+    if secret_file is None:
+        return None
+    try:
+        secret = read_private_file(secret_file, broker_uid).strip()
+    except StartupError as exc:
+        raise ConfigError(str(exc)) from None
+    if not secret:
+        raise ConfigError(f"secret file {secret_file} is empty")
+    return secret
 
 
 def load_config(path: Path | None = None, *, broker_uid: int | None = None,
                 env: Mapping[str, str] | None = None, explicit: bool = True) -> LoadedConfig:
     """Read, check and resolve the config.
+
+    The file is opened once (:func:`parrot_ipc.os.files.read_checked`: ``O_NOFOLLOW``, fstat(2)
+    on the descriptor) and must be a regular file with one hard link, owned by root or
+    ``broker_uid``, not writable by group or others, at most :data:`MAX_CONFIG_BYTES` bytes. A
+    symlink or a FIFO in its place is refused at once.
 
     Args:
         path: the file; None means :data:`DEFAULT_CONFIG_PATH` if it exists, else defaults.
@@ -96,57 +158,34 @@ def load_config(path: Path | None = None, *, broker_uid: int | None = None,
         ConfigError: unreadable, unsafe, invalid TOML, unknown key, wrong type, unknown user
             or group, or an unusable shared-secret file.
     """
-    broker_uid = os.geteuid() if broker_uid is None else broker_uid
+    broker_uid = users.effective_uid() if broker_uid is None else broker_uid
     env = os.environ if env is None else env
     if path is None:
         path, explicit = DEFAULT_CONFIG_PATH, False
-    doc: dict[str, Any] = {}
-    used: Path | None = None
-    if explicit or path.exists():
-        _check_file(path, broker_uid)
-        try:
-            with path.open("rb") as f:
-                doc = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
-        used = path
+    doc = _read_doc(path, broker_uid, explicit)
+    used = None if doc is None else path
     origin = str(used) if used else "(defaults)"
-    max_input = env.get("PARROT_MAX_INPUT_SIZE")
-    if max_input:
-        try:
-            size = int(max_input)
-        except ValueError:
-            raise ConfigError(f"PARROT_MAX_INPUT_SIZE={max_input!r} is not an integer "
-                              f"(it overrides server.max_frame_bytes)") from None
-        server_doc = doc.get("server", {})
-        if isinstance(server_doc, dict):  # else let msgspec name the wrong type of [server]
-            doc = {**doc, "server": {**server_doc, "max_frame_bytes": size}}
     try:
         # Strict: a string where the schema wants a number (uids = ["0"]) is a wrong type, not a
         # value to coerce.
-        cfg = msgspec.convert(doc, ConfigFile)
+        cfg = msgspec.convert(_apply_env(doc or {}, env), ConfigFile)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"config {origin}: {exc}") from None
     server = cfg.server
     rules = None if cfg.peers is None else tuple(resolve_rule(r, i, origin) for i, r in enumerate(cfg.peers))
     policy: Policy = DefaultPolicy(broker_uid) if rules is None else RulePolicy(rules)
     socket_gid = None if server.socket_group is None else _gid_of(server.socket_group, f"{origin}: server.socket_group")
-    secret = None
-    if server.shared_secret_file is not None:
-        try:
-            secret = read_private_file(server.shared_secret_file, broker_uid).strip()
-        except StartupError as exc:
-            raise ConfigError(str(exc)) from None
-        if not secret:
-            raise ConfigError(f"secret file {server.shared_secret_file} is empty")
+    secret = _read_secret(server.shared_secret_file, broker_uid)
     return LoadedConfig(used, server, rules, policy, socket_gid, secret)
 
 
 def describe(cfg: LoadedConfig, broker_uid: int | None = None) -> dict[str, Any]:
-    """The effective policy as plain data (for ``parrot-ipc check-config``); no secrets."""
-    broker_uid = os.geteuid() if broker_uid is None else broker_uid
+    """The effective policy as plain data (for ``parrot-ipc check-config``); no secrets.
+
+    Returns ``{"config": path or None, "server": {...}, "policy": str, "peers": [{...}],
+    "shared_secret": bool}``; ``broker_uid`` defaults to our effective UID.
+    """
+    broker_uid = users.effective_uid() if broker_uid is None else broker_uid
     server = msgspec.to_builtins(cfg.server)
     if cfg.rules is None:
         rules: list[dict[str, Any]] = [

@@ -2,19 +2,18 @@
 
 Each check is a :class:`Check` row: PASS, WARN (works, but worth a look) or FAIL (the broker
 is unsafe or will not serve), with the fix in one line. The rules for the runtime directory
-and the socket are the OS layer's own (:func:`parrot_ipc.os_paths.runtime_dir_problem`,
-:func:`parrot_ipc.os_paths.socket_file_problem`), so doctor and ``serve`` never disagree.
+and the socket are the OS layer's own (:func:`parrot_ipc.os.paths.runtime_dir_problem`,
+:func:`parrot_ipc.os.paths.socket_file_problem`), so doctor and ``serve`` never disagree; the
+state directory is checked with :func:`parrot_ipc.os.files.path_problem`. Every look at the
+host goes through :mod:`parrot_ipc.os` (files, host, users); this module only decides.
 
 Paths that describe the host (unit directories, securityfs) are parameters, for tests.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pwd
 import sqlite3
-import stat
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from typing import Any, Final, Literal
 
 from ..client.blocking import Client
 from ..errors import ParrotError
+from ..os import files, host, users
 from ..os import paths as os_paths
 from ..store.sqlite import DB_NAME, default_state_dir
 
@@ -37,6 +37,7 @@ USER_UNIT_DIRS: Final = ("/etc/systemd/user", "/usr/lib/systemd/user", "~/.confi
 SECURITYFS: Final = "/sys/kernel/security"
 APPARMOR_PROFILE: Final = "parrot-ipc"
 PING_TIMEOUT_S: Final = 2.0
+START_FIX: Final = "start the broker: systemctl start parrot-ipc.socket (or parrot-ipc serve)"
 
 
 @dataclass(frozen=True)
@@ -50,26 +51,37 @@ class Check:
 
 
 def _user(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} ({uid})"
-    except KeyError:
-        return str(uid)
+    """``name (uid)``, or just the uid if no user has it."""
+    name = users.user_name(uid)
+    return str(uid) if name is None else f"{name} ({uid})"
 
 
 def _allowed_owners(euid: int) -> list[int]:
     """Who may own the runtime and state directories: us, and the service user if it exists."""
-    owners = [euid]
-    with contextlib.suppress(KeyError):
-        owners.append(pwd.getpwnam(SERVICE_USER).pw_uid)
-    return owners
+    service = users.uid_of(SERVICE_USER)
+    return [euid] if service is None else [euid, service]
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    """lstat(2) of ``path``, or None if it is missing or cannot be looked at."""
+    try:
+        return files.lstat_or_none(path)
+    except OSError:
+        return None
 
 
 def _expected_owner(path: str, owners: Sequence[int]) -> int:
-    try:
-        uid = os.lstat(path).st_uid
-    except OSError:
-        return owners[0]
-    return uid if uid in owners else owners[0]
+    """The owner ``path`` should have: its actual owner if that is allowed, else ``owners[0]``."""
+    st = _lstat(path)
+    return st.st_uid if st is not None and st.st_uid in owners else owners[0]
+
+
+def _failed(name: str, problem: str, st: os.stat_result | None, fixable: bool, fix: str, replace: str) -> Check:
+    """A FAIL row for a path: start the broker if it is missing, ``fix`` it in place if
+    ``fixable`` (only owner or mode wrong), else ``replace`` it."""
+    if st is None:
+        return Check(name, "FAIL", problem, START_FIX)
+    return Check(name, "FAIL", problem, fix if fixable else replace)
 
 
 # --------------------------------------------------------------------------- checks
@@ -80,13 +92,10 @@ def check_runtime_dir(socket_path: str, euid: int) -> Check:
     problem = os_paths.runtime_dir_problem(path, owner)
     if problem is None:
         return Check("runtime dir", "PASS", f"{path}: directory owned by {_user(owner)}, mode 0700")
-    if not os.path.lexists(path):
-        return Check("runtime dir", "FAIL", problem,
-                     "start the broker: systemctl start parrot-ipc.socket (or parrot-ipc serve)")
-    if os.path.islink(path) or not os.path.isdir(path):
-        return Check("runtime dir", "FAIL", problem,
-                     f"inspect and remove it (rm {path}); the broker or systemd recreates a safe directory")
-    return Check("runtime dir", "FAIL", problem, f"chown {owner} {path} && chmod 0700 {path}")
+    st = _lstat(path)
+    return _failed("runtime dir", problem, st, st is not None and files.kind_of(st) == "directory",
+                   f"chown {owner} {path} && chmod 0700 {path}",
+                   f"inspect and remove it (rm {path}); the broker or systemd recreates a safe directory")
 
 
 def check_socket(socket_path: str, euid: int) -> Check:
@@ -95,13 +104,10 @@ def check_socket(socket_path: str, euid: int) -> Check:
     problem = os_paths.socket_file_problem(socket_path, owner, mode=0o600)
     if problem is None:
         return Check("socket", "PASS", f"{socket_path}: socket owned by {_user(owner)}, mode 0600")
-    if not os.path.lexists(socket_path):
-        return Check("socket", "FAIL", problem,
-                     "start the broker: systemctl start parrot-ipc.socket (or parrot-ipc serve)")
-    if stat.S_ISSOCK(os.lstat(socket_path).st_mode) and os.lstat(socket_path).st_uid == owner:
-        return Check("socket", "FAIL", problem, f"chmod 0600 {socket_path}, or restart the broker")
-    return Check("socket", "FAIL", problem,
-                 f"stop the broker, inspect and remove {socket_path}, then start it again")
+    st = _lstat(socket_path)
+    return _failed("socket", problem, st, st is not None and files.kind_of(st) == "socket" and st.st_uid == owner,
+                   f"chmod 0600 {socket_path}, or restart the broker",
+                   f"stop the broker, inspect and remove {socket_path}, then start it again")
 
 
 def check_ping(socket_path: str, safe: bool) -> Check:
@@ -125,7 +131,7 @@ def check_ping(socket_path: str, safe: bool) -> Check:
 def check_config(config: Path | None, euid: int, load_config: Callable[[Path | None], object]) -> Check:
     """The config file parses and validates (``cli.load_config``); also ``$PARROT_MAX_INPUT_SIZE``."""
     if config is None and euid == 0:
-        if not os.path.exists(SYSTEM_CONFIG):
+        if not host.exists(SYSTEM_CONFIG):
             return Check("config", "WARN", f"{SYSTEM_CONFIG} not found; the system unit passes it to serve",
                          f"install -D -m 0644 /dev/null {SYSTEM_CONFIG}  (an empty file means the defaults)")
         config = Path(SYSTEM_CONFIG)
@@ -137,28 +143,27 @@ def check_config(config: Path | None, euid: int, load_config: Callable[[Path | N
 
 
 def check_state_dir(state_dir: str, euid: int) -> Check:
-    """The state directory: a real directory, not group/world accessible, owned by us or the service user."""
-    try:
-        st = os.lstat(state_dir)
-    except FileNotFoundError:
+    """The state directory: a real directory (lstat(2)), no group or other permissions, owned
+    by us or the service user (:func:`parrot_ipc.os.files.path_problem`)."""
+    st = _lstat(state_dir)
+    if st is None:
         return Check("state dir", "WARN", f"{state_dir} does not exist yet",
                      "none needed: StateDirectory= (or the broker) creates it at first start")
     owners = _allowed_owners(euid)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        return Check("state dir", "FAIL", f"{state_dir} is not a real directory ({os_paths.describe(st)})",
+    problem = files.problem(st, files.FileRule("dir", frozenset(owners), 0o077, what="state directory"))
+    if problem is None:
+        return Check("state dir", "PASS", f"{state_dir}: owned by {_user(st.st_uid)}, mode {st.st_mode & 0o7777:04o}")
+    detail = f"state directory {state_dir} {problem}"
+    if files.kind_of(st) != "directory":
+        return Check("state dir", "FAIL", detail,
                      f"inspect and remove {state_dir}; systemd recreates it (StateDirectory=)")
-    mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid not in owners or mode & 0o077:
-        want = " or ".join(_user(u) for u in owners)
-        return Check("state dir", "FAIL", f"{state_dir} must be owned by {want} with mode 0700; "
-                     f"found {os_paths.describe(st)}", f"chown {owners[-1]} {state_dir} && chmod 0700 {state_dir}")
-    return Check("state dir", "PASS", f"{state_dir}: owned by {_user(st.st_uid)}, mode {mode:04o}")
+    return Check("state dir", "FAIL", detail, f"chown {owners[-1]} {state_dir} && chmod 0700 {state_dir}")
 
 
 def check_database(state_dir: str) -> Check:
     """``PRAGMA quick_check`` on ``<state_dir>/parrot.db``, opened read-only; WARN if absent."""
     db = os.path.join(state_dir, DB_NAME)
-    if not os.path.isfile(db):
+    if not host.is_file(db):
         return Check("database", "WARN", f"no {db} (the memory store, or never started)",
                      "none needed unless the broker should be durable")
     uri = "file:" + urllib.parse.quote(db) + "?mode=ro"
@@ -182,7 +187,7 @@ def check_units(system_dirs: Sequence[str] = SYSTEM_UNIT_DIRS, user_dirs: Sequen
     for scope, dirs in (("system", system_dirs), ("user", user_dirs)):
         for d in dirs:
             d = os.path.expanduser(d)
-            found = [u for u in UNITS if os.path.isfile(os.path.join(d, u))]
+            found = [u for u in UNITS if host.is_file(os.path.join(d, u))]
             if len(found) == len(UNITS):
                 return Check("units", "PASS", f"{scope} units installed in {d}")
             if found:
@@ -195,13 +200,13 @@ def check_units(system_dirs: Sequence[str] = SYSTEM_UNIT_DIRS, user_dirs: Sequen
 def check_lsm(securityfs: str = SECURITYFS) -> Check:
     """AppArmor (and our profile) or Landlock active in the kernel (``/sys/kernel/security``)."""
     try:
-        lsms = Path(securityfs, "lsm").read_text().strip().split(",")
+        lsms = host.read_text(os.path.join(securityfs, "lsm")).strip().split(",")
     except OSError:
         lsms = []
-    apparmor = "apparmor" in lsms or os.path.isdir(os.path.join(securityfs, "apparmor"))
+    apparmor = "apparmor" in lsms or host.is_dir(os.path.join(securityfs, "apparmor"))
     if apparmor:
         try:
-            profiles = Path(securityfs, "apparmor", "profiles").read_text().splitlines()
+            profiles = host.read_text(os.path.join(securityfs, "apparmor", "profiles")).splitlines()
         except OSError as exc:
             return Check("lsm", "WARN", f"AppArmor active; cannot read its profiles: {exc.strerror}",
                          "run doctor as root to see whether the parrot-ipc profile is loaded")
@@ -222,7 +227,7 @@ def run_checks(socket_path: str, *, state_dir: str | None = None, config: Path |
                system_unit_dirs: Sequence[str] = SYSTEM_UNIT_DIRS,
                user_unit_dirs: Sequence[str] = USER_UNIT_DIRS, securityfs: str = SECURITYFS) -> list[Check]:
     """All checks, in report order. Reads only; connects to the socket once (``ping``)."""
-    euid = os.geteuid() if euid is None else euid
+    euid = users.effective_uid() if euid is None else euid
     state = state_dir or default_state_dir(euid)
     rows = [check_runtime_dir(socket_path, euid), check_socket(socket_path, euid)]
     rows.append(check_ping(socket_path, safe=all(r.status == "PASS" for r in rows)))

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from ..errors import StartupError
+from .files import FileRule, lstat_or_none, path_problem
 
 DEFAULT_SYSTEM_DIR: Final = "/run/parrot-mcp"
 SOCKET_NAME: Final = "mcp.sock"
@@ -39,33 +40,27 @@ def default_socket_path(euid: int | None = None, env: Mapping[str, str] | None =
 
 
 # --------------------------------------------------------------------------- runtime directory
-def describe(st: os.stat_result) -> str:
-    """``st`` (from lstat(2)) in words: kind, owner uid, mode, e.g. ``a directory owned by uid 0 with mode 0755``."""
-    kind = ("symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode)
-            else "socket" if stat.S_ISSOCK(st.st_mode) else "non-directory")
-    return f"a {kind} owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}"
+def runtime_dir_rule(euid: int, group_gid: int | None = None) -> FileRule:
+    """The rule for the runtime directory: a directory owned by ``euid`` with mode exactly
+    0700, or 0750 and group ``group_gid`` when a socket group is configured."""
+    mode = 0o700 if group_gid is None else 0o750
+    return FileRule("dir", frozenset({euid}), 0, exact_mode=mode, group=group_gid, what="runtime directory")
 
 
 def runtime_dir_problem(path: str, euid: int | None = None, group_gid: int | None = None) -> str | None:
     """What makes ``path`` unsafe as a runtime directory, or None if it is safe. Changes nothing.
 
-    Safe means: a real directory (checked with lstat(2), so a symlink is refused), owned by
-    ``euid`` (default: our effective UID), with mode exactly 0700 (0750 and group
-    ``group_gid`` when a socket group is configured). The answer is one line naming the path,
-    the owner and the mode found. Used by :func:`ensure_runtime_dir` and ``parrot-ipc doctor``.
+    Safe means :func:`runtime_dir_rule`: a real directory (checked with lstat(2), so a symlink
+    is refused), owned by ``euid`` (default: our effective UID), with mode exactly 0700 (0750
+    and group ``group_gid`` when a socket group is configured). The answer is one line naming
+    the path, what it must be and what was found (:func:`parrot_ipc.os.files.path_problem`).
+    Used by :func:`ensure_runtime_dir` and ``parrot-ipc doctor``.
+
+    Raises:
+        OSError: lstat(2) failed other than with ENOENT (e.g. EACCES on a parent).
     """
     euid = os.geteuid() if euid is None else euid
-    mode = 0o700 if group_gid is None else 0o750
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return f"runtime directory {path} does not exist"
-    wrong_group = group_gid is not None and st.st_gid != group_gid
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or stat.S_IMODE(st.st_mode) != mode or wrong_group:
-        want = f"mode {mode:04o}" + ("" if group_gid is None else f" and group {group_gid}")
-        return (f"runtime directory {path} must be a directory owned by uid {euid} with {want}; "
-                f"found {describe(st)}" + (f", group {st.st_gid}" if group_gid is not None else ""))
-    return None
+    return path_problem(path, runtime_dir_rule(euid, group_gid))
 
 
 def ensure_runtime_dir(path: str, euid: int | None = None, group_gid: int | None = None) -> None:
@@ -97,21 +92,17 @@ def ensure_runtime_dir(path: str, euid: int | None = None, group_gid: int | None
 def socket_file_problem(path: str, euid: int | None = None, mode: int | None = None) -> str | None:
     """What is wrong with the file at ``path`` as our socket, or None. Changes nothing.
 
-    It must be a socket (lstat(2): a symlink is refused) owned by ``euid`` (default: our
-    effective UID), and, if ``mode`` is given, have exactly that mode (e.g. ``0o600``). A
-    missing file is reported as such. Used by :func:`bind_listener` (which replaces a stale
-    socket of ours whatever its mode) and by ``parrot-ipc doctor``.
+    It must be a socket (unix(7); checked with lstat(2), so a symlink is refused) owned by
+    ``euid`` (default: our effective UID), and, if ``mode`` is given, have exactly that mode
+    (e.g. ``0o600``). A missing file is reported as such. The answer is one line
+    (:func:`parrot_ipc.os.files.path_problem`). Used by :func:`bind_listener` (which replaces
+    a stale socket of ours whatever its mode) and by ``parrot-ipc doctor``.
+
+    Raises:
+        OSError: lstat(2) failed other than with ENOENT.
     """
     euid = os.geteuid() if euid is None else euid
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return f"{path} does not exist"
-    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != euid:
-        return f"{path} exists and is not a socket of ours ({describe(st)})"
-    if mode is not None and stat.S_IMODE(st.st_mode) != mode:
-        return f"socket {path} must have mode {mode:04o}; found {describe(st)}"
-    return None
+    return path_problem(path, FileRule("socket", frozenset({euid}), 0, exact_mode=mode, what="socket path"))
 
 
 def _probe(path: str) -> bool:
@@ -143,14 +134,10 @@ def bind_listener(path: str, backlog: int = 4096, euid: int | None = None,
     Raises :class:`StartupError`.
     """
     euid = os.geteuid() if euid is None else euid
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
+    if lstat_or_none(path) is not None:
         problem = socket_file_problem(path, euid)
         if problem is not None:
-            raise StartupError(f"refusing to start: {problem}")
+            raise StartupError(f"refusing to start: not a socket of ours: {problem}")
         try:
             live = _probe(path)
         except OSError as exc:

@@ -3,22 +3,22 @@
 The broker core validates names and calls a reader; this module is that reader. A name is
 checked again here (:func:`parrot_ipc.core.protocol.valid_resource_name`) before any
 filesystem call, and is only ever used as one directory entry relative to a directory file
-descriptor, opened with ``O_NOFOLLOW`` (a symlink is refused, not followed) and checked with
-fstat(2) on the open descriptor, so there is no check-then-open race. The checks are the
-config file's (:func:`parrot_ipc.os.files.owner_mode_problem`): owned by root or the
-broker's user, not writable by group or others; the directory is checked the same way.
+descriptor (openat(2)). Both the directory and the file go through
+:func:`parrot_ipc.os.files.open_checked` with :func:`parrot_ipc.os.files.policy_file_rule`
+(the config file's rule): ``O_NOFOLLOW`` (a symlink is refused, not followed), fstat(2) on
+the open descriptor (no check-then-open race), owned by root or the broker's user, not
+writable by group or others, and for the file: a regular file with one hard link.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import stat
 from typing import Final
 
 from ..core.protocol import valid_resource_name
-from ..errors import ResourceRefused
-from .files import owner_mode_problem
+from ..errors import ResourceRefused, UnsafeFile
+from .files import open_checked, policy_file_rule, read_checked
 
 #: The largest resource served, in bytes (it must fit comfortably in one response frame).
 MAX_RESOURCE_BYTES: Final = 256 * 1024
@@ -28,14 +28,16 @@ class ResourceDir:
     """A resource reader for the broker: ``reader(name)`` -> the file's bytes, or None.
 
     Args:
-        path: the resources directory (``[server] resources_dir``).
+        path: the resources directory (``[server] resources_dir``); itself opened with
+            ``O_NOFOLLOW``, so a symlink there is refused.
         broker_uid: the broker's effective UID (default: ours).
         max_bytes: a larger file is refused.
 
-    Returns None when the name is invalid, the directory does not exist, or it holds no
-    such entry. Raises :class:`~parrot_ipc.errors.ResourceRefused` (message: why) for
-    an entry that is a symlink or not a regular file, a file or directory with the wrong
-    owner or mode, or a file over ``max_bytes``; and for other I/O errors.
+    Returns None when the name is invalid, the directory does not exist (ENOENT, or ENOTDIR
+    through a non-directory parent), or it holds no such entry. Raises
+    :class:`~parrot_ipc.errors.ResourceRefused` (message: why) for an entry or directory that
+    is a symlink or of the wrong type, has the wrong owner or mode or more than one hard
+    link, a file over ``max_bytes``; and for other I/O errors.
     """
 
     def __init__(self, path: str, broker_uid: int | None = None, *, max_bytes: int = MAX_RESOURCE_BYTES) -> None:
@@ -46,50 +48,34 @@ class ResourceDir:
     def __call__(self, name: str) -> bytes | None:
         if not valid_resource_name(name):  # before any filesystem call
             return None
+        dfd = self._open_dir()
+        if dfd is None:
+            return None
         try:
-            dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                return None
-            raise ResourceRefused(f"cannot open resources_dir {self.path}: {exc.strerror}") from None
-        try:
-            problem = owner_mode_problem(os.fstat(dfd), self.broker_uid)
-            if problem:
-                raise ResourceRefused(f"resources_dir {self.path} {problem}")
             return self._read(dfd, name)
         finally:
             os.close(dfd)
 
-    def _read(self, dfd: int, name: str) -> bytes | None:
-        where = f"{self.path}/{name}"
+    def _open_dir(self) -> int | None:
+        """The checked directory's fd, or None if it does not exist."""
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+            return open_checked(self.path, policy_file_rule(self.broker_uid, "resources_dir", "dir"))
+        except UnsafeFile as exc:
+            raise ResourceRefused(str(exc)) from None
         except OSError as exc:
-            if exc.errno == errno.ENOENT:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return None
-            if exc.errno == errno.ELOOP:
-                raise ResourceRefused(f"resource {where} is a symlink") from None
-            raise ResourceRefused(f"cannot open resource {where}: {exc.strerror}") from None
+            raise ResourceRefused(f"cannot open resources_dir {self.path}: {exc.strerror}") from None
+
+    def _read(self, dfd: int, name: str) -> bytes | None:
+        """The entry ``name`` of the directory ``dfd``, checked and read; None if absent."""
+        where = f"{self.path}/{name}"
+        rule = policy_file_rule(self.broker_uid, "resource")
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ResourceRefused(f"resource {where} is not a regular file")
-            problem = owner_mode_problem(st, self.broker_uid)
-            if problem:
-                raise ResourceRefused(f"resource {where} {problem}")
-            if st.st_size > self.max_bytes:
-                raise ResourceRefused(f"resource {where} is over {self.max_bytes} bytes")
-            chunks, total = [], 0
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                total += len(chunk)
-                if total > self.max_bytes:
-                    raise ResourceRefused(f"resource {where} is over {self.max_bytes} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return read_checked(name, rule, max_bytes=self.max_bytes, dir_fd=dfd, name=where)
+        except UnsafeFile as exc:
+            raise ResourceRefused(str(exc)) from None
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             raise ResourceRefused(f"cannot read resource {where}: {exc.strerror}") from None
-        finally:
-            os.close(fd)

@@ -10,7 +10,7 @@
   ``$WATCHDOG_PID``.
 
 Plain functions with the environment and pid injectable, so they are tested without a
-service manager. No awaits here: the trio shell (:mod:`parrot_ipc.server`) schedules the
+service manager. No awaits here: the trio shell (:mod:`parrot_ipc.shell.server`) schedules the
 notifications.
 """
 
