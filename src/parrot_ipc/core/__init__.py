@@ -7,8 +7,8 @@ from ..errors import ErrorCode, FrameTooLarge, RpcError
 from ..store import MemoryStore, Store
 from .broker import Broker, Connection, Drop, Push, WaitForMail, Wake
 from .config import BrokerConfig
+from .framing import FrameBuffer
 from .policy import Admission, DefaultPolicy, PeerCredentials, PeerRule, RulePolicy
-from .protocol import FrameBuffer
 
 __all__ = [
     "Admission",

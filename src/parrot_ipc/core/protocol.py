@@ -1,8 +1,9 @@
-"""Wire protocol v1: NDJSON framing and the msgspec schema of every request, result and error.
+"""Wire protocol v1: the msgspec schema of every request, result and error, and their codecs.
 
 Source: ``docs/protocol.md`` (carried forward from ``shared/design/protocol.md``) and the
-JSON-RPC 2.0 specification. Framing is the MCP stdio transport's: one JSON object per line,
-UTF-8, terminated by a single ``\\n``.
+JSON-RPC 2.0 specification (section 4 request and notification, section 5 response, section
+5.1 error object). The NDJSON framing lives in :mod:`parrot_ipc.core.framing`;
+:class:`FrameBuffer` and :data:`DEFAULT_MAX_FRAME_BYTES` are re-exported here.
 
 Everything here is pure: bytes in, Structs out, and back. Decoders and encoders are built once
 at import and reused.
@@ -15,10 +16,11 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType, field
 
-from ..errors import ErrorCode, FrameTooLarge
+# Re-exported: the framing moved to .framing; ``p.FrameBuffer`` and this import path stay.
+from .framing import DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES
+from .framing import FrameBuffer as FrameBuffer
 
 PROTOCOL_VERSION: Final = 1
-DEFAULT_MAX_FRAME_BYTES: Final = 65536
 
 INSTANCE_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 InstanceId = Annotated[str, Meta(pattern=INSTANCE_ID_PATTERN)]
@@ -28,77 +30,6 @@ ResourceName = Annotated[str, Meta(pattern=RESOURCE_NAME_PATTERN)]
 RequestId = int | str | None
 _EMPTY_OBJECT: Final = Raw(b"{}")
 _ABSENT: Final = Raw(b"")
-
-
-# --------------------------------------------------------------------------- framing
-class FrameBuffer:
-    """Splits a byte stream into NDJSON frames, holding at most ``max_frame_bytes`` of a partial one.
-
-    Args:
-        max_frame_bytes: the longest frame allowed, in bytes, not counting its ``\\n``.
-
-    ``feed(data)`` returns the complete frames (``\\n`` stripped, empty lines dropped) and keeps
-    the tail. It raises :class:`FrameTooLarge` as soon as a complete frame or the unterminated
-    tail exceeds the limit, so the caller never buffers more than ``max_frame_bytes`` plus one
-    read.
-    """
-
-    __slots__ = ("_buf", "max_frame_bytes")
-
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()  # the unterminated tail; grows in place (no copy per read)
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes held for a frame whose ``\\n`` has not arrived yet."""
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data``; return the frames it completes. Raises :class:`FrameTooLarge`.
-
-        Linear in the bytes fed: a partial frame is appended to a bytearray in place, and each
-        byte is copied a bounded number of times however many reads a frame takes.
-        """
-        limit, buf = self.max_frame_bytes, self._buf
-        out: list[bytes] = []
-        if buf:
-            nl = data.find(b"\n")
-            if nl < 0:
-                size = len(buf) + len(data)
-                if size > limit:
-                    buf.clear()
-                    raise FrameTooLarge(size)
-                buf += data
-                return out
-            size = len(buf) + nl
-            if size > limit:
-                buf.clear()
-                raise FrameTooLarge(size)
-            buf += data[:nl]
-            first = bytes(buf)
-            buf.clear()
-            if first and not first.isspace():
-                out.append(first)
-            data = data[nl + 1:]
-        if not data:
-            return out
-        if b"\n" not in data:
-            if len(data) > limit:
-                raise FrameTooLarge(len(data))
-            buf += data
-            return out
-        *frames, tail = data.split(b"\n")
-        if len(tail) > limit:
-            raise FrameTooLarge(len(tail))
-        for frame in frames:
-            if len(frame) > limit:
-                raise FrameTooLarge(len(frame))
-            if frame and not frame.isspace():
-                out.append(frame)
-        if tail:
-            buf += tail
-        return out
 
 
 # --------------------------------------------------------------------------- envelope
@@ -129,18 +60,24 @@ class ErrorObject(Struct, omit_defaults=True):
 
 
 class Response(Struct, kw_only=True):
+    """A JSON-RPC 2.0 success response (spec section 5): ``{"jsonrpc":"2.0","id":...,"result":...}``."""
+
     jsonrpc: str = "2.0"
     id: RequestId
     result: Any
 
 
 class ErrorResponse(Struct, kw_only=True):
+    """A JSON-RPC 2.0 error response (spec section 5): ``id`` is null when it could not be read."""
+
     jsonrpc: str = "2.0"
     id: RequestId
     error: ErrorObject
 
 
 class Notification(Struct, kw_only=True):
+    """A server-to-client notification (spec section 4.1, no ``id``): ``message`` pushes one :class:`Message`."""
+
     jsonrpc: str = "2.0"
     method: str
     params: Any
@@ -158,6 +95,7 @@ class Incoming(Struct, kw_only=True):
 
     @property
     def is_notification(self) -> bool:
+        """True for a server notification (a ``method``, and neither ``result`` nor ``error``)."""
         return self.method is not None and self.error is None and len(self.result) == 0
 
 
@@ -167,19 +105,29 @@ class _Params(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class NoParams(_Params):
-    pass
+    """The params of a method that takes none: ``{}`` or left out; any member is -32602."""
 
 
 class GetTokenParams(_Params):
+    """``get_token``: the instance to take (:data:`INSTANCE_ID_PATTERN`), and, in claude-ipc
+    compatibility mode, ``shared_secret_proof`` = hex HMAC-SHA256(secret, instance_id), at most
+    128 characters (``docs/protocol.md``, Semantics)."""
+
     instance_id: InstanceId
     shared_secret_proof: Annotated[str, Meta(max_length=128)] | None = None
 
 
 class AuthenticateParams(_Params):
+    """``authenticate``: a token from an earlier ``get_token`` (1-256 characters)."""
+
     token: Annotated[str, Meta(min_length=1, max_length=256)]
 
 
 class SendParams(_Params):
+    """``send``: ``to`` (an instance id), ``content`` (any string), optional ``data`` (a JSON
+    object) and ``idempotency_key`` (1-128 characters; a repeat within ``idempotency_ttl_s`` from
+    the same sender returns the first result). ``from``/``from_id`` are accepted and ignored."""
+
     to: InstanceId
     content: str
     data: dict[str, Any] | None = None
@@ -190,28 +138,41 @@ class SendParams(_Params):
 
 
 class BroadcastParams(_Params):
+    """``broadcast``: ``content`` and optional ``data``, sent to every other live instance."""
+
     content: str
     data: dict[str, Any] | None = None
 
 
 class ReceiveParams(_Params):
+    """``receive``: lease up to ``max`` messages (1-1000, default 100); wait up to ``wait_s``
+    seconds (0-300, default 0: answer at once) when none is ready."""
+
     max: Annotated[int, Meta(ge=1, le=1000)] = 100
     wait_s: Annotated[float, Meta(ge=0, le=300)] = 0.0
 
 
 class AckParams(_Params):
+    """``ack``: up to 1000 message ids (each at most 64 characters) to delete from the mailbox."""
+
     ids: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=1000)]
 
 
 class RenameParams(_Params):
+    """``rename``: the instance id to move this session, its mailbox and its name to."""
+
     new_id: InstanceId
 
 
 class RevokeSessionParams(_Params):
+    """``revoke_session`` (admin): the instance whose live session to end."""
+
     instance_id: InstanceId
 
 
 class GetResourceParams(_Params):
+    """``get_resource``: one resource name (:data:`RESOURCE_NAME_PATTERN`), never a path."""
+
     name: ResourceName
 
 
@@ -228,6 +189,9 @@ class Message(Struct, kw_only=True, omit_defaults=True):
 
 
 class TokenResult(Struct, kw_only=True):
+    """``get_token``: the new token (43 characters of URL-safe base64, shown once), its
+    instance, its expiry (RFC 3339 UTC) and its scopes, sorted."""
+
     token: str
     instance_id: str
     expires_at: str
@@ -235,12 +199,18 @@ class TokenResult(Struct, kw_only=True):
 
 
 class AuthResult(Struct, kw_only=True):
+    """``authenticate``: the session's instance, expiry (RFC 3339 UTC) and effective scopes
+    (the session's scopes that the connection's admission also grants), sorted."""
+
     instance_id: str
     expires_at: str
     scopes: list[str]
 
 
 class WhoamiResult(Struct, kw_only=True):
+    """``whoami``: the session's instance, the peer's uid/gid/pid (from SO_PEERCRED), the
+    effective scopes (sorted) and the expiry (RFC 3339 UTC)."""
+
     instance_id: str
     uid: int
     gid: int
@@ -250,25 +220,38 @@ class WhoamiResult(Struct, kw_only=True):
 
 
 class SendResult(Struct, kw_only=True):
+    """``send``: the message id, the mailbox it went to (after rename forwards), and
+    ``"forwarded"`` if a forward was followed, else ``"queued"``."""
+
     id: str
     to: str
     status: Literal["queued", "forwarded"]
 
 
 class BroadcastResult(Struct, kw_only=True):
+    """``broadcast``: one id for the broadcast, and the instances it was queued for, sorted
+    (a full mailbox is skipped and not listed)."""
+
     id: str
     recipients: list[str]
 
 
 class ReceiveResult(Struct, kw_only=True):
+    """``receive``: the leased messages, oldest first (possibly none)."""
+
     messages: list[Message]
 
 
 class AckResult(Struct, kw_only=True):
+    """``ack``: how many of the given ids were leased to this instance and are now deleted."""
+
     acked: int
 
 
 class InstanceInfo(Struct, kw_only=True):
+    """One row of ``list_instances``: ``online`` means a connection is bound to its live
+    session; ``last_seen`` is RFC 3339 UTC; ``queued`` counts its mailbox's messages."""
+
     instance_id: str
     online: bool
     last_seen: str
@@ -276,19 +259,27 @@ class InstanceInfo(Struct, kw_only=True):
 
 
 class ListInstancesResult(Struct, kw_only=True):
+    """``list_instances``: every known instance, sorted by id."""
+
     instances: list[InstanceInfo]
 
 
 class RenameResult(Struct, kw_only=True):
+    """``rename``: the new instance id and the one it replaced."""
+
     instance_id: str
     previous_id: str
 
 
 class SubscribeResult(Struct, kw_only=True):
+    """``subscribe``: always ``subscribed=True``; ``message`` notifications follow."""
+
     subscribed: bool
 
 
 class RevokeResult(Struct, kw_only=True):
+    """``revoke`` and ``revoke_session``: always ``revoked=True``."""
+
     revoked: bool
 
 
@@ -313,6 +304,8 @@ class SessionInfo(Struct, kw_only=True):
 
 
 class ListSessionsResult(Struct, kw_only=True):
+    """``list_sessions`` (admin): every live session, sorted by instance id."""
+
     sessions: list[SessionInfo]
 
 
@@ -392,9 +385,3 @@ def salvage_id(frame: bytes) -> RequestId:
     if isinstance(rid, bool) or not isinstance(rid, (int, str)):
         return None
     return rid
-
-
-ERROR_MESSAGES: Final = {
-    ErrorCode.PARSE_ERROR: "Parse error: the frame is not valid JSON.",
-    ErrorCode.INVALID_REQUEST: "Invalid request: not a JSON-RPC 2.0 request object.",
-}
