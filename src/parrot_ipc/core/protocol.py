@@ -317,19 +317,31 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 
 def encode_frame(obj: Any) -> bytes:
-    """Encode one object as an NDJSON frame (JSON + ``\\n``)."""
+    """Encode one msgspec-encodable object as an NDJSON frame (compact JSON + ``\\n``).
+
+    Raises ``TypeError`` for an object msgspec cannot encode.
+    """
     return _ENCODER.encode(obj) + b"\n"
 
 
 def encode_result(request_id: RequestId, result: Any) -> bytes:
-    """A success response frame."""
+    """A JSON-RPC 2.0 success response frame (spec section 5), NDJSON with its ``\\n``.
+
+    ``result`` is any msgspec-encodable value (a result Struct, ``"pong"``). Raises
+    ``TypeError`` for a value msgspec cannot encode (a bug, never the peer's input).
+    """
     return _ENCODER.encode(Response(id=request_id, result=result)) + b"\n"
 
 
 def encode_error(
     request_id: RequestId, code: int, message: str, data: dict[str, Any] | None = None
 ) -> bytes:
-    """An error response frame. ``data`` should hold ``reason`` (``docs/protocol.md``)."""
+    """A JSON-RPC 2.0 error response frame (spec sections 5 and 5.1), NDJSON with its ``\\n``.
+
+    ``request_id`` is None when the request's id could not be read. ``code`` is an
+    :class:`~parrot_ipc.errors.ErrorCode`; ``data`` should hold ``reason`` (``docs/protocol.md``,
+    "Error codes") and never a token, a secret or message content.
+    """
     return encode_frame(
         ErrorResponse(id=request_id, error=ErrorObject(code=int(code), message=message, data=data or {}))
     )
