@@ -29,7 +29,7 @@ from .connection import Bindings, Connection
 from .delivery import Delivery
 from .effects import AuditSink, Drop, Effect, Push, WaitForMail, Wake, discard_audit
 from .limits import ConnectionLimits, TokenBucket
-from .methods import METHOD_TABLE, METHODS, PUBLIC, MethodSpec
+from .methods import METHOD_TABLE, METHODS, MethodSpec
 from .policy import SCOPE_RECEIVE, PeerCredentials, Policy
 from .sessions import Sessions, token_hash
 from .timefmt import IdGenerator
@@ -242,7 +242,7 @@ class Broker:
     def _call(self, spec: MethodSpec, conn: Connection, params: Raw, rid: p.RequestId) -> Any:
         """Check what ``spec`` needs, decode its params, run its handler. Raises RpcError
         (-32001/-32002 from the session check, -32602 ``invalid_params``, the handler's)."""
-        if spec.needs != PUBLIC:
+        if not spec.public:
             self.sessions.require(conn, spec.scope)
         try:
             decoded = spec.decoder.decode(params)

@@ -57,6 +57,8 @@ class MethodSpec:
         needs: :data:`PUBLIC`, :data:`SESSION`, or the scope name the session must hold.
         handler: ``handler(broker, conn, params, request_id)`` -> result; raises RpcError.
         decoder: a msgspec JSON decoder for ``params``, built once.
+        public: ``needs`` is :data:`PUBLIC` (no session is checked).
+        scope: the scope to require, or None (PUBLIC, or any session will do).
     """
 
     name: str
@@ -65,11 +67,8 @@ class MethodSpec:
     needs: str
     handler: Handler
     decoder: msgspec.json.Decoder[Any]
-
-    @property
-    def scope(self) -> str | None:
-        """The scope to require, or None when any session will do (meaningless for PUBLIC)."""
-        return None if self.needs == SESSION else self.needs
+    public: bool
+    scope: str | None
 
 
 def _session(conn: Connection) -> Session:
@@ -263,7 +262,8 @@ def revoke_session(b: Broker, conn: Connection, prm: p.RevokeSessionParams, rid:
 
 # ------------------------------------------------------------------ the table
 def _spec(name: str, handler: Handler, params: type, result: type, needs: str) -> MethodSpec:
-    return MethodSpec(name, params, result, needs, handler, msgspec.json.Decoder(params))
+    scope = None if needs in (PUBLIC, SESSION) else needs
+    return MethodSpec(name, params, result, needs, handler, msgspec.json.Decoder(params), needs == PUBLIC, scope)
 
 
 #: Every method of protocol v1 this broker serves, by JSON-RPC method name
