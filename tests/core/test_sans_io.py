@@ -57,7 +57,7 @@ def test_core_files_are_found() -> None:
     names = {p.stem for p in CORE_FILES}
     assert {
         "broker", "config", "connection", "delivery", "effects", "framing", "limits", "methods",
-        "policy", "protocol", "sessions", "timefmt",
+        "policy", "protocol", "schema", "sessions", "timefmt",
     } <= names
 
 
