@@ -55,7 +55,10 @@ def _import_in_fresh_interpreter(prelude: str) -> dict[str, list[str]]:
 
 def test_core_files_are_found() -> None:
     names = {p.stem for p in CORE_FILES}
-    assert {"broker", "protocol", "policy", "config", "timefmt"} <= names
+    assert {
+        "broker", "config", "connection", "delivery", "effects", "framing", "limits", "methods",
+        "policy", "protocol", "schema", "sessions", "timefmt",
+    } <= names
 
 
 def test_the_cores_own_imports_pull_in_neither_trio_nor_socket() -> None:

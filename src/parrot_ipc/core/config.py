@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct, field
 
-from .protocol import DEFAULT_MAX_FRAME_BYTES
+from .framing import DEFAULT_MAX_FRAME_BYTES
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]

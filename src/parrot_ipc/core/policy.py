@@ -55,6 +55,7 @@ class PeerCredentials:
     attest_error: str | None = None
 
     def in_group(self, gids: frozenset[int]) -> bool:
+        """True if the primary ``gid`` or a supplementary group (SO_PEERGROUPS) is in ``gids``."""
         return self.gid in gids or not gids.isdisjoint(self.groups)
 
 
@@ -75,6 +76,7 @@ class Admission:
     bind: Bind = "uid"
 
     def may_send(self, instance_id: str) -> bool:
+        """True if ``instance_id`` matches a ``may_send_to`` pattern (fnmatch(3), case-sensitive)."""
         if self.may_send_to == ("*",):
             return True
         return any(p == "*" or fnmatchcase(instance_id, p) for p in self.may_send_to)
@@ -83,7 +85,9 @@ class Admission:
 class Policy(Protocol):
     """Decides at accept whether a peer may use the broker at all, and with which scopes."""
 
-    def admit(self, peer: PeerCredentials) -> Admission: ...
+    def admit(self, peer: PeerCredentials) -> Admission:
+        """The decision for ``peer`` (kernel credentials, read before any byte). Never raises."""
+        ...
 
 
 class DefaultPolicy:
@@ -103,6 +107,7 @@ class DefaultPolicy:
         self._refused = Admission(False, "default", reason="peer_uid_not_allowed")
 
     def admit(self, peer: PeerCredentials) -> Admission:
+        """Root gets every default scope plus ``admin``; the broker's UID the defaults; others are refused."""
         if peer.uid == 0:
             return self._root
         if peer.uid == self.broker_uid:
@@ -133,11 +138,13 @@ class PeerRule:
             True, self.label, scopes=self.scopes, may_send_to=self.may_send_to, bind=self.bind))
 
     def matches_identity(self, peer: PeerCredentials) -> bool:
+        """True if ``peer`` passes the rule's ``uids`` and ``gids`` filters (an empty filter passes)."""
         if self.uids and peer.uid not in self.uids:
             return False
         return not self.gids or peer.in_group(self.gids)
 
     def matches_exe(self, exe: str) -> bool:
+        """True if the absolute path ``exe`` matches one of ``executables`` (fnmatch(3) patterns)."""
         return any(fnmatchcase(exe, pattern) for pattern in self.executables)
 
 
@@ -157,6 +164,7 @@ class RulePolicy:
         self.rules = tuple(rules)
 
     def admit(self, peer: PeerCredentials) -> Admission:
+        """The first matching rule's admission, or a refusal (reasons in the class docstring)."""
         for rule in self.rules:
             if not rule.matches_identity(peer):
                 continue

@@ -1,8 +1,13 @@
-"""Wire protocol v1: NDJSON framing and the msgspec schema of every request, result and error.
+"""Wire protocol v1: the JSON-RPC 2.0 envelope and the codecs for frames.
 
-Source: ``docs/protocol.md`` (carried forward from ``shared/design/protocol.md``) and the
-JSON-RPC 2.0 specification. Framing is the MCP stdio transport's: one JSON object per line,
-UTF-8, terminated by a single ``\\n``.
+Source: ``docs/protocol.md`` ("Envelope") and the JSON-RPC 2.0 specification (section 4
+request and notification, section 5 response, section 5.1 error object).
+
+This module is the protocol's one import point. Besides the envelope and codecs defined here
+it re-exports the params and results of every method (:mod:`parrot_ipc.core.schema`) and the
+NDJSON framing (:class:`FrameBuffer`, :data:`DEFAULT_MAX_FRAME_BYTES` from
+:mod:`parrot_ipc.core.framing`), so ``from parrot_ipc.core import protocol as p`` then
+``p.SendResult`` or ``p.FrameBuffer`` works.
 
 Everything here is pure: bytes in, Structs out, and back. Decoders and encoders are built once
 at import and reused.
@@ -10,95 +15,23 @@ at import and reused.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
-from msgspec import UNSET, Meta, Raw, Struct, UnsetType, field
+from msgspec import UNSET, Raw, Struct, UnsetType, field
 
-from ..errors import ErrorCode, FrameTooLarge
+# Re-exported: the framing moved to .framing; ``p.FrameBuffer`` and this import path stay.
+from .framing import DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES
+from .framing import FrameBuffer as FrameBuffer
+
+# Re-exported: the params and results of each method live in .schema (``p.SendResult`` etc.).
+from .schema import *  # noqa: F403
 
 PROTOCOL_VERSION: Final = 1
-DEFAULT_MAX_FRAME_BYTES: Final = 65536
 
-INSTANCE_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-InstanceId = Annotated[str, Meta(pattern=INSTANCE_ID_PATTERN)]
-#: A resource name: one file name in ``resources_dir``, never a path (no ``/``, no leading dot).
-RESOURCE_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-ResourceName = Annotated[str, Meta(pattern=RESOURCE_NAME_PATTERN)]
 RequestId = int | str | None
 _EMPTY_OBJECT: Final = Raw(b"{}")
 _ABSENT: Final = Raw(b"")
-
-
-# --------------------------------------------------------------------------- framing
-class FrameBuffer:
-    """Splits a byte stream into NDJSON frames, holding at most ``max_frame_bytes`` of a partial one.
-
-    Args:
-        max_frame_bytes: the longest frame allowed, in bytes, not counting its ``\\n``.
-
-    ``feed(data)`` returns the complete frames (``\\n`` stripped, empty lines dropped) and keeps
-    the tail. It raises :class:`FrameTooLarge` as soon as a complete frame or the unterminated
-    tail exceeds the limit, so the caller never buffers more than ``max_frame_bytes`` plus one
-    read.
-    """
-
-    __slots__ = ("_buf", "max_frame_bytes")
-
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()  # the unterminated tail; grows in place (no copy per read)
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes held for a frame whose ``\\n`` has not arrived yet."""
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data``; return the frames it completes. Raises :class:`FrameTooLarge`.
-
-        Linear in the bytes fed: a partial frame is appended to a bytearray in place, and each
-        byte is copied a bounded number of times however many reads a frame takes.
-        """
-        limit, buf = self.max_frame_bytes, self._buf
-        out: list[bytes] = []
-        if buf:
-            nl = data.find(b"\n")
-            if nl < 0:
-                size = len(buf) + len(data)
-                if size > limit:
-                    buf.clear()
-                    raise FrameTooLarge(size)
-                buf += data
-                return out
-            size = len(buf) + nl
-            if size > limit:
-                buf.clear()
-                raise FrameTooLarge(size)
-            buf += data[:nl]
-            first = bytes(buf)
-            buf.clear()
-            if first and not first.isspace():
-                out.append(first)
-            data = data[nl + 1:]
-        if not data:
-            return out
-        if b"\n" not in data:
-            if len(data) > limit:
-                raise FrameTooLarge(len(data))
-            buf += data
-            return out
-        *frames, tail = data.split(b"\n")
-        if len(tail) > limit:
-            raise FrameTooLarge(len(tail))
-        for frame in frames:
-            if len(frame) > limit:
-                raise FrameTooLarge(len(frame))
-            if frame and not frame.isspace():
-                out.append(frame)
-        if tail:
-            buf += tail
-        return out
 
 
 # --------------------------------------------------------------------------- envelope
@@ -129,18 +62,24 @@ class ErrorObject(Struct, omit_defaults=True):
 
 
 class Response(Struct, kw_only=True):
+    """A JSON-RPC 2.0 success response (spec section 5): ``{"jsonrpc":"2.0","id":...,"result":...}``."""
+
     jsonrpc: str = "2.0"
     id: RequestId
     result: Any
 
 
 class ErrorResponse(Struct, kw_only=True):
+    """A JSON-RPC 2.0 error response (spec section 5): ``id`` is null when it could not be read."""
+
     jsonrpc: str = "2.0"
     id: RequestId
     error: ErrorObject
 
 
 class Notification(Struct, kw_only=True):
+    """A server-to-client notification (spec section 4.1, no ``id``): ``message`` pushes one :class:`Message`."""
+
     jsonrpc: str = "2.0"
     method: str
     params: Any
@@ -158,162 +97,8 @@ class Incoming(Struct, kw_only=True):
 
     @property
     def is_notification(self) -> bool:
+        """True for a server notification (a ``method``, and neither ``result`` nor ``error``)."""
         return self.method is not None and self.error is None and len(self.result) == 0
-
-
-# --------------------------------------------------------------------------- params
-class _Params(Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base for params: unknown fields are -32602 (``docs/protocol.md``, Envelope)."""
-
-
-class NoParams(_Params):
-    pass
-
-
-class GetTokenParams(_Params):
-    instance_id: InstanceId
-    shared_secret_proof: Annotated[str, Meta(max_length=128)] | None = None
-
-
-class AuthenticateParams(_Params):
-    token: Annotated[str, Meta(min_length=1, max_length=256)]
-
-
-class SendParams(_Params):
-    to: InstanceId
-    content: str
-    data: dict[str, Any] | None = None
-    idempotency_key: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
-    # Accepted and ignored: the sender is always the session (claude-ipc compatibility).
-    from_: Any = field(default=None, name="from")
-    from_id: Any = None
-
-
-class BroadcastParams(_Params):
-    content: str
-    data: dict[str, Any] | None = None
-
-
-class ReceiveParams(_Params):
-    max: Annotated[int, Meta(ge=1, le=1000)] = 100
-    wait_s: Annotated[float, Meta(ge=0, le=300)] = 0.0
-
-
-class AckParams(_Params):
-    ids: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=1000)]
-
-
-class RenameParams(_Params):
-    new_id: InstanceId
-
-
-class RevokeSessionParams(_Params):
-    instance_id: InstanceId
-
-
-class GetResourceParams(_Params):
-    name: ResourceName
-
-
-# --------------------------------------------------------------------------- results
-class Message(Struct, kw_only=True, omit_defaults=True):
-    """One message. ``id`` sorts by arrival; ``sent_at`` is RFC 3339 UTC."""
-
-    id: str
-    from_: str = field(name="from")
-    to: str
-    content: str
-    data: dict[str, Any] | UnsetType = UNSET
-    sent_at: str
-
-
-class TokenResult(Struct, kw_only=True):
-    token: str
-    instance_id: str
-    expires_at: str
-    scopes: list[str]
-
-
-class AuthResult(Struct, kw_only=True):
-    instance_id: str
-    expires_at: str
-    scopes: list[str]
-
-
-class WhoamiResult(Struct, kw_only=True):
-    instance_id: str
-    uid: int
-    gid: int
-    pid: int
-    scopes: list[str]
-    expires_at: str
-
-
-class SendResult(Struct, kw_only=True):
-    id: str
-    to: str
-    status: Literal["queued", "forwarded"]
-
-
-class BroadcastResult(Struct, kw_only=True):
-    id: str
-    recipients: list[str]
-
-
-class ReceiveResult(Struct, kw_only=True):
-    messages: list[Message]
-
-
-class AckResult(Struct, kw_only=True):
-    acked: int
-
-
-class InstanceInfo(Struct, kw_only=True):
-    instance_id: str
-    online: bool
-    last_seen: str
-    queued: int
-
-
-class ListInstancesResult(Struct, kw_only=True):
-    instances: list[InstanceInfo]
-
-
-class RenameResult(Struct, kw_only=True):
-    instance_id: str
-    previous_id: str
-
-
-class SubscribeResult(Struct, kw_only=True):
-    subscribed: bool
-
-
-class RevokeResult(Struct, kw_only=True):
-    revoked: bool
-
-
-class ResourceResult(Struct, kw_only=True):
-    """``get_resource``: the resource's text (UTF-8) and the hex SHA-256 of its bytes."""
-
-    name: str
-    content: str
-    sha256: str
-
-
-class SessionInfo(Struct, kw_only=True):
-    """A session as the admin sees it: never the token, nor its hash."""
-
-    instance_id: str
-    uid: int
-    pid: int
-    scopes: list[str]
-    expires_at: str
-    online: bool
-    bind: Literal["uid", "process"]
-
-
-class ListSessionsResult(Struct, kw_only=True):
-    sessions: list[SessionInfo]
 
 
 # --------------------------------------------------------------------------- codecs
@@ -324,19 +109,31 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 
 def encode_frame(obj: Any) -> bytes:
-    """Encode one object as an NDJSON frame (JSON + ``\\n``)."""
+    """Encode one msgspec-encodable object as an NDJSON frame (compact JSON + ``\\n``).
+
+    Raises ``TypeError`` for an object msgspec cannot encode.
+    """
     return _ENCODER.encode(obj) + b"\n"
 
 
 def encode_result(request_id: RequestId, result: Any) -> bytes:
-    """A success response frame."""
+    """A JSON-RPC 2.0 success response frame (spec section 5), NDJSON with its ``\\n``.
+
+    ``result`` is any msgspec-encodable value (a result Struct, ``"pong"``). Raises
+    ``TypeError`` for a value msgspec cannot encode (a bug, never the peer's input).
+    """
     return _ENCODER.encode(Response(id=request_id, result=result)) + b"\n"
 
 
 def encode_error(
     request_id: RequestId, code: int, message: str, data: dict[str, Any] | None = None
 ) -> bytes:
-    """An error response frame. ``data`` should hold ``reason`` (``docs/protocol.md``)."""
+    """A JSON-RPC 2.0 error response frame (spec sections 5 and 5.1), NDJSON with its ``\\n``.
+
+    ``request_id`` is None when the request's id could not be read. ``code`` is an
+    :class:`~parrot_ipc.errors.ErrorCode`; ``data`` should hold ``reason`` (``docs/protocol.md``,
+    "Error codes") and never a token, a secret or message content.
+    """
     return encode_frame(
         ErrorResponse(id=request_id, error=ErrorObject(code=int(code), message=message, data=data or {}))
     )
@@ -367,19 +164,6 @@ def encode_request_into(buf: bytearray, request_id: RequestId, method: str, para
     buf += b"\n"
 
 
-_RESOURCE_NAME_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
-
-
-def valid_resource_name(name: object) -> bool:
-    """True if ``name`` is a safe resource name: it matches :data:`RESOURCE_NAME_PATTERN`
-    (1-64 of ``A-Z a-z 0-9 _ . -``, first one alphanumeric) and holds no ``..``.
-
-    Such a name is one directory entry: no ``/``, no NUL, not ``.`` or ``..``.
-    """
-    return (isinstance(name, str) and 1 <= len(name) <= 64 and name[0].isascii() and name[0].isalnum()
-            and set(name) <= _RESOURCE_NAME_CHARS and ".." not in name)
-
-
 def salvage_id(frame: bytes) -> RequestId:
     """The ``id`` of a frame that failed validation, if it has a usable one; else ``None``.
 
@@ -392,9 +176,3 @@ def salvage_id(frame: bytes) -> RequestId:
     if isinstance(rid, bool) or not isinstance(rid, (int, str)):
         return None
     return rid
-
-
-ERROR_MESSAGES: Final = {
-    ErrorCode.PARSE_ERROR: "Parse error: the frame is not valid JSON.",
-    ErrorCode.INVALID_REQUEST: "Invalid request: not a JSON-RPC 2.0 request object.",
-}

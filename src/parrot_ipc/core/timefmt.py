@@ -38,8 +38,9 @@ class IdGenerator:
     """Message ids that sort by arrival: 12 hex digits of milliseconds, then 6 of a sequence.
 
     Monotonic even if the wall clock steps back: the millisecond part never decreases.
-    ``floor_id`` seeds the generator past ids already issued (for example, ones read from a
-    durable store).
+    ``floor_id`` (an id this class made: 18 hex digits) seeds the generator past ids already
+    issued (for example, the highest one read from a durable store); a malformed one raises
+    ``ValueError``. Ids are compared as strings, so their fixed width keeps the order.
     """
 
     __slots__ = ("_last_ms", "_seq")
