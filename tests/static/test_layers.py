@@ -47,7 +47,7 @@ def _modules(layer: str) -> list[Path]:
 def _imports(path: Path) -> Iterator[tuple[str, int]]:
     """(absolute dotted module, line) for every import in ``path``; parrot-ipc's own as ``parrot_ipc.x``."""
     rel = path.relative_to(PKG.parent).with_suffix("")
-    package = list(rel.parts[:-1]) if rel.name != "__init__" else list(rel.parts[:-1])
+    package = list(rel.parts[:-1])  # for a module and for __init__ alike, "." is its folder
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
