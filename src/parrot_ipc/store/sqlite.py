@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 import msgspec
-from msgspec import UNSET
 
 from ..core.protocol import Message, SendResult
 from ..errors import StartupError
@@ -55,7 +54,7 @@ from .ops import (
     TouchInstances,
     write,
 )
-from .schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from .schema import MIGRATIONS, SCHEMA_VERSION, connect, load, migrate
 from .statedir import (
     DB_NAME,
     LOCK_NAME,
@@ -73,59 +72,6 @@ __all__ = ["CHECKPOINT_EVERY_COMMITS", "DB_NAME", "LOCK_NAME", "MIGRATIONS", "SC
 
 #: Commits between WAL checkpoints (autocheckpoint is off; see :meth:`SqliteStore.checkpoint`).
 CHECKPOINT_EVERY_COMMITS = 256
-
-
-def _connect(path: str, durability: Literal["normal", "fsync"], now: float) -> sqlite3.Connection:
-    """Connect to ``path`` in autocommit mode, set the pragmas, migrate, purge what expired by
-    ``now`` (seconds since the epoch). Raises StartupError (no WAL), sqlite3.Error, ValueError."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        db.execute("PRAGMA busy_timeout = 0")
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise refuse(f"state database {path}: cannot use WAL mode (got {mode})")
-        db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'fsync' else 'NORMAL'}")
-        # No checkpoint inside a commit: small commits may run on the event loop, and a
-        # checkpoint fsyncs the database. The shell calls checkpoint() in its worker thread
-        # when checkpoint_due() says so (https://sqlite.org/wal.html#ckpt).
-        db.execute("PRAGMA wal_autocheckpoint = 0")
-        migrate(db)
-        db.execute("BEGIN IMMEDIATE")  # proves the file is writable now
-        write(db, [Purge(now)])
-        db.execute("COMMIT")
-    except BaseException:
-        close_quietly(db, None)
-        raise
-    return db
-
-
-def _load(db: sqlite3.Connection, mirror: MemoryStore) -> str | None:
-    """Load every row of ``db`` into ``mirror``; return the highest message id ever issued."""
-    for row in db.execute("SELECT token_hash, instance_id, uid, gid, pid, scopes, created_at, "
-                          "expires_at, last_rename_at, bound_pid, bound_start_time "
-                          "FROM sessions ORDER BY created_at"):
-        scopes = frozenset(msgspec.json.decode(row[5], type=list[str]))
-        mirror.put_session(Session(bytes(row[0]), row[1], row[2], row[3], row[4], scopes, row[6], row[7],
-                                   row[8], bound_pid=row[9], bound_start_time=row[10]))
-    for name, seen in db.execute("SELECT instance_id, last_seen FROM instances"):
-        mirror.touch_instance(name, seen)
-    max_id = ""
-    for mid, box, sender, content, data, sent_at, size, to, until in db.execute(
-            "SELECT id, mailbox, sender, content, data, sent_at, size_bytes, recipient, lease_until "
-            "FROM messages ORDER BY id"):
-        msg = Message(id=mid, from_=sender, to=to or box, content=content,
-                      data=UNSET if data is None else msgspec.json.decode(data), sent_at=sent_at)
-        mirror.restore(StoredMessage(msg, box, size, until))
-        max_id = mid
-    for old, new, until in db.execute("SELECT old, new, until FROM forwards"):
-        mirror.put_forward(old, new, until)
-    for sender, key, mid, to, status, until in db.execute(
-            "SELECT sender, key, id, recipient, status, until FROM idempotency ORDER BY until"):
-        mirror.put_idempotent(sender, key, SendResult(id=mid, to=to, status=status), until)
-        max_id = max(max_id, mid)
-    for (last_id,) in db.execute("SELECT value FROM meta WHERE key = 'last_id'"):
-        max_id = max(max_id, last_id)
-    return max_id or None
 
 
 class SqliteStore:
@@ -189,11 +135,11 @@ class SqliteStore:
             ensure_db_file(path, euid)
             old_umask = os.umask(0o077)  # the -wal and -shm files too
             try:
-                db = _connect(path, durability, clock())
+                db = connect(path, durability, clock())
             finally:
                 os.umask(old_umask)
             store = cls(db, path, lock_fd)
-            store.max_id = _load(db, store._mirror)
+            store.max_id = load(db, store._mirror)
             return store
         except BaseException as exc:
             close_quietly(db, lock_fd)
