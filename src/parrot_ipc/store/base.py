@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ..core.protocol import Message, SendResult
-from .ops import Op
+if TYPE_CHECKING:  # annotations only: importing the core here would be circular (core imports store)
+    from ..core.protocol import Message, SendResult
+    from .ops import Op
 
 
 @dataclass(slots=True)

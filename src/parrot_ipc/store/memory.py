@@ -13,9 +13,11 @@ import heapq
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..core.protocol import Message, SendResult
-from .base import Session, StoredMessage
+if TYPE_CHECKING:  # annotations only: importing the core here would be circular (core imports store)
+    from ..core.protocol import Message, SendResult
+    from .base import Session, StoredMessage
 
 
 @dataclass(slots=True)
