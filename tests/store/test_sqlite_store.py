@@ -265,6 +265,20 @@ def test_unsafe_state_dir_or_db_file_is_refused(tmp_path: Path) -> None:
     assert "regular file" in _one_line(exc)
 
 
+def test_a_symlinked_state_dir_or_a_hard_linked_db_file_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "state").symlink_to(real)
+    with pytest.raises(StartupError) as exc:
+        _open(tmp_path / "state")
+    assert "found a symlink" in _one_line(exc)
+    _open(real).close()
+    os.link(real / DB_NAME, tmp_path / "other.db")
+    with pytest.raises(StartupError) as exc:
+        _open(real)
+    assert "exactly one hard link" in _one_line(exc) and str(real / DB_NAME) in str(exc.value)
+
+
 def test_default_state_dir() -> None:
     from parrot_ipc.store.sqlite import default_state_dir
 

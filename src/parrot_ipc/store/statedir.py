@@ -13,7 +13,6 @@ life, so a second broker on the same state refuses to start.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import sqlite3
@@ -29,10 +28,6 @@ DB_NAME: Final = "parrot.db"
 LOCK_NAME: Final = "broker.lock"
 #: The state directory of a broker run as root.
 SYSTEM_STATE_DIR: Final = "/var/lib/parrot-mcp"
-
-# open(2) errors that mean something of the wrong kind is in the path's place (a symlink under
-# O_NOFOLLOW, a file under O_DIRECTORY, a directory opened for writing).
-_WRONG_KIND: Final = frozenset({errno.ELOOP, errno.ENOTDIR, errno.EISDIR})
 
 
 def default_state_dir(euid: int | None = None, env: Mapping[str, str] | None = None) -> str:
@@ -57,16 +52,19 @@ def refuse(msg: str) -> StartupError:
 
 def _open_or_refuse(path: str, rule: FileRule, *, flags: int = os.O_RDONLY,
                     create_mode: int | None = None) -> int:
-    """:func:`open_checked`, its failures turned into one-line StartupErrors. Returns the fd."""
+    """:func:`open_checked`, its failures turned into one-line StartupErrors. Returns the fd.
+
+    When open(2) itself fails (ELOOP for a symlink, ENOTDIR, EISDIR, EACCES on someone else's
+    file), lstat(2) says what is there instead, checked by the same ``rule`` (:func:`problem`).
+    """
     try:
         return open_checked(path, rule, flags=flags, create_mode=create_mode)
     except UnsafeFile as exc:
         raise refuse(str(exc)) from None
-    except OSError as exc:
+    except OSError as exc:  # say what is there instead, if it breaks the same rule
         why = None
-        if exc.errno in _WRONG_KIND:  # say what is there instead, by the same rule
-            with contextlib.suppress(OSError):
-                why = problem(os.lstat(path), rule)
+        with contextlib.suppress(OSError):
+            why = problem(os.lstat(path), rule)
         raise refuse(f"{rule.what} {path} {why}" if why else
                      f"cannot open {rule.what} {path}: {exc.strerror}") from None
 
