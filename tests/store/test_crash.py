@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from parrot_ipc import Client, ParrotError
@@ -32,96 +33,130 @@ KILL_AFTER_RESPONSES = 2000
 BROKEN = (ParrotError, OSError, TimeoutError)  # BrokerUnavailable is a ParrotError
 
 
-def test_sigkill_mid_load_loses_nothing(broker_proc: BrokerProcess, tmp_path: Path) -> None:
-    t_start = time.monotonic()
-    broker_proc.start()
-    s = broker_proc.socket
-    senders = [f"sender{i}" for i in range(SENDERS)]
-    receivers = [f"recv{i}" for i in range(RECEIVERS)]
-    tokens: dict[str, str] = {}
-    for name in senders + receivers:
-        with Client(s) as c:
-            tokens[name] = c.get_token(name).token
+def _key_of(sender: str, i: int) -> str:
+    return f"{sender}-{i}"
 
-    responses: dict[str, dict[str, str]] = {n: {} for n in senders}  # key -> id, per sender
-    in_flight: dict[str, str] = {}  # sender -> the key it last sent (its response may never come)
-    deliveries: list[tuple[str, str]] = []  # (message id, content = its key), every delivery
-    deliveries_lock = threading.Lock()
-    stop_receivers = threading.Event()
 
-    def key_of(sender: str, i: int) -> str:
-        return f"{sender}-{i}"
+@dataclass
+class _Load:
+    """The senders' and receivers' shared record of one run (every thread writes into it)."""
 
-    def send_loop(name: str, keys: list[tuple[int, str]]) -> None:
+    socket: str
+    tokens: dict[str, str]
+    responses: dict[str, dict[str, str]]  # sender -> key -> id
+    receivers: list[str]
+    in_flight: dict[str, str] = field(default_factory=dict)  # sender -> the key it last sent
+    deliveries: list[tuple[str, str]] = field(default_factory=list)  # (message id, its key), every delivery
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop_receivers: threading.Event = field(default_factory=threading.Event)
+
+    def send_loop(self, name: str, keys: list[tuple[int, str]]) -> None:
         try:
-            with Client(s, timeout_s=15) as c:
-                c.authenticate(tokens[name])
+            with Client(self.socket, timeout_s=15) as c:
+                c.authenticate(self.tokens[name])
                 for i, key in keys:
-                    in_flight[name] = key
-                    res = c.send(receivers[i % RECEIVERS], key, idempotency_key=key)
-                    responses[name][key] = res.id
+                    self.in_flight[name] = key
+                    res = c.send(self.receivers[i % RECEIVERS], key, idempotency_key=key)
+                    self.responses[name][key] = res.id
         except BROKEN:
             pass  # the broker was killed under us
 
-    def receive_loop(name: str) -> None:
+    def receive_loop(self, name: str) -> None:
         try:
-            with Client(s, timeout_s=15) as c:
-                c.authenticate(tokens[name])
-                while not stop_receivers.is_set():
+            with Client(self.socket, timeout_s=15) as c:
+                c.authenticate(self.tokens[name])
+                while not self.stop_receivers.is_set():
                     msgs = c.receive(max=200, wait_s=0.2)
                     if msgs:
-                        with deliveries_lock:
-                            deliveries.extend((m.id, m.content) for m in msgs)
+                        with self.lock:
+                            self.deliveries.extend((m.id, m.content) for m in msgs)
                         c.ack([m.id for m in msgs])
         except BROKEN:
             pass
 
+    def start(self, keys: dict[str, list[tuple[int, str]]]) -> tuple[list[threading.Thread], list[threading.Thread]]:
+        """Start one thread per sender (sending ``keys[sender]``) and per receiver."""
+        threads = [threading.Thread(target=self.send_loop, args=(n, k)) for n, k in keys.items()]
+        rthreads = [threading.Thread(target=self.receive_loop, args=(n,)) for n in self.receivers]
+        for t in threads + rthreads:
+            t.start()
+        return threads, rthreads
+
+    def answered(self) -> int:
+        return sum(len(r) for r in self.responses.values())
+
+    def seen_ids(self) -> set[str]:
+        with self.lock:
+            return {mid for mid, _ in self.deliveries}
+
+
+def _committed_at_kill(state_dir: str, unanswered: dict[str, str]) -> dict[str, str]:
+    """Which unanswered sends had been committed when the broker died (a read-only look):
+    key -> the id it was stored with."""
+    db = sqlite3.connect(f"file:{Path(state_dir) / 'parrot.db'}?mode=ro", uri=True)
+    committed: dict[str, str] = {}
+    for n, k in unanswered.items():
+        row = db.execute("SELECT id FROM idempotency WHERE sender = ? AND key = ?", (n, k)).fetchone()
+        if row is not None:
+            committed[k] = row[0]
+    db.close()
+    return committed
+
+
+def _wait_until_delivered(load: _Load, sent_ids: set[str], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not sent_ids <= load.seen_ids():
+        time.sleep(0.05)
+
+
+def _ids_by_key(load: _Load) -> dict[str, set[str]]:
+    ids_by_key: dict[str, set[str]] = defaultdict(set)
+    for r in load.responses.values():
+        for key, mid in r.items():
+            ids_by_key[key].add(mid)
+    for mid, key in load.deliveries:
+        ids_by_key[key].add(mid)
+    return ids_by_key
+
+
+def test_sigkill_mid_load_loses_nothing(broker_proc: BrokerProcess, tmp_path: Path) -> None:
+    t_start = time.monotonic()
+    broker_proc.start()
+    senders = [f"sender{i}" for i in range(SENDERS)]
+    receivers = [f"recv{i}" for i in range(RECEIVERS)]
+    tokens: dict[str, str] = {}
+    for name in senders + receivers:
+        with Client(broker_proc.socket) as c:
+            tokens[name] = c.get_token(name).token
+    load = _Load(broker_proc.socket, tokens, {n: {} for n in senders}, receivers)
+
     # --- phase 1: load, then SIGKILL in the middle of it
-    all_keys = {n: [(i, key_of(n, i)) for i in range(PER_SENDER)] for n in senders}
-    threads = [threading.Thread(target=send_loop, args=(n, all_keys[n])) for n in senders]
-    rthreads = [threading.Thread(target=receive_loop, args=(n,)) for n in receivers]
-    for t in threads + rthreads:
-        t.start()
-    while sum(len(r) for r in responses.values()) < KILL_AFTER_RESPONSES and any(t.is_alive() for t in threads):
+    all_keys = {n: [(i, _key_of(n, i)) for i in range(PER_SENDER)] for n in senders}
+    threads, rthreads = load.start(all_keys)
+    while load.answered() < KILL_AFTER_RESPONSES and any(t.is_alive() for t in threads):
         time.sleep(0.001)
     broker_proc.kill()
     for t in threads + rthreads:
         t.join(timeout=30)
-    with_response_at_kill = sum(len(r) for r in responses.values())
-    unanswered = {n: k for n, k in in_flight.items() if k not in responses[n]}
+    with_response_at_kill = load.answered()
+    unanswered = {n: k for n, k in load.in_flight.items() if k not in load.responses[n]}
     assert with_response_at_kill < TOTAL, "the load finished before the kill: raise TOTAL or lower the threshold"
 
     # --- phase 2: restart; resend whatever got no response, with the same key; drain
-    with deliveries_lock:
-        deliveries_before = list(deliveries)
-    # which unanswered sends had been committed when the broker died (read-only look)
-    db = sqlite3.connect(f"file:{Path(broker_proc.state_dir) / 'parrot.db'}?mode=ro", uri=True)
-    committed_at_kill: dict[str, str] = {}  # key -> the id it was stored with
-    for n, k in unanswered.items():
-        row = db.execute("SELECT id FROM idempotency WHERE sender = ? AND key = ?", (n, k)).fetchone()
-        if row is not None:
-            committed_at_kill[k] = row[0]
-    db.close()
+    with load.lock:
+        deliveries_before = list(load.deliveries)
+    committed_at_kill = _committed_at_kill(broker_proc.state_dir, unanswered)
     broker_proc.start()
-    missing = {n: [(i, k) for i, k in all_keys[n] if k not in responses[n]] for n in senders}
+    missing = {n: [(i, k) for i, k in all_keys[n] if k not in load.responses[n]] for n in senders}
     resent = sum(len(m) for m in missing.values())
-    stop_receivers.clear()
-    threads = [threading.Thread(target=send_loop, args=(n, missing[n])) for n in senders]
-    rthreads = [threading.Thread(target=receive_loop, args=(n,)) for n in receivers]
-    for t in threads + rthreads:
-        t.start()
+    load.stop_receivers.clear()
+    threads, rthreads = load.start(missing)
     for t in threads:
         t.join(timeout=60)
-    sent_ids = {mid for r in responses.values() for mid in r.values()}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with deliveries_lock:
-            seen = {mid for mid, _ in deliveries}
-        if sent_ids <= seen:
-            break
-        time.sleep(0.05)
+    sent_ids = {mid for r in load.responses.values() for mid in r.values()}
+    _wait_until_delivered(load, sent_ids)
     time.sleep(0.5)  # let a last receive/ack round finish
-    stop_receivers.set()
+    load.stop_receivers.set()
     for t in rthreads:
         t.join(timeout=30)
     broker_proc.stop()
@@ -129,15 +164,11 @@ def test_sigkill_mid_load_loses_nothing(broker_proc: BrokerProcess, tmp_path: Pa
     # --- verdict
     # an unanswered send that the broker had committed comes back with its first id, which a
     # receiver may even have got before the kill; else the resend queues it afresh
+    deliveries = load.deliveries
     committed_unanswered = sum(1 for n, k in unanswered.items() if any(c == k for _, c in deliveries_before))
-    with_response = sum(len(r) for r in responses.values())
+    with_response = load.answered()
     delivered_ids = Counter(mid for mid, _ in deliveries)
-    ids_by_key: dict[str, set[str]] = defaultdict(set)
-    for r in responses.values():
-        for key, mid in r.items():
-            ids_by_key[key].add(mid)
-    for mid, key in deliveries:
-        ids_by_key[key].add(mid)
+    ids_by_key = _ids_by_key(load)
     lost = sent_ids - set(delivered_ids)
     two_ids = {k: sorted(v) for k, v in ids_by_key.items() if len(v) > 1}
     counts = {
@@ -163,5 +194,5 @@ def test_sigkill_mid_load_loses_nothing(broker_proc: BrokerProcess, tmp_path: Pa
     assert not two_ids, f"idempotency keys with two message ids: {list(two_ids.items())[:5]}"
     for n, k in unanswered.items():  # a committed but unanswered send kept its id through the restart
         if k in committed_at_kill:
-            assert responses[n][k] == committed_at_kill[k]
+            assert load.responses[n][k] == committed_at_kill[k]
     assert len(delivered_ids) == len(ids_by_key) == TOTAL, "after dedupe by id, each message arrives once"

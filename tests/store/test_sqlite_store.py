@@ -24,9 +24,8 @@ def _open(d: Path, **kw: Any) -> SqliteStore:
 
 
 def _commit(store: SqliteStore) -> None:
-    ops, seq = store.take_pending()
+    ops, _ = store.take_pending()
     store.apply_ops(ops)
-    store.durable_seq = seq
 
 
 def _msg(mid: str, to: str, content: str = "hi", data: dict[str, Any] | None = None) -> StoredMessage:
@@ -37,19 +36,21 @@ def _msg(mid: str, to: str, content: str = "hi", data: dict[str, Any] | None = N
 
 def _snapshot(s: SqliteStore) -> dict[str, Any]:
     """The mirror's whole state, in comparable form."""
+    m = s._mirror
+
     def sess(x: Session) -> tuple[Any, ...]:
         return (x.token_hash, x.instance_id, x.uid, x.gid, x.pid, x.scopes, x.created_at, x.expires_at,
                 x.last_rename_at, x.revoked)
     return {
-        "sessions": {h: sess(x) for h, x in s._sessions.items()},
-        "by_instance": {n: x.token_hash for n, x in s._by_instance.items()},
-        "last_seen": dict(s._last_seen),
+        "sessions": {h: sess(x) for h, x in m._sessions.items()},
+        "by_instance": {n: x.token_hash for n, x in m._by_instance.items()},
+        "last_seen": dict(m._last_seen),
         "boxes": {n: ([(mid, i.message, i.size_bytes, i.lease_until) for mid, i in b.msgs.items()], b.size_bytes)
-                  for n, b in s._boxes.items()},
-        "ready": {n: sorted(mid for mid in b.ready if not b.msgs[mid].lease_until) for n, b in s._boxes.items()},
-        "leases": sorted((u, mid) for u, mid, item in s._lease_heap if item.lease_until == u),
-        "forwards": dict(s._forwards),
-        "idem": dict(s._idem),
+                  for n, b in m._boxes.items()},
+        "ready": {n: sorted(mid for mid in b.ready if not b.msgs[mid].lease_until) for n, b in m._boxes.items()},
+        "leases": sorted((u, mid) for u, mid, item in m._lease_heap if item.lease_until == u),
+        "forwards": dict(m._forwards),
+        "idem": dict(m._idem),
     }
 
 
@@ -103,7 +104,7 @@ def test_close_writes_what_is_pending_and_acks_delete_rows(tmp_path: Path) -> No
     s.ack("bob", ["000000000001000000"])
     s.close()  # not committed by a committer: close() writes it
     s2 = _open(d)
-    assert list(s2._boxes["bob"].msgs) == ["000000000002000000"]
+    assert list(s2._mirror._boxes["bob"].msgs) == ["000000000002000000"]
     assert s2.last_seen("bob") == NOW
     rows = sqlite3.connect(d / DB_NAME).execute("SELECT count(*) FROM messages").fetchone()[0]
     assert rows == 1
@@ -262,6 +263,20 @@ def test_unsafe_state_dir_or_db_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StartupError) as exc:
         _open(d)
     assert "regular file" in _one_line(exc)
+
+
+def test_a_symlinked_state_dir_or_a_hard_linked_db_file_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "state").symlink_to(real)
+    with pytest.raises(StartupError) as exc:
+        _open(tmp_path / "state")
+    assert "found a symlink" in _one_line(exc)
+    _open(real).close()
+    os.link(real / DB_NAME, tmp_path / "other.db")
+    with pytest.raises(StartupError) as exc:
+        _open(real)
+    assert "exactly one hard link" in _one_line(exc) and str(real / DB_NAME) in str(exc.value)
 
 
 def test_default_state_dir() -> None:

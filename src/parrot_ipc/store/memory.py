@@ -1,4 +1,11 @@
-"""The in-memory store: every record in dicts and heaps, gone when the broker stops."""
+"""The in-memory store: every record in dicts and heaps, gone when the broker stops.
+
+:class:`MemoryStore` implements :class:`parrot_ipc.store.base.Store`. It is the whole store of a
+throwaway broker (``--store memory``) and of the core's tests, and the mirror that
+:class:`parrot_ipc.store.sqlite.SqliteStore` serves every read from. Reads never mutate; every
+mutation is one public method call, which is what lets the SQLite store journal each one.
+Times are seconds since the Unix epoch; sizes are bytes.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +13,17 @@ import heapq
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..core.protocol import Message, SendResult
-from .base import Session, StoredMessage
+if TYPE_CHECKING:  # annotations only: importing the core here would be circular (core imports store)
+    from ..core.protocol import Message, SendResult
+    from .base import Session, StoredMessage
 
 
 @dataclass(slots=True)
 class _Mailbox:
+    """One mailbox: messages by id (kept in id order), a heap of ready ids, total bytes."""
+
     msgs: dict[str, StoredMessage] = field(default_factory=dict)
     ready: list[str] = field(default_factory=list)  # heap of ids: FIFO by arrival
     size_bytes: int = 0
@@ -20,9 +31,12 @@ class _Mailbox:
 
 
 class MemoryStore:
-    """A :class:`Store` in process memory: fast, and gone when the broker stops.
+    """A :class:`~parrot_ipc.store.base.Store` in process memory: fast, and gone when the
+    broker stops. Not journaled, and not thread-safe (the broker calls it from one thread).
 
     Lease, ack and receive cost O(k log n) for k messages, whatever the mailbox depth.
+    Expired forwards, idempotency keys and sessions stay until :meth:`purge`; lookups skip
+    the expired ones.
     """
 
     def __init__(self) -> None:
@@ -37,44 +51,55 @@ class MemoryStore:
 
     # sessions ---------------------------------------------------------------
     def put_session(self, session: Session) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.put_session`: O(1)."""
         self._sessions[session.token_hash] = session
         self._by_instance[session.instance_id] = session
 
     def get_session(self, token_hash: bytes) -> Session | None:
+        """:meth:`~parrot_ipc.store.base.Store.get_session`: O(1)."""
         return self._sessions.get(token_hash)
 
     def session_of(self, instance_id: str) -> Session | None:
+        """:meth:`~parrot_ipc.store.base.Store.session_of`: O(1)."""
         return self._by_instance.get(instance_id)
 
     def update_session(self, session: Session, previous_instance_id: str | None = None) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.update_session`: re-index ``session`` under its (new) name."""
         if previous_instance_id is not None and self._by_instance.get(previous_instance_id) is session:
             del self._by_instance[previous_instance_id]
         self._by_instance[session.instance_id] = session
 
     def delete_session(self, session: Session) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.delete_session`: its name is freed only if it still maps to ``session``."""
         self._sessions.pop(session.token_hash, None)
         if self._by_instance.get(session.instance_id) is session:
             del self._by_instance[session.instance_id]
 
     def sessions(self) -> Iterable[Session]:
+        """:meth:`~parrot_ipc.store.base.Store.sessions`: a list, one per name held."""
         return list(self._by_instance.values())
 
     # instances --------------------------------------------------------------
     def touch_instance(self, instance_id: str, now: float) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.touch_instance`: ``now`` in seconds since the epoch."""
         self._last_seen[instance_id] = now
 
     def last_seen(self, instance_id: str) -> float | None:
+        """:meth:`~parrot_ipc.store.base.Store.last_seen`: seconds since the epoch, or None if never seen."""
         return self._last_seen.get(instance_id)
 
     def instance_ids(self) -> Iterable[str]:
+        """:meth:`~parrot_ipc.store.base.Store.instance_ids`: a list."""
         return list(self._last_seen)
 
     def rename_instance(self, old: str, new: str, now: float) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.rename_instance`: ``new`` is seen at ``now`` (seconds since the epoch)."""
         self._last_seen.pop(old, None)
         self._last_seen[new] = now
 
     # mailboxes --------------------------------------------------------------
     def enqueue(self, item: StoredMessage) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.enqueue`: O(log n). ``item.message.id`` must sort after the mailbox's earlier ids."""
         box = self._boxes.get(item.mailbox)
         if box is None:
             box = self._boxes[item.mailbox] = _Mailbox()
@@ -83,10 +108,12 @@ class MemoryStore:
         heapq.heappush(box.ready, item.message.id)
 
     def mailbox_usage(self, mailbox: str) -> tuple[int, int]:
+        """:meth:`~parrot_ipc.store.base.Store.mailbox_usage`: ``(count, bytes)``, O(1)."""
         box = self._boxes.get(mailbox)
         return (len(box.msgs), box.size_bytes) if box else (0, 0)
 
     def lease(self, mailbox: str, max_count: int, lease_until: float) -> list[Message]:
+        """:meth:`~parrot_ipc.store.base.Store.lease`: O(k log n) for k messages; ``lease_until`` in seconds since the epoch."""
         box = self._boxes.get(mailbox)
         if box is None:
             return []
@@ -103,6 +130,7 @@ class MemoryStore:
         return out
 
     def ack(self, mailbox: str, ids: Iterable[str]) -> list[str]:
+        """:meth:`~parrot_ipc.store.base.Store.ack`: returns the ids that were there, in the order given; O(k)."""
         box = self._boxes.get(mailbox)
         if box is None:
             return []
@@ -118,6 +146,7 @@ class MemoryStore:
         return done
 
     def release_expired(self, now: float) -> list[StoredMessage]:
+        """:meth:`~parrot_ipc.store.base.Store.release_expired`: O(k log n) for k expired leases (stale heap entries are skipped)."""
         heap, out = self._lease_heap, []
         while heap and heap[0][0] <= now:
             until, mid, item = heapq.heappop(heap)
@@ -132,9 +161,11 @@ class MemoryStore:
         return out
 
     def next_lease_expiry(self) -> float | None:
+        """:meth:`~parrot_ipc.store.base.Store.next_lease_expiry`: seconds since the epoch, or None; O(1)."""
         return self._lease_heap[0][0] if self._lease_heap else None
 
     def move_mailbox(self, old: str, new: str) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.move_mailbox`: leased messages stay leased; a merge re-sorts ``new`` by id."""
         src = self._boxes.pop(old, None)
         if src is None:
             return
@@ -152,11 +183,13 @@ class MemoryStore:
             dst.msgs = dict(sorted(dst.msgs.items()))
 
     def mailbox_names(self) -> Iterable[str]:
-        """Names that have at least one queued message."""
+        """:meth:`~parrot_ipc.store.base.Store.mailbox_names`: a list of the names that have at
+        least one queued message."""
         return list(self._boxes)
 
     def expire_mail(self, mailbox: str, before_id: str) -> list[str]:
-        """Delete the messages of ``mailbox`` whose id sorts before ``before_id``, leased or not.
+        """:meth:`~parrot_ipc.store.base.Store.expire_mail`: delete the messages of ``mailbox``
+        whose id sorts before ``before_id``, leased or not, through :meth:`ack`.
 
         Ids sort by arrival, and ``msgs`` is kept in id order, so this stops at the first
         younger message: cost O(k) for k expired. Returns the deleted ids.
@@ -172,7 +205,9 @@ class MemoryStore:
         return self.ack(mailbox, old) if old else []
 
     def restore(self, item: StoredMessage) -> None:
-        """Put back a message read from a durable store, with its lease (``lease_until`` > 0)."""
+        """Put back a message read from a durable store, with its lease: ``item.lease_until``
+        is 0 (ready) or the lease deadline in seconds since the epoch. Not a
+        :class:`~parrot_ipc.store.base.Store` method: loading is not a mutation to journal."""
         until = item.lease_until
         item.lease_until = 0.0
         self.enqueue(item)
@@ -182,32 +217,43 @@ class MemoryStore:
 
     # forwards ---------------------------------------------------------------
     def put_forward(self, old: str, new: str, until: float) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.put_forward`: ``until`` in seconds since the epoch; replaces any forward from ``old``."""
         self._forwards[old] = (new, until)
 
     def get_forward(self, name: str, now: float) -> str | None:
+        """:meth:`~parrot_ipc.store.base.Store.get_forward`: an expired forward (``until`` <=
+        ``now``, seconds since the epoch) reads as None and is left for :meth:`purge` to
+        delete: a read never mutates, so a journaled store sees every deletion."""
         fwd = self._forwards.get(name)
-        if fwd is None:
-            return None
-        if fwd[1] <= now:
-            del self._forwards[name]
+        if fwd is None or fwd[1] <= now:
             return None
         return fwd[0]
 
+    def forward(self, name: str) -> tuple[str, float] | None:
+        """The stored forward from ``name`` as ``(new name, until)``, expired or not, or None."""
+        return self._forwards.get(name)
+
     def delete_forward(self, name: str) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.delete_forward`: nothing happens if there is none."""
         self._forwards.pop(name, None)
 
     # idempotency ------------------------------------------------------------
     def get_idempotent(self, sender: str, key: str, now: float) -> SendResult | None:
+        """:meth:`~parrot_ipc.store.base.Store.get_idempotent`: None once ``until`` <= ``now`` (seconds since the epoch)."""
         hit = self._idem.get((sender, key))
         if hit is None or hit[1] <= now:
             return None
         return hit[0]
 
     def put_idempotent(self, sender: str, key: str, result: SendResult, until: float) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.put_idempotent`: ``until`` in seconds since the epoch."""
         self._idem[(sender, key)] = (result, until)
         self._idem_order.append((until, sender, key))
 
     def purge(self, now: float) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.purge`: idempotency keys in expiry order (O(k)
+        for k expired), then a scan of forwards and sessions. Expired sessions go through
+        :meth:`delete_session`."""
         order = self._idem_order
         while order and order[0][0] <= now:
             _, sender, key = order.popleft()

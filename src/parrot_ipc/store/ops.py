@@ -1,0 +1,240 @@
+"""Journal ops: one small frozen record per kind of durable change, and THE table that says how
+each kind is written to SQLite.
+
+A journaled store (:class:`parrot_ipc.store.sqlite.SqliteStore`) turns each mutation into one
+op, holding plain values copied at mutation time (never a live object the core may change
+later). :func:`write` runs a batch of ops: each run of consecutive ops of one class is one
+``executemany`` per statement of that class's entry in :data:`SQL`. Every op is idempotent
+(``INSERT OR REPLACE``, ``DELETE``, ``UPDATE`` to a value), so a batch whose commit failed can
+be written again.
+
+Times are seconds since the Unix epoch; sizes are bytes. The tables are those of
+:mod:`parrot_ipc.store.schema`. Numbered parameters (``?2``) are SQLite's
+(https://sqlite.org/lang_expr.html#varparam). This module imports no I/O module, so
+:mod:`parrot_ipc.store.base` can name :class:`Op` without pulling sqlite3 into the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain, groupby
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from msgspec import UNSET
+from msgspec.structs import astuple
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from ..core.protocol import SendResult
+    from .base import Session, StoredMessage
+
+
+class Op(msgspec.Struct, frozen=True):
+    """Base class of every journal op (frozen; msgspec Structs have ``__slots__``)."""
+
+
+class PutMessage(Op, frozen=True):
+    """Insert (or replace) a queued message, ready (``lease_until`` 0).
+
+    ``data`` is the message's ``data`` object as JSON bytes, or None when it has none;
+    ``recipient`` is the name it was sent to (``Message.to``); ``size_bytes`` its counted size.
+    """
+
+    id: str
+    mailbox: str
+    sender: str
+    content: str
+    data: bytes | None
+    sent_at: str
+    size_bytes: int
+    recipient: str
+
+    @classmethod
+    def of(cls, item: StoredMessage) -> PutMessage:
+        """The op that stores ``item`` (its ``data`` encoded to JSON now)."""
+        m = item.message
+        data = None if m.data is UNSET else msgspec.json.encode(m.data)
+        return cls(m.id, item.mailbox, m.from_, m.content, data, m.sent_at, item.size_bytes, m.to)
+
+
+class SetLease(Op, frozen=True):
+    """Set ``lease_until`` (seconds since the epoch; 0 = ready again) on the messages ``ids``."""
+
+    until: float
+    ids: tuple[str, ...]
+
+
+class DeleteMessages(Op, frozen=True):
+    """Delete the messages ``ids`` (acked or expired)."""
+
+    ids: tuple[str, ...]
+
+
+class MoveMailbox(Op, frozen=True):
+    """Move every message of mailbox ``old`` into mailbox ``new`` (a rename)."""
+
+    old: str
+    new: str
+
+
+class PutSession(Op, frozen=True):
+    """Insert (or replace) a session row; ``scopes`` is a JSON list of names, sorted."""
+
+    token_hash: bytes
+    instance_id: str
+    uid: int
+    gid: int
+    pid: int
+    scopes: str
+    created_at: float
+    expires_at: float
+    last_rename_at: float | None
+    bound_pid: int | None
+    bound_start_time: int | None
+
+    @classmethod
+    def of(cls, s: Session) -> PutSession:
+        """The op that stores ``s`` as it is now (``revoked`` is never stored)."""
+        scopes = msgspec.json.encode(sorted(s.scopes)).decode()
+        return cls(s.token_hash, s.instance_id, s.uid, s.gid, s.pid, scopes, s.created_at,
+                   s.expires_at, s.last_rename_at, s.bound_pid, s.bound_start_time)
+
+
+class DeleteSession(Op, frozen=True):
+    """Delete the session whose token hashes (SHA-256) to ``token_hash``."""
+
+    token_hash: bytes
+
+
+class TouchInstances(Op, frozen=True):
+    """Set the last-seen time of instances: ``seen`` is ``((instance_id, seconds), ...)``."""
+
+    seen: tuple[tuple[str, float], ...]
+
+
+class DeleteInstance(Op, frozen=True):
+    """Delete the last-seen record of ``instance_id``."""
+
+    instance_id: str
+
+
+class PutForward(Op, frozen=True):
+    """Forward mail for ``old`` to ``new`` until ``until`` (seconds since the epoch)."""
+
+    old: str
+    new: str
+    until: float
+
+
+class DeleteForward(Op, frozen=True):
+    """Delete the forward from ``old``."""
+
+    old: str
+
+
+class PutIdempotent(Op, frozen=True):
+    """Keep the result (``id``, ``recipient``, ``status``) of ``sender``'s ``send`` with
+    idempotency ``key`` until ``until`` (seconds since the epoch)."""
+
+    sender: str
+    key: str
+    id: str
+    recipient: str
+    status: str
+    until: float
+
+    @classmethod
+    def of(cls, sender: str, key: str, result: SendResult, until: float) -> PutIdempotent:
+        """The op that keeps ``result`` for ``(sender, key)`` until ``until``."""
+        return cls(sender, key, result.id, result.to, result.status, until)
+
+
+class Purge(Op, frozen=True):
+    """Delete the sessions, forwards and idempotency keys that expired by ``now`` (seconds).
+    Uses the ``*_by_until`` / ``sessions_by_expiry`` indexes, never a table scan."""
+
+    now: float
+
+
+Rows = Callable[[Any], Iterable[Sequence[object]]]
+"""How to get one op's parameter rows: called with an op of the entry's class."""
+
+
+def fields(op: Op) -> tuple[tuple[Any, ...]]:
+    """One parameter row: the op's fields in declaration order."""
+    return (astuple(op),)
+
+
+def _lease_rows(op: SetLease) -> Iterator[tuple[float, str]]:
+    return ((op.until, mid) for mid in op.ids)
+
+
+def _id_rows(op: DeleteMessages) -> Iterator[tuple[str]]:
+    return ((mid,) for mid in op.ids)
+
+
+def _seen_rows(op: TouchInstances) -> tuple[tuple[str, float], ...]:
+    return op.seen
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One SQL statement of an op's entry, and how to get its parameter rows from an op."""
+
+    sql: str
+    rows: Rows = fields
+
+
+#: THE op -> SQL table. Each class maps to its statements; :func:`write` runs each statement
+#: once per run of consecutive ops of that class (``executemany`` over every op's rows). The
+#: statements of one entry touch different tables, so running them statement by statement
+#: keeps the order that matters.
+SQL: Final[Mapping[type[Op], tuple[Write, ...]]] = {
+    PutMessage: (Write("INSERT OR REPLACE INTO messages (id, mailbox, sender, content, data, sent_at, "
+                       "size_bytes, recipient, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"),),
+    SetLease: (Write("UPDATE messages SET lease_until = ? WHERE id = ?", _lease_rows),),
+    DeleteMessages: (Write("DELETE FROM messages WHERE id = ?", _id_rows),),
+    MoveMailbox: (Write("UPDATE messages SET mailbox = ?2 WHERE mailbox = ?1"),),
+    PutSession: (Write("INSERT OR REPLACE INTO sessions (token_hash, instance_id, uid, gid, pid, scopes, "
+                       "created_at, expires_at, last_rename_at, bound_pid, bound_start_time) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),),
+    DeleteSession: (Write("DELETE FROM sessions WHERE token_hash = ?"),),
+    TouchInstances: (Write("INSERT OR REPLACE INTO instances (instance_id, last_seen) VALUES (?, ?)",
+                           _seen_rows),),
+    DeleteInstance: (Write("DELETE FROM instances WHERE instance_id = ?"),),
+    PutForward: (Write("INSERT OR REPLACE INTO forwards (old, new, until) VALUES (?, ?, ?)"),),
+    DeleteForward: (Write("DELETE FROM forwards WHERE old = ?"),),
+    PutIdempotent: (Write("INSERT OR REPLACE INTO idempotency (sender, key, id, recipient, status, until) "
+                          "VALUES (?, ?, ?, ?, ?, ?)"),),
+    Purge: (Write("DELETE FROM idempotency WHERE until <= ?"),
+            Write("DELETE FROM forwards WHERE until <= ?"),
+            Write("DELETE FROM sessions WHERE expires_at <= ?")),
+}
+
+#: Written once per batch that stored a message: the highest id issued, so ids stay unique
+#: across restarts even when every message has been acked (ids sort by arrival).
+SET_LAST_ID: Final = "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_id', ?)"
+
+
+def write(db: sqlite3.Connection, ops: Sequence[Op]) -> None:
+    """Run ``ops`` in order on ``db``, inside the caller's transaction (no BEGIN or COMMIT).
+
+    Each run of consecutive ops of one class costs one ``executemany`` per statement of its
+    :data:`SQL` entry; then, if the batch stored a message, :data:`SET_LAST_ID` with the last one.
+
+    Raises:
+        sqlite3.Error: a statement failed (the caller rolls back).
+        KeyError: an op class with no :data:`SQL` entry (a bug).
+    """
+    last: PutMessage | None = None
+    for kind, group in groupby(ops, type):
+        run = list(group)
+        for w in SQL[kind]:
+            db.executemany(w.sql, chain.from_iterable(map(w.rows, run)))
+        if isinstance(run[-1], PutMessage):
+            last = run[-1]
+    if last is not None:
+        db.execute(SET_LAST_ID, (last.id,))

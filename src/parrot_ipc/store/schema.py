@@ -1,0 +1,169 @@
+"""The durable store's database: its DDL, one migration per version (:func:`migrate`), how a
+connection is made ready (:func:`connect`) and how its rows are read back (:func:`load`).
+
+The version lives in ``PRAGMA user_version`` (https://sqlite.org/pragma.html#pragma_user_version):
+``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``, each in its own
+transaction, so a database from any earlier broker opens. Times are REAL seconds since the
+Unix epoch; ``size_bytes`` is bytes. Tables are ``WITHOUT ROWID`` (https://sqlite.org/withoutrowid.html).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final, Literal
+
+import msgspec
+from msgspec import UNSET
+
+from ..core.protocol import Message, SendResult
+from .base import Session, StoredMessage
+from .memory import MemoryStore
+from .ops import Purge, write
+from .statedir import refuse
+
+# Schema migrations: MIGRATIONS[i] takes a database from version i to version i + 1.
+_V1: Final = """
+CREATE TABLE sessions (
+    token_hash BLOB PRIMARY KEY,      -- SHA-256 of the token (the token itself is never stored)
+    instance_id TEXT NOT NULL,
+    uid INTEGER NOT NULL, gid INTEGER NOT NULL, pid INTEGER NOT NULL,
+    scopes TEXT NOT NULL,             -- JSON list
+    created_at REAL NOT NULL, expires_at REAL NOT NULL,
+    last_rename_at REAL
+) WITHOUT ROWID;
+CREATE TABLE instances (instance_id TEXT PRIMARY KEY, last_seen REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE messages (
+    id TEXT PRIMARY KEY,              -- arrival-sortable (core/timefmt.py)
+    mailbox TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    content TEXT NOT NULL,
+    data BLOB,                        -- JSON object, or NULL
+    sent_at TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    lease_until REAL NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX messages_by_mailbox ON messages (mailbox, id);
+CREATE TABLE forwards (old TEXT PRIMARY KEY, new TEXT NOT NULL, until REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE idempotency (
+    sender TEXT NOT NULL, key TEXT NOT NULL,
+    id TEXT NOT NULL, recipient TEXT NOT NULL, status TEXT NOT NULL,
+    until REAL NOT NULL,
+    PRIMARY KEY (sender, key)
+) WITHOUT ROWID;
+"""
+# Version 2: purges by expiry use indexes (never a table scan); the meta table keeps the
+# highest message id issued, so ids stay unique across restarts even when every message is acked;
+# and a message keeps its own ``to`` after a rename moves it (NULL in rows from version 1: the
+# mailbox it is in).
+_V2: Final = """
+ALTER TABLE messages ADD COLUMN recipient TEXT;
+CREATE INDEX idempotency_by_until ON idempotency (until);
+CREATE INDEX forwards_by_until ON forwards (until);
+CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+# Version 3: process-bound sessions (config ``bind = "process"``) keep the pid and start time
+# of the one process their token works from (NULL for a UID-bound session).
+_V3: Final = """
+ALTER TABLE sessions ADD COLUMN bound_pid INTEGER;
+ALTER TABLE sessions ADD COLUMN bound_start_time INTEGER;
+"""
+#: ``MIGRATIONS[i]``: the DDL, ``;``-separated, that takes version ``i`` to ``i + 1``.
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
+#: The version this broker writes (``PRAGMA user_version``).
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring ``db`` to :data:`SCHEMA_VERSION`, one transaction per step. Returns the version found.
+
+    ``db`` must be in autocommit mode (``isolation_level=None``): each step is its own
+    ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back if it fails.
+
+    Raises:
+        sqlite3.Error: a step failed (that step is rolled back; earlier steps stay).
+        ValueError: the database's version is newer than this broker's.
+    """
+    found = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        raise ValueError(f"schema version {found} is newer than this broker's ({SCHEMA_VERSION})")
+    for version in range(found, SCHEMA_VERSION):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in MIGRATIONS[version].split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            db.execute(f"PRAGMA user_version = {version + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return found
+
+
+def connect(path: str, durability: Literal["normal", "fsync"], now: float) -> sqlite3.Connection:
+    """Connect to ``path`` in autocommit mode (``isolation_level=None``), usable from the
+    writer thread too, and make it ready: ``busy_timeout`` 0, WAL mode, ``synchronous``
+    NORMAL (FULL for ``durability="fsync"``), no autocheckpoint, :func:`migrate`, then purge
+    what expired by ``now`` (seconds since the epoch). Pragmas: https://sqlite.org/pragma.html.
+
+    Raises:
+        StartupError: the database cannot use WAL mode.
+        sqlite3.Error: the file is not a database, is corrupt, or cannot be written.
+        ValueError: the schema is newer than this broker's.
+    """
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA busy_timeout = 0")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise refuse(f"state database {path}: cannot use WAL mode (got {mode})")
+        db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'fsync' else 'NORMAL'}")
+        # No checkpoint inside a commit: small commits may run on the event loop, and a
+        # checkpoint fsyncs the database. The shell calls checkpoint() in its worker thread
+        # when checkpoint_due() says so (https://sqlite.org/wal.html#ckpt).
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        migrate(db)
+        db.execute("BEGIN IMMEDIATE")  # proves the file is writable now
+        write(db, [Purge(now)])
+        db.execute("COMMIT")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def load(db: sqlite3.Connection, mirror: MemoryStore) -> str | None:
+    """Load every row of ``db`` into ``mirror`` (an empty :class:`MemoryStore`), leases
+    included. Returns the highest message id ever issued (messages, idempotency keys and the
+    ``meta`` row ``last_id``), or None for an empty database.
+
+    Raises:
+        sqlite3.Error: a read failed.
+        msgspec.MsgspecError: a stored JSON value (scopes, data) does not decode.
+    """
+    for row in db.execute("SELECT token_hash, instance_id, uid, gid, pid, scopes, created_at, "
+                          "expires_at, last_rename_at, bound_pid, bound_start_time "
+                          "FROM sessions ORDER BY created_at"):
+        scopes = frozenset(msgspec.json.decode(row[5], type=list[str]))
+        mirror.put_session(Session(bytes(row[0]), row[1], row[2], row[3], row[4], scopes, row[6], row[7],
+                                   row[8], bound_pid=row[9], bound_start_time=row[10]))
+    for name, seen in db.execute("SELECT instance_id, last_seen FROM instances"):
+        mirror.touch_instance(name, seen)
+    max_id = ""
+    for mid, box, sender, content, data, sent_at, size, to, until in db.execute(
+            "SELECT id, mailbox, sender, content, data, sent_at, size_bytes, recipient, lease_until "
+            "FROM messages ORDER BY id"):
+        msg = Message(id=mid, from_=sender, to=to or box, content=content,
+                      data=UNSET if data is None else msgspec.json.decode(data), sent_at=sent_at)
+        mirror.restore(StoredMessage(msg, box, size, until))
+        max_id = mid
+    for old, new, until in db.execute("SELECT old, new, until FROM forwards"):
+        mirror.put_forward(old, new, until)
+    for sender, key, mid, to, status, until in db.execute(
+            "SELECT sender, key, id, recipient, status, until FROM idempotency ORDER BY until"):
+        mirror.put_idempotent(sender, key, SendResult(id=mid, to=to, status=status), until)
+        max_id = max(max_id, mid)
+    for (last_id,) in db.execute("SELECT value FROM meta WHERE key = 'last_id'"):
+        max_id = max(max_id, last_id)
+    return max_id or None
