@@ -19,8 +19,8 @@ import msgspec
 import typer
 
 from ..client.blocking import Client
+from ..client.wire import start_hint
 from ..errors import BrokerUnavailable, ParrotError, SessionFileError
-from ..os.paths import default_socket_path
 from . import session_file
 
 SocketOpt = Annotated[
@@ -56,12 +56,6 @@ def fail(as_json: bool, code: int, message: str, hint: str = "", error: dict[str
         if hint:
             typer.echo(hint, err=True)
     raise typer.Exit(code)
-
-
-def start_hint(socket_path: str) -> str:
-    """The line that says how to start a broker on ``socket_path``."""
-    start = "parrot-ipc serve" + ("" if socket_path == default_socket_path() else f" --socket {socket_path}")
-    return f"Is a broker running? Start one with: {start}"
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import msgspec
 
 from ..core import protocol as p
 from ..errors import BrokerUnavailable, ParrotError
+from ..os.paths import default_socket_path
 
 #: Bytes asked of the socket per read.
 RECV_BYTES: Final = 65536
@@ -33,6 +34,13 @@ def unreachable(path: str, exc: OSError) -> BrokerUnavailable:
     """The :class:`BrokerUnavailable` for an ``OSError`` met on the socket at ``path``
     (connect(2), send(2) or recv(2) failing: ENOENT, ECONNREFUSED, EACCES, EPIPE, ...)."""
     return BrokerUnavailable(path, exc.strerror or str(exc))
+
+
+def start_hint(socket_path: str) -> str:
+    """The line that tells a user of an unreachable broker at ``socket_path`` how to start one
+    (``--socket`` is named only when the path is not the default)."""
+    extra = "" if socket_path == default_socket_path() else f" --socket {socket_path}"
+    return f"Is a broker running? Start one with: parrot-ipc serve{extra}"
 
 
 class Wire:
