@@ -40,6 +40,7 @@ from ..core.policy import (
     SCOPE_SEND,
 )
 
+_astuple: Final = msgspec.structs.astuple
 P = ParamSpec("P")
 R = TypeVar("R")
 W = TypeVar("W")
@@ -113,8 +114,7 @@ class Method(Generic[P, R]):
         self.needs = needs
         self.__doc__ = build.__doc__
         self._build: Callable[P, msgspec.Struct | None] = build
-        fields = msgspec.structs.fields(params)
-        self._fields = tuple((f.name, f.encode_name) for f in fields)
+        self._names = tuple(f.encode_name for f in msgspec.structs.fields(params))  # wire names
         decode = msgspec.json.Decoder(result).decode
         self.decode: Callable[[bytes], R] = decode if unwrap is None else _then(decode, unwrap)
 
@@ -128,7 +128,7 @@ class Method(Generic[P, R]):
         prm = self._build(*args, **kwargs)
         if prm is None:
             return Call(self.name, None, self.decode)
-        wire = {enc: v for attr, enc in self._fields if (v := getattr(prm, attr)) is not None}
+        wire = {name: v for name, v in zip(self._names, _astuple(prm), strict=True) if v is not None}
         return Call(self.name, wire, self.decode, float(wire.get("wait_s", 0.0)))
 
     @overload
