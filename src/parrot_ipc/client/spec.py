@@ -24,6 +24,7 @@ trio one) after the client's ``timeout_s``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
 
@@ -114,6 +115,7 @@ class Method(Generic[P, R]):
         self.needs = needs
         self.__doc__ = build.__doc__
         self._build: Callable[P, msgspec.Struct | None] = build
+        self._signature = inspect.signature(build).replace(return_annotation=inspect.Signature.empty)
         self._names = tuple(f.encode_name for f in msgspec.structs.fields(params))  # wire names
         decode = msgspec.json.Decoder(result).decode
         self.decode: Callable[[bytes], R] = decode if unwrap is None else _then(decode, unwrap)
@@ -149,12 +151,12 @@ class Method(Generic[P, R]):
 
         method.__name__ = method.__qualname__ = self.name
         method.__doc__ = self.__doc__
+        vars(method)["__signature__"] = self._signature  # for help() and inspect.signature
         return method
 
 
-# --------------------------------------------------------------------------- builders
-# Each builder's signature and docstring become the client method's (docs/protocol.md, Methods).
-# The unwrappers: what a method returns of its result Struct.
+# --------------------------------------------------------------------------- unwrappers
+# What a method returns of its result Struct, where that is not the Struct itself.
 def _messages(res: p.ReceiveResult) -> list[p.Message]:
     return res.messages
 
@@ -179,6 +181,8 @@ def _revoked(res: p.RevokeResult) -> bool:
     return bool(res.revoked)
 
 
+# --------------------------------------------------------------------------- builders
+# Each builder's signature and docstring become the client method's (docs/protocol.md, Methods).
 def _ping() -> None:
     """Check that the broker answers; returns ``"pong"``. Needs no session."""
 
