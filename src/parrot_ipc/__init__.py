@@ -1,7 +1,9 @@
 """parrot-ipc: a local message broker for AI agent processes, gated by SO_PEERCRED.
 
 Public API: :class:`Client` (blocking), :class:`AsyncClient` (trio), :class:`ParrotError` and
-:class:`BrokerUnavailable`. The broker itself is :func:`parrot_ipc.shell.server.run_broker`.
+:class:`BrokerUnavailable`. Both clients take their methods from one table,
+:class:`parrot_ipc.client.spec.Methods`. The broker itself is
+:func:`parrot_ipc.app.daemon.run_broker`.
 
 The names are loaded on first use (PEP 562), so ``import parrot_ipc.core`` stays free of
 ``socket`` and ``trio``, and blocking users never import trio.
@@ -24,6 +26,7 @@ _LAZY = {"AsyncClient": "client.trio_client", "BrokerUnavailable": "errors", "Cl
 
 
 def __getattr__(name: str) -> Any:
+    """PEP 562: import and return the lazy public name ``name``; AttributeError otherwise."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'parrot_ipc' has no attribute {name!r}")

@@ -1,5 +1,11 @@
 """The ``parrot-ipc`` command: a thin typer layer over :mod:`parrot_ipc.client` and the server.
 
+This module holds the typer app, ``serve``, ``mcp`` and the agent commands (``ping``,
+``register``, ``send``, ``recv``, ...); the operator commands live in
+:mod:`parrot_ipc.app.cli_admin`, the shared options and error mapping in
+:mod:`parrot_ipc.app.cli_output`. Errors map to exit codes through ``exc.exit_code`` of
+:mod:`parrot_ipc.errors`.
+
 Exit codes (stable, for scripts):
     0  ok
     1  the broker said no (its message is printed), or the broker could not start
@@ -10,28 +16,25 @@ Exit codes (stable, for scripts):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Optional
 
 import msgspec
 import typer
 
 from ..client.blocking import Client
-from ..core.config import BrokerConfig
-from ..core.protocol import INSTANCE_ID_PATTERN, ListSessionsResult, RevokeResult
-from ..errors import BrokerUnavailable, ConfigError, ParrotError, SessionFileError, StartupError
+from ..core.protocol import INSTANCE_ID_PATTERN
+from ..errors import EXIT_USAGE, BrokerUnavailable, ConfigError, ParrotError, StartupError
 from ..os.paths import default_socket_path
-from . import config_file, session_file
-
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_SESSION = 0, 1, 2, 3, 4
+from . import cli_admin, config_file, session_file
+from .cli_admin import load_config as load_config
+from .cli_output import JsonOpt, SocketOpt, emit, errors, session
 
 app = typer.Typer(
     name="parrot-ipc",
@@ -47,65 +50,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-SocketOpt = Annotated[
-    Optional[str],  # noqa: UP045 - typer needs Optional on 3.11
-    typer.Option(
-        "--socket", "-s", envvar="PARROT_IPC_SOCKET", show_default=False,
-        help="Broker socket path. Default: $PARROT_IPC_DIR/mcp.sock; else, for a non-root user, "
-        "$XDG_RUNTIME_DIR/parrot-mcp/mcp.sock; else /run/parrot-mcp/mcp.sock.",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, for scripts.")]
-
-
-# --------------------------------------------------------------------------- output
-def _emit(as_json: bool, obj: Any, human: str | None = None) -> None:
-    if as_json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(obj)).decode() + "\n")
-    elif human is not None:
-        typer.echo(human)
-
-
-def _fail(as_json: bool, code: int, message: str, hint: str = "", error: dict[str, Any] | None = None) -> NoReturn:
-    if as_json:
-        _emit(True, {"error": error or {"message": message}})
-    else:
-        typer.echo(f"error: {message}", err=True)
-        if hint:
-            typer.echo(hint, err=True)
-    raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def _errors(as_json: bool) -> Iterator[None]:
-    """Map library errors to messages and exit codes (see the module docstring)."""
-    try:
-        yield
-    except BrokerUnavailable as exc:
-        default = exc.socket_path == default_socket_path()
-        start = "parrot-ipc serve" + ("" if default else f" --socket {exc.socket_path}")
-        _fail(as_json, EXIT_UNREACHABLE, str(exc.message), f"Is a broker running? Start one with: {start}",
-              {"code": 0, "reason": exc.reason, "message": exc.message, "socket": exc.socket_path})
-    except ParrotError as exc:
-        hint = ""
-        if exc.unauthenticated:
-            hint = "Your session is no longer valid: run 'parrot-ipc register NAME' again."
-        _fail(as_json, EXIT_REFUSED, f"{exc.message} (code {exc.code}, {exc.reason})", hint,
-              {"code": exc.code, "reason": exc.reason, "message": exc.message, "data": exc.data})
-    except SessionFileError as exc:
-        _fail(as_json, EXIT_SESSION, str(exc), error={"reason": "session_file", "message": str(exc)})
-
-
-@contextlib.contextmanager
-def _session(socket: str | None, as_json: bool) -> Iterator[tuple[Client, Path]]:
-    """An authenticated client for the saved session, inside the error mapping."""
-    with _errors(as_json):
-        path = session_file.session_path()
-        saved = session_file.load(path)
-        with Client(socket) as client:
-            client.authenticate(saved.session_token)
-            yield client, path
 
 
 # --------------------------------------------------------------------------- serve
@@ -129,14 +73,6 @@ class _JsonLogFormatter(logging.Formatter):
             "ts": self.formatTime(record), "level": record.levelname,
             "logger": record.name, "msg": record.getMessage(),
         }).decode()
-
-
-def load_config(path: Path | None) -> BrokerConfig:
-    """The ``[server]`` settings of ``path`` (or of the default config, if it exists).
-
-    Raises ValueError (:class:`parrot_ipc.ConfigError`) naming the file and key.
-    """
-    return config_file.load_config(path, explicit=path is not None).server
 
 
 ConfigOpt = Annotated[
@@ -182,7 +118,7 @@ def serve(
         loaded = config_file.load_config(config, explicit=config is not None)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(exc.exit_code) from None
     if durability is not None:
         loaded = dataclasses.replace(loaded, server=msgspec.structs.replace(loaded.server, durability=durability.value))
     path = socket or loaded.server.socket or default_socket_path()
@@ -193,60 +129,22 @@ def serve(
                    state_dir=str(state_dir) if state_dir else None)
     except StartupError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_REFUSED) from None
+        raise typer.Exit(exc.exit_code) from None
 
 
-@app.command("check-config")
-def check_config(
-    file: Annotated[Path, typer.Argument(help="The TOML config file to check.")],
-    as_json: JsonOpt = False,
-) -> None:
-    """Validate a config file and print the effective policy. Exit 0 if valid, 2 if not."""
-    try:
-        loaded = config_file.load_config(file)
-    except ConfigError as exc:
-        _fail(as_json, EXIT_USAGE, str(exc), error={"reason": "invalid_config", "message": str(exc)})
-    desc = config_file.describe(loaded)
-    if as_json:
-        _emit(True, desc)
-        return
-    typer.echo(f"config {desc['config']}: valid")
-    typer.echo(f"policy: {desc['policy']}")
-    for rule in desc["peers"]:
-        details = "  ".join(f"{k}={v}" for k, v in rule.items() if k != "rule" and v not in ([], None))
-        typer.echo(f"  {rule['rule']}: {details}")
-    typer.echo(f"shared secret: {'configured' if desc['shared_secret'] else 'none'}")
-
-
-# --------------------------------------------------------------------------- doctor
-@app.command()
-def doctor(
-    socket: SocketOpt = None,
-    state_dir: Annotated[Optional[Path], typer.Option(help="State directory. Default: /var/lib/parrot-mcp for root, else $XDG_STATE_HOME/parrot-ipc.")] = None,  # noqa: UP045
-    config: Annotated[Optional[Path], typer.Option(help="TOML config file to validate. Default for root: /etc/parrot-ipc/config.toml.")] = None,  # noqa: UP045
-    as_json: JsonOpt = False,
-) -> None:
-    """Check the installation: runtime dir and socket, ping, config, state, units, AppArmor/Landlock.
-
-    Prints PASS/WARN/FAIL with a fix for each problem. Exit code 1 if any check FAILs, else 0.
-    """
-    from . import doctor as doc
-
-    rows = doc.run_checks(socket or default_socket_path(), state_dir=None if state_dir is None else str(state_dir),
-                          config=config, load_config=load_config)
-    _emit(as_json, doc.as_dict(rows), doc.render(rows))
-    raise typer.Exit(EXIT_REFUSED if doc.failed(rows) else EXIT_OK)
+app.command("check-config")(cli_admin.check_config)
+app.command()(cli_admin.doctor)
 
 
 # --------------------------------------------------------------------------- agent commands
 @app.command()
 def ping(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     """Check that a broker answers (needs no session)."""
-    with _errors(as_json), Client(socket) as client:
+    with errors(as_json), Client(socket) as client:
         t0 = time.perf_counter()
         reply = client.ping()
         ms = (time.perf_counter() - t0) * 1000
-        _emit(as_json, {"result": reply, "socket": client.socket_path, "rtt_ms": round(ms, 3)},
+        emit(as_json, {"result": reply, "socket": client.socket_path, "rtt_ms": round(ms, 3)},
               f"{reply} from {client.socket_path} in {ms:.2f} ms")
 
 
@@ -260,12 +158,12 @@ def register(
 
     The file is ~/.ipc-session, or $PARROT_IPC_SESSION. The token is never printed.
     """
-    with _errors(as_json), Client(socket) as client:
+    with errors(as_json), Client(socket) as client:
         res = client.get_token(name)
         path = session_file.session_path()
         session_file.save(path, session_file.SavedSession(
             instance_id=res.instance_id, session_token=res.token, expires_at=res.expires_at))
-        _emit(as_json, {"instance_id": res.instance_id, "expires_at": res.expires_at,
+        emit(as_json, {"instance_id": res.instance_id, "expires_at": res.expires_at,
                         "scopes": res.scopes, "session_file": str(path)},
               f"registered as {res.instance_id} (scopes: {', '.join(res.scopes)}; "
               f"expires {res.expires_at}); session saved to {path}")
@@ -291,9 +189,9 @@ def send(
         if not isinstance(payload, dict):
             typer.echo("error: --data must be a JSON object", err=True)
             raise typer.Exit(EXIT_USAGE)
-    with _session(socket, as_json) as (client, _):
+    with session(socket, as_json) as (client, _):
         res = client.send(to, content, data=payload, idempotency_key=idempotency_key)
-        _emit(as_json, res, f"sent {res.id} to {res.to} ({res.status})")
+        emit(as_json, res, f"sent {res.id} to {res.to} ({res.status})")
 
 
 @app.command()
@@ -304,11 +202,11 @@ def recv(
     as_json: JsonOpt = False,
 ) -> None:
     """Receive your queued messages, print them, then ack them (at-least-once delivery)."""
-    with _session(socket, as_json) as (client, _):
+    with session(socket, as_json) as (client, _):
         msgs = client.receive(max=max_count, wait_s=wait)
         if as_json:
             acked = client.ack([m.id for m in msgs]) if msgs else 0
-            _emit(True, {"messages": msgs, "acked": acked})
+            emit(True, {"messages": msgs, "acked": acked})
             return
         if not msgs:
             typer.echo("(no messages)", err=True)
@@ -327,19 +225,19 @@ def broadcast(
 ) -> None:
     """Send MESSAGE to every other registered instance."""
     content = sys.stdin.read() if message == "-" else message
-    with _session(socket, as_json) as (client, _):
+    with session(socket, as_json) as (client, _):
         res = client.broadcast(content)
-        _emit(as_json, res, f"broadcast {res.id} to {len(res.recipients)} recipient(s)"
+        emit(as_json, res, f"broadcast {res.id} to {len(res.recipients)} recipient(s)"
               + (f": {', '.join(res.recipients)}" if res.recipients else ""))
 
 
 @app.command("list")
 def list_(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     """List known instances: online or not, last seen, messages queued."""
-    with _session(socket, as_json) as (client, _):
+    with session(socket, as_json) as (client, _):
         rows = client.list_instances()
         if as_json:
-            _emit(True, {"instances": rows})
+            emit(True, {"instances": rows})
             return
         if not rows:
             typer.echo("(no instances)")
@@ -357,21 +255,21 @@ def rename(
     as_json: JsonOpt = False,
 ) -> None:
     """Rename your instance. Mail to the old name is forwarded for a while; one rename per hour."""
-    with _session(socket, as_json) as (client, path):
+    with session(socket, as_json) as (client, path):
         res = client.rename(new_id)
         saved = session_file.load(path)
         saved.instance_id = res.instance_id
         session_file.save(path, saved)
-        _emit(as_json, res, f"renamed {res.previous_id} -> {res.instance_id}; mail to "
+        emit(as_json, res, f"renamed {res.previous_id} -> {res.instance_id}; mail to "
               f"{res.previous_id} is forwarded for a while")
 
 
 @app.command()
 def whoami(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     """Show your session: instance, the peer credentials the broker saw, scopes, expiry."""
-    with _session(socket, as_json) as (client, _):
+    with session(socket, as_json) as (client, _):
         me = client.whoami()
-        _emit(as_json, me, f"{me.instance_id}  uid={me.uid} gid={me.gid} pid={me.pid}  "
+        emit(as_json, me, f"{me.instance_id}  uid={me.uid} gid={me.gid} pid={me.pid}  "
               f"scopes={','.join(me.scopes)}  expires={me.expires_at}")
 
 
@@ -380,69 +278,22 @@ def logout(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     """Revoke your session token at the broker and delete the session file."""
     path = session_file.session_path()
     revoked = False
-    with _errors(as_json):
+    with errors(as_json):
         saved = session_file.load(path)
         with Client(socket) as client:
             try:
                 client.authenticate(saved.session_token)
                 revoked = client.revoke()
             except ParrotError as exc:
-                if exc.code != -32001 or isinstance(exc, BrokerUnavailable):
+                if not exc.unauthenticated or isinstance(exc, BrokerUnavailable):
                     raise
     session_file.remove(path)
-    _emit(as_json, {"revoked": revoked, "session_file_removed": str(path)},
+    emit(as_json, {"revoked": revoked, "session_file_removed": str(path)},
           f"logged out{' (session revoked)' if revoked else ' (the session was already invalid)'}; removed {path}")
 
 
-admin_app = typer.Typer(help="Admin commands (the session needs the 'admin' scope: root's does).",
-                        no_args_is_help=True)
-app.add_typer(admin_app, name="admin")
-
-
-@admin_app.command("sessions")
-def admin_sessions(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
-    """List live sessions: instance, uid, pid, scopes, expiry (never tokens)."""
-    with _session(socket, as_json) as (client, _):
-        rows = client.call("list_sessions", None, ListSessionsResult).sessions
-        if as_json:
-            _emit(True, {"sessions": rows})
-            return
-        typer.echo(f"{'INSTANCE':<20} {'UID':>6} {'PID':>8} {'ONLINE':<6} {'BIND':<7} {'EXPIRES':<24} SCOPES")
-        for r in rows:
-            typer.echo(f"{r.instance_id:<20} {r.uid:>6} {r.pid:>8} {'yes' if r.online else 'no':<6} "
-                       f"{r.bind:<7} {r.expires_at:<24} {','.join(r.scopes)}")
-
-
-@admin_app.command("revoke")
-def admin_revoke(
-    name: Annotated[str, typer.Argument(help="The instance whose session to revoke.")],
-    socket: SocketOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Revoke the live session of instance NAME, on every connection."""
-    with _session(socket, as_json) as (client, _):
-        res = client.call("revoke_session", {"instance_id": name}, RevokeResult)
-        _emit(as_json, {"instance_id": name, "revoked": res.revoked}, f"revoked the session of {name}")
-
-
-resource_app = typer.Typer(help="Protected resources the broker serves (the session needs the "
-                           "'resources' scope).", no_args_is_help=True)
-app.add_typer(resource_app, name="resource")
-
-
-@resource_app.command("get")
-def resource_get(
-    name: Annotated[str, typer.Argument(help="The resource name, e.g. 'instructions'.")],
-    socket: SocketOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Print resource NAME (its text as-is; with --json: name, content, sha256)."""
-    with _session(socket, as_json) as (client, _):
-        res = client.get_resource(name)
-        if as_json:
-            _emit(True, res)
-        else:
-            sys.stdout.write(res.content)
+app.add_typer(cli_admin.admin_app, name="admin")
+app.add_typer(cli_admin.resource_app, name="resource")
 
 
 @app.command("mcp")
@@ -478,40 +329,7 @@ def valid_instance_id(name: str) -> bool:
     return re.fullmatch(INSTANCE_ID_PATTERN, name) is not None
 
 
-def _audit_line(raw: str) -> str:
-    try:
-        ev = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return raw
-    if not isinstance(ev, dict):
-        return raw
-    ts, name = ev.pop("ts", "-"), ev.pop("event", "?")
-    return f"{ts}  {name:<20} " + " ".join(f"{k}={v}" for k, v in ev.items())
-
-
-@app.command()
-def audit(
-    file: Annotated[Path, typer.Argument(help="An audit log written by 'serve --audit-log'.")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines as they come.")] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Print an audit log readably: time, event, then its fields."""
-    try:
-        f = file.open("r")
-    except OSError as exc:
-        _fail(as_json, EXIT_USAGE, f"cannot read {file}: {exc.strerror}")
-    with f:
-        try:
-            while True:
-                line = f.readline()
-                if line:
-                    typer.echo(line.rstrip("\n") if as_json else _audit_line(line.rstrip("\n")))
-                elif follow:
-                    time.sleep(0.25)
-                else:
-                    return
-        except KeyboardInterrupt:
-            return
+app.command()(cli_admin.audit)
 
 
 def main() -> None:

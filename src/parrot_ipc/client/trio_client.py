@@ -1,6 +1,8 @@
 """The trio client, :class:`AsyncClient`: the same calls as :class:`parrot_ipc.Client`, pipelined.
 
-Kept apart from :mod:`parrot_ipc.client` so that blocking users (the CLI) never import trio.
+Both clients get their methods from one table, :class:`parrot_ipc.client.spec.Methods`; here
+each returns a coroutine. Kept apart from :mod:`parrot_ipc.client.blocking` so that blocking
+users (the CLI) never import trio.
 """
 
 from __future__ import annotations
@@ -9,16 +11,18 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from ..core import protocol as p
 from ..errors import BrokerUnavailable, ParrotError
 from ..os.paths import default_socket_path
-from .blocking import _RECV_BYTES, _params, _result, _unreachable, _Wire
+from .spec import Call, TrioCalls, raw_call
+from .wire import RECV_BYTES, Wire, error_of, unreachable
 
 __all__ = ["AsyncClient", "BrokerUnavailable", "ParrotError"]
+R = TypeVar("R")
 
 
 class _Waiter:
@@ -35,6 +39,7 @@ class _Waiter:
         self.value: p.Incoming | None = None
 
     def set(self, value: p.Incoming | None) -> None:
+        """Fill the slot (the first value wins; None: the connection is gone); wake the caller."""
         if self.done:
             return
         self.done, self.value = True, value
@@ -43,6 +48,7 @@ class _Waiter:
             trio.lowlevel.reschedule(task)
 
     async def wait(self) -> p.Incoming | None:
+        """The value :meth:`set` put in the slot, sleeping until then (a trio checkpoint)."""
         if not self.done:
             self.task = trio.lowlevel.current_task()
 
@@ -54,11 +60,18 @@ class _Waiter:
         return self.value
 
 
-class AsyncClient:
+class AsyncClient(TrioCalls):
     """A trio client on one connection; many tasks may call it at once (requests pipeline).
 
+    Args:
+        socket_path: the broker's socket (default: :func:`parrot_ipc.os.paths.default_socket_path`).
+        timeout_s: how long to wait for each response, in seconds (a long-poll ``receive``
+            adds its ``wait_s``); also how long one write may wait for the broker to read.
+
     Use ``async with AsyncClient(path) as client:``. A background task reads responses and
-    routes each to its caller; ``message`` notifications go to :meth:`messages`.
+    routes each to its caller; ``message`` notifications go to :meth:`messages`. The protocol's
+    methods (``await client.ping()``, ``send``, ... ``list_sessions``) come from
+    :class:`parrot_ipc.client.spec.Methods`.
 
     Raises:
         BrokerUnavailable: on enter, if the broker cannot be reached; from a call if the
@@ -68,7 +81,7 @@ class AsyncClient:
     def __init__(self, socket_path: str | None = None, *, timeout_s: float = 30.0) -> None:
         self.socket_path = socket_path or default_socket_path()
         self.timeout_s = timeout_s
-        self._wire = _Wire()
+        self._wire = Wire()
         self._waiting: dict[int, _Waiter] = {}
         self._note_send, self._note_recv = trio.open_memory_channel[p.Message](math.inf)
         self._stream: trio.SocketStream | None = None
@@ -82,7 +95,7 @@ class AsyncClient:
         try:
             self._stream = await trio.open_unix_socket(self.socket_path)
         except OSError as exc:
-            raise _unreachable(self.socket_path, exc) from None
+            raise unreachable(self.socket_path, exc) from None
         self._nursery_cm = trio.open_nursery()
         self._nursery = nursery = await self._nursery_cm.__aenter__()
         nursery.start_soon(self._read_loop)
@@ -102,7 +115,7 @@ class AsyncClient:
         cause = "the broker closed the connection"
         try:
             while True:
-                data = await self._stream.receive_some(_RECV_BYTES)
+                data = await self._stream.receive_some(RECV_BYTES)
                 if not data:
                     break
                 for inc in self._wire.feed(data):
@@ -162,23 +175,18 @@ class AsyncClient:
             with contextlib.suppress(BrokerUnavailable):
                 await self._write_out()
 
-    async def call(self, method: str, params: dict[str, Any] | None = None, result_type: Any = Any,
-                   *, timeout_s: float | None = None) -> Any:
-        """Send one request and await its result decoded as ``result_type``.
-
-        Raises :class:`ParrotError`, :class:`BrokerUnavailable`, or :class:`trio.TooSlowError`
-        after ``timeout_s``.
-        """
+    async def _run(self, call: Call[R], timeout_s: float | None = None) -> R:
         if self._broken is not None:
             raise self._broken
         assert self._stream is not None
-        rid = self._wire.request_into(method, params, self._out)
+        rid = self._wire.request_into(call.method, call.params, self._out)
         waiter = self._waiting[rid] = _Waiter()
         try:
             if not self._writing:
                 await self._write_out()
             # A bare CancelScope, not trio.fail_after: no generator context manager per call.
-            with trio.CancelScope(deadline=trio.current_time() + (timeout_s or self.timeout_s)) as scope:
+            wait_s = timeout_s or self.timeout_s + call.wait_s
+            with trio.CancelScope(deadline=trio.current_time() + wait_s) as scope:
                 inc = await waiter.wait()
             if scope.cancelled_caught:
                 raise trio.TooSlowError
@@ -186,55 +194,21 @@ class AsyncClient:
             del self._waiting[rid]
         if inc is None:
             raise self._broken or BrokerUnavailable(self.socket_path, "connection lost")
-        return _result(inc, result_type)
+        if inc.error is not None:
+            raise error_of(inc.error)
+        return call.decode(inc.result)
+
+    async def call(self, method: str, params: dict[str, Any] | None = None, result_type: Any = Any,
+                   *, timeout_s: float | None = None) -> Any:
+        """Send one request for any method by name and await its result decoded as
+        ``result_type`` (default: plain JSON values). Prefer the typed methods.
+
+        Raises :class:`ParrotError`, :class:`BrokerUnavailable`, or :class:`trio.TooSlowError`
+        after ``timeout_s`` seconds (default the client's ``timeout_s``).
+        """
+        return await self._run(raw_call(method, params, result_type), timeout_s)
 
     async def messages(self) -> AsyncIterator[p.Message]:
         """Pushed messages after :meth:`subscribe`, until the connection closes."""
         async for msg in self._note_recv:
             yield msg
-
-    # -- typed methods (docs/protocol.md, Methods) --------------------------------------
-    async def ping(self) -> str:
-        return str(await self.call("ping", None, str))
-
-    async def get_token(self, instance_id: str, *, shared_secret_proof: str | None = None) -> p.TokenResult:
-        params = _params(instance_id=instance_id, shared_secret_proof=shared_secret_proof)
-        return await self.call("get_token", params, p.TokenResult)  # type: ignore[no-any-return]
-
-    async def authenticate(self, token: str) -> p.AuthResult:
-        return await self.call("authenticate", {"token": token}, p.AuthResult)  # type: ignore[no-any-return]
-
-    async def whoami(self) -> p.WhoamiResult:
-        return await self.call("whoami", None, p.WhoamiResult)  # type: ignore[no-any-return]
-
-    async def send(self, to: str, content: str, *, data: dict[str, Any] | None = None,
-                   idempotency_key: str | None = None) -> p.SendResult:
-        params = _params(to=to, content=content, data=data, idempotency_key=idempotency_key)
-        return await self.call("send", params, p.SendResult)  # type: ignore[no-any-return]
-
-    async def broadcast(self, content: str, *, data: dict[str, Any] | None = None) -> p.BroadcastResult:
-        return await self.call("broadcast", _params(content=content, data=data), p.BroadcastResult)  # type: ignore[no-any-return]
-
-    async def receive(self, *, max: int = 100, wait_s: float = 0.0) -> list[p.Message]:
-        res = await self.call("receive", {"max": max, "wait_s": wait_s}, p.ReceiveResult,
-                              timeout_s=self.timeout_s + wait_s)
-        return list(res.messages)
-
-    async def ack(self, ids: list[str]) -> int:
-        return int((await self.call("ack", {"ids": ids}, p.AckResult)).acked)
-
-    async def list_instances(self) -> list[p.InstanceInfo]:
-        return list((await self.call("list_instances", None, p.ListInstancesResult)).instances)
-
-    async def rename(self, new_id: str) -> p.RenameResult:
-        return await self.call("rename", {"new_id": new_id}, p.RenameResult)  # type: ignore[no-any-return]
-
-    async def subscribe(self) -> bool:
-        return bool((await self.call("subscribe", None, p.SubscribeResult)).subscribed)
-
-    async def revoke(self) -> bool:
-        return bool((await self.call("revoke", None, p.RevokeResult)).revoked)
-
-    async def get_resource(self, name: str) -> p.ResourceResult:
-        """A protected resource: ``{name, content, sha256}`` (scope ``resources``; -32005 if unknown)."""
-        return await self.call("get_resource", {"name": name}, p.ResourceResult)  # type: ignore[no-any-return]

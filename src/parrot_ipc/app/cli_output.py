@@ -1,0 +1,92 @@
+"""What the ``parrot-ipc`` commands share: the common options, output, and the mapping of
+errors to messages and exit codes.
+
+Exit codes come from the classes of :mod:`parrot_ipc.errors` (``exc.exit_code``): 0 ok,
+1 the broker said no (:class:`ParrotError`), 2 usage or bad config (:class:`ConfigError`),
+3 the broker could not be reached (:class:`BrokerUnavailable`), 4 the session file is missing
+or unsafe (:class:`SessionFileError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, Optional
+
+import msgspec
+import typer
+
+from ..client.blocking import Client
+from ..client.wire import start_hint
+from ..errors import BrokerUnavailable, ParrotError, SessionFileError
+from . import session_file
+
+SocketOpt = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional on 3.11
+    typer.Option(
+        "--socket", "-s", envvar="PARROT_IPC_SOCKET", show_default=False,
+        help="Broker socket path. Default: $PARROT_IPC_DIR/mcp.sock; else, for a non-root user, "
+        "$XDG_RUNTIME_DIR/parrot-mcp/mcp.sock; else /run/parrot-mcp/mcp.sock.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, for scripts.")]
+
+
+def emit(as_json: bool, obj: Any, human: str | None = None) -> None:
+    """Print ``obj`` as one indented JSON document on stdout when ``as_json``; else print the
+    line(s) ``human``, if given. ``obj`` is anything msgspec encodes (Structs, dicts, lists)."""
+    if as_json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(obj)).decode() + "\n")
+    elif human is not None:
+        typer.echo(human)
+
+
+def fail(as_json: bool, code: int, message: str, hint: str = "", error: dict[str, Any] | None = None) -> NoReturn:
+    """End the command with exit ``code``: ``{"error": error}`` on stdout with ``--json``
+    (default ``{"message": message}``), else ``error: MESSAGE`` and the ``hint`` on stderr.
+
+    Raises :class:`typer.Exit` always.
+    """
+    if as_json:
+        emit(True, {"error": error or {"message": message}})
+    else:
+        typer.echo(f"error: {message}", err=True)
+        if hint:
+            typer.echo(hint, err=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def errors(as_json: bool) -> Iterator[None]:
+    """Map library errors to messages and exit codes (``exc.exit_code``; module docstring).
+
+    Raises :class:`typer.Exit` for :class:`BrokerUnavailable`, :class:`ParrotError` and
+    :class:`SessionFileError`; anything else passes through.
+    """
+    try:
+        yield
+    except BrokerUnavailable as exc:
+        fail(as_json, exc.exit_code, str(exc.message), start_hint(exc.socket_path),
+             {"code": 0, "reason": exc.reason, "message": exc.message, "socket": exc.socket_path})
+    except ParrotError as exc:
+        hint = ""
+        if exc.unauthenticated:
+            hint = "Your session is no longer valid: run 'parrot-ipc register NAME' again."
+        fail(as_json, exc.exit_code, f"{exc.message} (code {exc.code}, {exc.reason})", hint,
+             {"code": exc.code, "reason": exc.reason, "message": exc.message, "data": exc.data})
+    except SessionFileError as exc:
+        fail(as_json, exc.exit_code, str(exc), error={"reason": "session_file", "message": str(exc)})
+
+
+@contextlib.contextmanager
+def session(socket: str | None, as_json: bool) -> Iterator[tuple[Client, Path]]:
+    """An authenticated :class:`Client` for the saved session, and the session file's path,
+    inside :func:`errors` (so a missing file exits 4, a dead token 1, no broker 3)."""
+    with errors(as_json):
+        path = session_file.session_path()
+        saved = session_file.load(path)
+        with Client(socket) as client:
+            client.authenticate(saved.session_token)
+            yield client, path
