@@ -159,7 +159,7 @@ def test_a_file_of_another_owner_is_refused(tmp_path: Path) -> None:
     path = private(tmp_path / "f")
     err = refusal(path, rule(owners=frozenset({OTHER})))
     assert str(err) == (f"test file {path} must be owned by uid {OTHER} and private to its owner "
-                        f"(no group or other permissions); found a regular file owned by uid {ME} with mode 0600")
+                        f"(mode 0600 for a file, 0700 for a directory); found a regular file owned by uid {ME} with mode 0600")
     assert f"must be owned by uid {OTHER} or {OTHER + 1} and" in str(refusal(path, rule(owners=frozenset({OTHER, OTHER + 1}))))
 
 

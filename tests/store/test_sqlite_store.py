@@ -271,7 +271,7 @@ def test_a_symlinked_state_dir_or_a_hard_linked_db_file_is_refused(tmp_path: Pat
     (tmp_path / "state").symlink_to(real)
     with pytest.raises(StartupError) as exc:
         _open(tmp_path / "state")
-    assert "found a symlink" in _one_line(exc)
+    assert "is a symlink" in _one_line(exc)
     _open(real).close()
     os.link(real / DB_NAME, tmp_path / "other.db")
     with pytest.raises(StartupError) as exc:

@@ -93,7 +93,7 @@ def _mode_text(rule: FileRule) -> str:
     if rule.exact_mode is not None:
         text = f" with mode {rule.exact_mode:04o}"
     elif rule.forbidden_mode & 0o077 == 0o077:
-        text = " and private to its owner (no group or other permissions)"
+        text = " and private to its owner (mode 0600 for a file, 0700 for a directory)"
     elif rule.forbidden_mode & 0o022:
         text = " and not writable by group or others"
     else:
