@@ -1,7 +1,7 @@
 """parrot-ipc: a local message broker for AI agent processes, gated by SO_PEERCRED.
 
 Public API: :class:`Client` (blocking), :class:`AsyncClient` (trio), :class:`ParrotError` and
-:class:`BrokerUnavailable`. The broker itself is :func:`parrot_ipc.shell.server.run_broker`.
+:class:`BrokerUnavailable`. The broker itself is :func:`parrot_ipc.app.daemon.run_broker`.
 
 The names are loaded on first use (PEP 562), so ``import parrot_ipc.core`` stays free of
 ``socket`` and ``trio``, and blocking users never import trio.

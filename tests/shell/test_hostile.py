@@ -213,4 +213,4 @@ async def test_an_idle_connection_is_closed_at_idle_timeout_but_a_subscriber_is_
 async def test_connections_past_max_connections_are_closed_at_once_and_a_closed_one_frees_a_slot(
         make_harness: Callable[..., object]) -> None:
     h: Harness = await make_harness(max_connections=3)  # type: ignore[misc]
-    await _fill_then_refuse_then_free(h, 3, "server_full", lambda: h.server._sockets >= 3)
+    await _fill_then_refuse_then_free(h, 3, "server_full", lambda: h.server._streams >= 3)

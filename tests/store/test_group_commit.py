@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,10 @@ import pytest
 import trio
 
 from parrot_ipc import AsyncClient, ParrotError
+from parrot_ipc.app.daemon import identify_stream
 from parrot_ipc.core import Broker, BrokerConfig, DefaultPolicy
 from parrot_ipc.os import paths as os_paths
+from parrot_ipc.shell.clock import trio_wall_clock
 from parrot_ipc.shell.server import BrokerServer
 from parrot_ipc.store.sqlite import SqliteStore
 
@@ -39,7 +40,8 @@ async def rig(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Rig]:
     os_paths.ensure_runtime_dir(str(run))
     listener, _ = os_paths.bind_listener(path)
     store = SqliteStore.open(str(tmp_path / "state"))
-    broker = Broker(config=BrokerConfig(), policy=DefaultPolicy(os.geteuid()), store=store, clock=time.time,
+    clock = trio_wall_clock()
+    broker = Broker(config=BrokerConfig(), policy=DefaultPolicy(os.geteuid()), store=store, clock=clock,
                     audit=lambda e, f: None)
     rig = Rig(path, store, None)  # type: ignore[arg-type]
     real_apply = store.apply_ops
@@ -52,7 +54,8 @@ async def rig(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Rig]:
         rig.committed_ids.update(op[1] for op in ops if op[0] == "msg")
 
     store.apply_ops = apply_ops  # type: ignore[method-assign]
-    rig.server = BrokerServer(broker, listener)
+    rig.server = BrokerServer(broker, trio.SocketListener(trio.socket.from_stdlib_socket(listener)),
+                              identify=identify_stream, clock=clock)
     await nursery.start(rig.server.serve)
     yield rig
     rig.server.shutdown()
@@ -126,9 +129,11 @@ async def test_a_push_never_overtakes_the_response_that_caused_it(
         path = str(run / "mcp.sock")
         os_paths.ensure_runtime_dir(str(run))
         listener, _ = os_paths.bind_listener(path)
-        broker = Broker(config=BrokerConfig(), policy=DefaultPolicy(os.geteuid()), clock=time.time,
+        clock = trio_wall_clock()
+        broker = Broker(config=BrokerConfig(), policy=DefaultPolicy(os.geteuid()), clock=clock,
                         audit=lambda e, f: None)
-        server = BrokerServer(broker, listener)
+        server = BrokerServer(broker, trio.SocketListener(trio.socket.from_stdlib_socket(listener)),
+                              identify=identify_stream, clock=clock)
         await nursery.start(server.serve)
     async with AsyncClient(path) as a:
         token = (await a.get_token("bob")).token
