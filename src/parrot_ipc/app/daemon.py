@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket as stdsocket
@@ -121,7 +122,7 @@ def identify_stream(stream: trio.abc.Stream) -> PeerCredentials:
         OSError: SO_PEERCRED cannot be read, or ``stream`` is not a socket stream (ENOTSOCK).
     """
     if not isinstance(stream, trio.SocketStream):
-        raise OSError(88, "not a socket stream")  # ENOTSOCK
+        raise OSError(errno.ENOTSOCK, "not a socket stream")
     # A trio socket has the stdlib getsockopt(); identify_peer only calls that.
     return os_peer.identify_peer(cast(stdsocket.socket, stream.socket))
 
