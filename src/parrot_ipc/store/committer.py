@@ -15,7 +15,6 @@ of the journal (:meth:`Committer.failed`) and written again by the next commit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ class Batch:
         seq: the journal seq the store is durable up to once they are written.
     """
 
-    ops: Sequence[Any]
+    ops: list[Any]
     seq: int
 
 
@@ -85,7 +84,7 @@ class Committer:
             Exception: whatever the store raises (``sqlite3.Error``, ``OSError``); the caller
                 then calls :meth:`failed`.
         """
-        self.journal.apply_ops(list(batch.ops))
+        self.journal.apply_ops(batch.ops)
 
     def done(self, batch: Batch) -> None:
         """Record that ``batch`` was written: ``durable_seq`` moves up to its seq."""
@@ -97,7 +96,7 @@ class Committer:
         so the next commit writes them again, and count the failure."""
         log.exception("store write failed (%d op(s) up to seq %d): answering -32603, will retry",
                       len(batch.ops), batch.seq)
-        self.journal.requeue(list(batch.ops))
+        self.journal.requeue(batch.ops)
         self.failed_through = batch.seq
         self.failures += 1
         self.healthy = False
