@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
@@ -14,7 +16,7 @@ from parrot_ipc.core import Broker, BrokerConfig, DefaultPolicy, PeerCredentials
 from parrot_ipc.os import paths as os_paths
 from parrot_ipc.os import peer as os_peer
 from parrot_ipc.shell.clock import trio_wall_clock
-from parrot_ipc.shell.server import BrokerServer
+from parrot_ipc.shell.server import BrokerServer, socket_listener
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def make_harness(tmp_path: Path, nursery: trio.Nursery) -> Callable[..., object]
 
         def identify(stream: trio.abc.Stream) -> PeerCredentials:
             assert isinstance(stream, trio.SocketStream)
-            real = os_peer.peer_credentials(stream.socket)  # type: ignore[arg-type]
+            real = os_peer.peer_credentials(cast(socket.socket, stream.socket))
             if h.fake_uids:
                 return PeerCredentials(real.pid, h.fake_uids.pop(0), real.gid)
             return real
@@ -45,8 +47,7 @@ def make_harness(tmp_path: Path, nursery: trio.Nursery) -> Callable[..., object]
             os_paths.remove_socket(path, inode)
             h.unlinked.append(True)
 
-        h.server = BrokerServer(broker, trio.SocketListener(trio.socket.from_stdlib_socket(listener)),
-                                identify=identify, clock=clock, on_listener_closed=closed)
+        h.server = BrokerServer(broker, socket_listener(listener), identify=identify, clock=clock, on_listener_closed=closed)
         await nursery.start(h.server.serve)
         return h
 

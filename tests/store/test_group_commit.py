@@ -15,11 +15,10 @@ import pytest
 import trio
 
 from parrot_ipc import AsyncClient, ParrotError
-from parrot_ipc.app.daemon import identify_stream
 from parrot_ipc.core import Broker, BrokerConfig, DefaultPolicy
 from parrot_ipc.os import paths as os_paths
 from parrot_ipc.shell.clock import trio_wall_clock
-from parrot_ipc.shell.server import BrokerServer
+from parrot_ipc.shell.server import BrokerServer, identify_socket_stream, socket_listener
 from parrot_ipc.store.sqlite import SqliteStore
 
 
@@ -54,8 +53,7 @@ async def rig(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Rig]:
         rig.committed_ids.update(op[1] for op in ops if op[0] == "msg")
 
     store.apply_ops = apply_ops  # type: ignore[method-assign]
-    rig.server = BrokerServer(broker, trio.SocketListener(trio.socket.from_stdlib_socket(listener)),
-                              identify=identify_stream, clock=clock)
+    rig.server = BrokerServer(broker, socket_listener(listener), identify=identify_socket_stream, clock=clock)
     await nursery.start(rig.server.serve)
     yield rig
     rig.server.shutdown()
@@ -132,8 +130,7 @@ async def test_a_push_never_overtakes_the_response_that_caused_it(
         clock = trio_wall_clock()
         broker = Broker(config=BrokerConfig(), policy=DefaultPolicy(os.geteuid()), clock=clock,
                         audit=lambda e, f: None)
-        server = BrokerServer(broker, trio.SocketListener(trio.socket.from_stdlib_socket(listener)),
-                              identify=identify_stream, clock=clock)
+        server = BrokerServer(broker, socket_listener(listener), identify=identify_socket_stream, clock=clock)
         await nursery.start(server.serve)
     async with AsyncClient(path) as a:
         token = (await a.get_token("bob")).token

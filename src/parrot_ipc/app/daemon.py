@@ -1,35 +1,32 @@
 """The broker daemon's wiring: config, store, listener, limits, audit; then the trio shell.
 
-:func:`run_broker` builds everything (it never awaits) and hands over to the shell's
-:func:`parrot_ipc.shell.supervisor.serve_until_signal` with ``trio.run``.
+:func:`run_broker` builds everything (it never awaits and imports no trio) and hands over to
+the shell's :func:`parrot_ipc.shell.supervisor.run_until_signal`, which runs ``trio.run``.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket as stdsocket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import msgspec
-import trio
 
-from ..core import Broker, BrokerConfig, PeerCredentials
+from ..core import Broker, BrokerConfig
 from ..core.timefmt import rfc3339
 from ..errors import ConfigError, StartupError, UnsafeFile
 from ..os import limits as os_limits
 from ..os import paths as os_paths
-from ..os import peer as os_peer
 from ..os import systemd
 from ..os.files import FileRule, open_checked
 from ..os.resources import ResourceDir
 from ..shell.clock import trio_wall_clock
-from ..shell.server import BrokerServer
-from ..shell.supervisor import Supervisor, serve_until_signal
+from ..shell.server import BrokerServer, identify_socket_stream, socket_listener
+from ..shell.supervisor import Supervisor, run_until_signal
 from ..store import MemoryStore, Store
 from .config_file import LoadedConfig, load_config
 
@@ -114,19 +111,6 @@ def _acquire_listener(socket_path: str, group_gid: int | None = None) -> tuple[s
     return listener, socket_path, lambda: os_paths.remove_socket(socket_path, inode)
 
 
-def identify_stream(stream: trio.abc.Stream) -> PeerCredentials:
-    """The peer of an accepted ``trio.SocketStream`` (:func:`parrot_ipc.os.peer.identify_peer`:
-    SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD attestation).
-
-    Raises:
-        OSError: SO_PEERCRED cannot be read, or ``stream`` is not a socket stream (ENOTSOCK).
-    """
-    if not isinstance(stream, trio.SocketStream):
-        raise OSError(errno.ENOTSOCK, "not a socket stream")
-    # A trio socket has the stdlib getsockopt(); identify_peer only calls that.
-    return os_peer.identify_peer(cast(stdsocket.socket, stream.socket))
-
-
 def _load(config: BrokerConfig | LoadedConfig | None) -> LoadedConfig:
     if isinstance(config, LoadedConfig):
         return config
@@ -206,13 +190,13 @@ def _serve(socket_path: str, loaded: LoadedConfig, st: Store, config_path: str |
         release()
         supervisor.stopping()
 
-    server = BrokerServer(broker, trio.SocketListener(trio.socket.from_stdlib_socket(listener)),
-                          identify=identify_stream, clock=clock, on_listener_closed=on_listener_closed)
+    server = BrokerServer(broker, socket_listener(listener), identify=identify_socket_stream, clock=clock,
+                          on_listener_closed=on_listener_closed)
     log.info("parrot-ipc broker listening on %s (uid %d, pid %d, policy %s)", where, os.geteuid(),
              os.getpid(),
              "default" if loaded.rules is None else f"{len(loaded.rules)} rule(s) from {loaded.path}")
     try:
-        trio.run(serve_until_signal, server, supervisor, config_reloader(server, config_path), clock)
+        run_until_signal(server, supervisor, config_reloader(server, config_path), clock)
     finally:
         release()
         listener.close()

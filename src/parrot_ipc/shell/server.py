@@ -15,7 +15,9 @@ import contextlib
 import errno
 import logging
 import os
+import socket as stdsocket
 from collections.abc import Callable
+from typing import cast
 
 import trio
 
@@ -24,6 +26,7 @@ from ..core import protocol as p
 from ..core.broker import Connection, WaitForMail
 from ..core.policy import Policy
 from ..errors import ErrorCode, SlowReader
+from ..os import peer as os_peer
 from ..store import Journaled
 from ..store.committer import Committer
 from .commit import GroupCommit
@@ -36,6 +39,28 @@ _TICK_MAX_S = 1.0
 
 #: ``identify(stream)``: the peer's credentials, read before any byte (SO_PEERCRED in the daemon).
 Identify = Callable[[trio.abc.Stream], PeerCredentials]
+
+
+def socket_listener(sock: stdsocket.socket) -> trio.SocketListener:
+    """A trio listener over a bound, listening stdlib stream socket (it takes the socket over).
+
+    Raises:
+        ValueError: ``sock`` is not a listening stream socket (``trio.SocketListener``).
+    """
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def identify_socket_stream(stream: trio.abc.Stream) -> PeerCredentials:
+    """The peer of an accepted ``trio.SocketStream``: :func:`parrot_ipc.os.peer.identify_peer`
+    (SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD attestation; unix(7)).
+
+    Raises:
+        OSError: SO_PEERCRED cannot be read, or ``stream`` is not a socket stream (ENOTSOCK).
+    """
+    if not isinstance(stream, trio.SocketStream):
+        raise OSError(errno.ENOTSOCK, "not a socket stream")
+    # A trio socket has the stdlib getsockopt(), the only method identify_peer calls.
+    return os_peer.identify_peer(cast(stdsocket.socket, stream.socket))
 
 
 class BrokerServer:

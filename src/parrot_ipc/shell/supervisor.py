@@ -5,7 +5,7 @@
   ``WATCHDOG=1`` every half watchdog timeout, ``STOPPING=1`` when the listener closes
   (sd_notify(3), sd_watchdog_enabled(3)).
 
-:func:`serve_until_signal` is the shell's entry point: the daemon calls it with ``trio.run``.
+:func:`run_until_signal` is the shell's entry point: the daemon calls it (it runs ``trio.run``).
 """
 
 from __future__ import annotations
@@ -109,3 +109,14 @@ async def serve_until_signal(server: BrokerServer, sup: Supervisor, reload: Call
             nursery.start_soon(notify_loop, server.broker, sup)
         await server.serve()  # returns once shut down and drained
         nursery.cancel_scope.cancel()
+
+
+def run_until_signal(server: BrokerServer, sup: Supervisor, reload: Callable[[], None] | None,
+                     clock: TrioWallClock | None = None) -> None:
+    """Block in ``trio.run(serve_until_signal, ...)`` until the broker has stopped.
+
+    Raises:
+        Exception: whatever escapes the server (a bug, or an accept error that is not
+            EMFILE/ENFILE/ENOMEM/ENOBUFS).
+    """
+    trio.run(serve_until_signal, server, sup, reload, clock)
