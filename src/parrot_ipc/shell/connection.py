@@ -106,7 +106,7 @@ class PeerLink:
         self.queued_bytes = 0
         self._host = host
         self._outbox, self._recv = trio.open_memory_channel[bytes](cfg.max_pending_responses + cfg.push_window)
-        self._held: list[bytes] = []  # pushes waiting while HOLDING
+        self._held: list[bytes] | None = None  # pushes waiting while HOLDING (a list only while some are)
         self._read_scope: trio.CancelScope | None = None
         self._drained: trio.Event | None = None  # while queue() waits: set when under the bound
 
@@ -123,8 +123,8 @@ class PeerLink:
         if new is None:
             raise RuntimeError(f"conn {self.conn.conn_id}: no transition from {old.value} on {event.value}")
         self.phase = new
-        if old is Phase.HOLDING and new is not Phase.HOLDING:
-            held, self._held = self._held, []
+        if old is Phase.HOLDING and new is not Phase.HOLDING and self._held is not None:
+            held, self._held = self._held, None
             for frame in held:
                 self.push(frame)
         if new is Phase.DROPPED and old in _READING and self._read_scope is not None:
@@ -137,7 +137,10 @@ class PeerLink:
         if self.phase is Phase.DROPPED:
             return
         if self.phase is Phase.HOLDING:
-            self._held.append(frame)
+            if self._held is None:
+                self._held = [frame]
+            else:
+                self._held.append(frame)
             return
         try:
             if self.queued_bytes + len(frame) > self._host.config.max_pending_bytes:
