@@ -1,16 +1,16 @@
-"""Sends per second through a real broker on the SQLite store: group commit vs one commit per send.
+"""Sends per second through a real broker on the SQLite store: group commit vs one send at a time.
 
-Not a test. For each durability (normal, fsync) and each commit mode it starts a broker in a
-child process on a fresh state dir, runs ``--senders`` concurrent trio clients that each send
-one message at a time (waiting for every response, so each send is durable when counted) for
-``--seconds``, and prints the rate.
+Not a test. For each durability (normal, fsync) and each load it starts the shipped broker
+(:func:`parrot_ipc.app.daemon.run_broker`) in a child process on a fresh state dir, sends for
+``--seconds`` with trio clients that each send one message at a time (waiting for every
+response, so each send is durable when counted), and prints the rate.
 
     .venv/bin/python benchmarks/store_commit.py [--senders 32] [--seconds 3]
 
-Modes:
-    group        the shipped shell: one committer task; sends that arrive together share a commit.
-    per_request  baseline: requests are handled one at a time, each with its own commit
-                 (``BrokerServer(commit_mode="per_request")``).
+Loads:
+    group          ``--senders`` concurrent clients: sends that arrive together share a commit.
+    one_at_a_time  the client-side baseline: one client, one send in flight, so every send
+                   gets a commit of its own.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from parrot_ipc import AsyncClient, Client
 from parrot_ipc.core import BrokerConfig
 
 
-def _serve(socket_path: str, state_dir: str, mode: str, durability: str) -> None:
-    from parrot_ipc.shell.server import run_broker
+def _serve(socket_path: str, state_dir: str, durability: str) -> None:
+    from parrot_ipc.app.daemon import run_broker
 
     cfg = BrokerConfig(durability=durability, max_mailbox_messages=10_000_000,  # type: ignore[arg-type]
                        max_mailbox_bytes=1 << 40)
-    run_broker(socket_path, cfg, store="sqlite", state_dir=state_dir, commit_mode=mode)  # type: ignore[arg-type]
+    run_broker(socket_path, cfg, store="sqlite", state_dir=state_dir)
 
 
 async def _load(socket_path: str, senders: int, seconds: float) -> int:
@@ -58,10 +58,11 @@ async def _load(socket_path: str, senders: int, seconds: float) -> int:
     return count
 
 
-def run_one(mode: str, durability: str, senders: int, seconds: float) -> float:
+def run_one(senders: int, durability: str, seconds: float) -> float:
+    """Sends per second with ``senders`` concurrent one-at-a-time clients for ``seconds``."""
     with tempfile.TemporaryDirectory() as tmp:
         sock, state = os.path.join(tmp, "run", "mcp.sock"), os.path.join(tmp, "state")
-        proc = multiprocessing.Process(target=_serve, args=(sock, state, mode, durability))
+        proc = multiprocessing.Process(target=_serve, args=(sock, state, durability))
         proc.start()
         for _ in range(200):
             try:
@@ -90,13 +91,13 @@ def main() -> None:
     args = ap.parse_args()
     print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"SQLite {sqlite3.sqlite_version}; {args.senders} concurrent senders, {args.seconds:g} s per run")
-    print(f"{'durability':<11} {'mode':<12} {'sends/s':>9}")
+    print(f"{'durability':<11} {'load':<14} {'sends/s':>9}")
     for durability in ("normal", "fsync"):
         rates = {}
-        for mode in ("group", "per_request"):
-            rates[mode] = run_one(mode, durability, args.senders, args.seconds)
-            print(f"{durability:<11} {mode:<12} {rates[mode]:>9.0f}", flush=True)
-        print(f"{durability:<11} {'speed-up':<12} {rates['group'] / rates['per_request']:>8.1f}x", flush=True)
+        for load, senders in (("group", args.senders), ("one_at_a_time", 1)):
+            rates[load] = run_one(senders, durability, args.seconds)
+            print(f"{durability:<11} {load:<14} {rates[load]:>9.0f}", flush=True)
+        print(f"{durability:<11} {'speed-up':<14} {rates['group'] / rates['one_at_a_time']:>8.1f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ def test_broker_start_up_logs_when_the_hard_limit_cannot_fit_max_connections() -
     out = _in_child(
         "import logging, resource\n"
         "logging.basicConfig(level=logging.DEBUG, format='%(levelname)s %(message)s')\n"
-        "from parrot_ipc.shell.server import _fit_nofile_limit\n"
+        "from parrot_ipc.app.daemon import _fit_nofile_limit\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (128, 512))\n"
         "_fit_nofile_limit(10000)\n"
         "print('soft', resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
@@ -15,7 +15,8 @@ from shell_harness import Harness
 from parrot_ipc.core import Broker, BrokerConfig, DefaultPolicy, PeerCredentials
 from parrot_ipc.os import paths as os_paths
 from parrot_ipc.os import peer as os_peer
-from parrot_ipc.shell.server import BrokerServer
+from parrot_ipc.shell.clock import trio_wall_clock
+from parrot_ipc.shell.server import BrokerServer, socket_listener
 
 
 @pytest.fixture
@@ -26,16 +27,18 @@ def make_harness(tmp_path: Path, nursery: trio.Nursery) -> Callable[..., object]
         os_paths.ensure_runtime_dir(str(run))
         listener, inode = os_paths.bind_listener(path)
         audit: list[tuple[str, dict]] = []
+        clock = trio_wall_clock()
         broker = Broker(
             config=BrokerConfig(**cfg),  # type: ignore[arg-type]
             policy=DefaultPolicy(os.geteuid() if broker_uid is None else broker_uid),
-            clock=time.time,
+            clock=clock,
             audit=lambda e, f: audit.append((e, f)),
         )
         h = Harness(path, None, broker, audit)  # type: ignore[arg-type]
 
-        def read_peer(sock: socket.socket) -> PeerCredentials:
-            real = os_peer.peer_credentials(sock)
+        def identify(stream: trio.abc.Stream) -> PeerCredentials:
+            assert isinstance(stream, trio.SocketStream)
+            real = os_peer.peer_credentials(cast(socket.socket, stream.socket))
             if h.fake_uids:
                 return PeerCredentials(real.pid, h.fake_uids.pop(0), real.gid)
             return real
@@ -44,7 +47,7 @@ def make_harness(tmp_path: Path, nursery: trio.Nursery) -> Callable[..., object]
             os_paths.remove_socket(path, inode)
             h.unlinked.append(True)
 
-        h.server = BrokerServer(broker, listener, read_peer=read_peer, on_listener_closed=closed)
+        h.server = BrokerServer(broker, socket_listener(listener), identify=identify, clock=clock, on_listener_closed=closed)
         await nursery.start(h.server.serve)
         return h
 

@@ -187,24 +187,26 @@ async def test_one_uid_at_its_rate_limit_does_not_slow_another(make_harness: Cal
 async def test_an_idle_connection_is_closed_at_idle_timeout_but_a_subscriber_is_kept(
         make_harness: Callable[..., object]) -> None:
     h: Harness = await make_harness(idle_timeout_s=0.5)  # type: ignore[misc]
-    idle = await raw(h.path)
-    await idle.send_all(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')  # past the handshake
-    t0 = trio.current_time()
-    with trio.fail_after(5):
-        got = b""
-        while True:
-            data = await idle.receive_some(1000)
-            if not data:
-                break
-            got += data
-    waited = trio.current_time() - t0
-    assert b'"pong"' in got
-    assert 0.4 <= waited < 3.0, waited
-    assert any(e == "idle_timeout" for e, _ in h.audit)
     async with AsyncClient(h.path) as sub:
         await sub.get_token("listener")
-        await sub.subscribe()
-        await trio.sleep(1.5)  # three idle timeouts: a subscriber is not idle, it waits for pushes
+        await sub.subscribe()  # its last read: from here on it sends nothing
+        idle = await raw(h.path)
+        await idle.send_all(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')  # past the handshake
+        t0 = trio.current_time()
+        with trio.fail_after(5):
+            got = b""
+            while True:
+                data = await idle.receive_some(1000)
+                if not data:
+                    break
+                got += data
+        waited = trio.current_time() - t0
+        assert b'"pong"' in got
+        assert 0.4 <= waited < 3.0, waited
+        assert any(e == "idle_timeout" for e, _ in h.audit)
+        # The subscriber has now been silent for longer than the idle connection that was
+        # closed (a whole idle timeout, observed rather than slept): a subscriber is not idle,
+        # it waits for pushes. (tests/shell/test_memory_streams.py covers three timeouts.)
         assert await sub.ping() == "pong"
     await idle.aclose()
     h.server.shutdown()
@@ -213,4 +215,4 @@ async def test_an_idle_connection_is_closed_at_idle_timeout_but_a_subscriber_is_
 async def test_connections_past_max_connections_are_closed_at_once_and_a_closed_one_frees_a_slot(
         make_harness: Callable[..., object]) -> None:
     h: Harness = await make_harness(max_connections=3)  # type: ignore[misc]
-    await _fill_then_refuse_then_free(h, 3, "server_full", lambda: h.server._sockets >= 3)
+    await _fill_then_refuse_then_free(h, 3, "server_full", lambda: h.server._streams >= 3)

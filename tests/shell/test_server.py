@@ -64,6 +64,13 @@ async def test_pipelined_requests_answer_in_order(harness: Harness) -> None:
     await stream.aclose()
 
 
+async def _until_parked(h: Harness, instance_id: str) -> None:
+    """Poll until ``instance_id``'s long-poll ``receive`` waits in the server (no fixed sleep)."""
+    with trio.fail_after(5):
+        while instance_id not in h.server._waiters:
+            await trio.sleep(0.005)
+
+
 async def test_long_poll_receive_wakes_on_send(harness: Harness) -> None:
     async with AsyncClient(harness.path) as bob, AsyncClient(harness.path) as alice:
         await bob.get_token("bob")
@@ -77,7 +84,7 @@ async def test_long_poll_receive_wakes_on_send(harness: Harness) -> None:
         t0 = trio.current_time()
         async with trio.open_nursery() as n:
             n.start_soon(wait_for_mail)
-            await trio.sleep(0.05)
+            await _until_parked(harness, "bob")
             assert got == []
             await alice.send("bob", "wake up")
         assert got == ["wake up"]
@@ -164,7 +171,7 @@ async def test_shutdown_answers_waiting_poll_and_unlinks_socket(make_harness: Ca
 
         async with trio.open_nursery() as n:
             n.start_soon(poll)
-            await trio.sleep(0.1)
+            await _until_parked(h, "late")
             h.server.shutdown()
         assert result == [[]]
     assert h.unlinked == [True]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,9 @@ import trio
 from parrot_ipc import AsyncClient, ParrotError
 from parrot_ipc.core import Broker, BrokerConfig, DefaultPolicy
 from parrot_ipc.os import paths as os_paths
-from parrot_ipc.shell.server import BrokerServer
+from parrot_ipc.shell.clock import trio_wall_clock
+from parrot_ipc.shell.server import BrokerServer, identify_socket_stream, socket_listener
+from parrot_ipc.store.ops import PutMessage
 from parrot_ipc.store.sqlite import SqliteStore
 
 
@@ -39,7 +40,8 @@ async def rig(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Rig]:
     os_paths.ensure_runtime_dir(str(run))
     listener, _ = os_paths.bind_listener(path)
     store = SqliteStore.open(str(tmp_path / "state"))
-    broker = Broker(config=BrokerConfig(), policy=DefaultPolicy(os.geteuid()), store=store, clock=time.time,
+    clock = trio_wall_clock()
+    broker = Broker(config=BrokerConfig(), policy=DefaultPolicy(os.geteuid()), store=store, clock=clock,
                     audit=lambda e, f: None)
     rig = Rig(path, store, None)  # type: ignore[arg-type]
     real_apply = store.apply_ops
@@ -49,10 +51,10 @@ async def rig(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Rig]:
             raise sqlite3.OperationalError("disk I/O error (injected)")
         real_apply(ops)
         rig.commits.append(len(ops))
-        rig.committed_ids.update(op[1] for op in ops if op[0] == "msg")
+        rig.committed_ids.update(op.id for op in ops if isinstance(op, PutMessage))
 
     store.apply_ops = apply_ops  # type: ignore[method-assign]
-    rig.server = BrokerServer(broker, listener)
+    rig.server = BrokerServer(broker, socket_listener(listener), identify=identify_socket_stream, clock=clock)
     await nursery.start(rig.server.serve)
     yield rig
     rig.server.shutdown()
@@ -126,9 +128,10 @@ async def test_a_push_never_overtakes_the_response_that_caused_it(
         path = str(run / "mcp.sock")
         os_paths.ensure_runtime_dir(str(run))
         listener, _ = os_paths.bind_listener(path)
-        broker = Broker(config=BrokerConfig(), policy=DefaultPolicy(os.geteuid()), clock=time.time,
+        clock = trio_wall_clock()
+        broker = Broker(config=BrokerConfig(), policy=DefaultPolicy(os.geteuid()), clock=clock,
                         audit=lambda e, f: None)
-        server = BrokerServer(broker, listener)
+        server = BrokerServer(broker, socket_listener(listener), identify=identify_socket_stream, clock=clock)
         await nursery.start(server.serve)
     async with AsyncClient(path) as a:
         token = (await a.get_token("bob")).token
@@ -177,3 +180,66 @@ async def test_wal_checkpoints_run_in_the_worker_thread_never_on_the_event_loop(
                 await trio.sleep(0.01)
         assert await c.ping() == "pong"
     assert loop_thread not in ran_in
+
+
+class _FakeJournal:
+    """A Journaled store in miniature: ops are ints, apply_ops appends them to ``disk``."""
+
+    def __init__(self, written_seq: int = 0) -> None:
+        self.written_seq = written_seq
+        self.pending: list[Any] = []
+        self.disk: list[Any] = []
+        self.fail = False
+
+    def write(self, op: int) -> None:
+        self.pending.append(op)
+        self.written_seq += 1
+
+    def take_pending(self) -> tuple[list[Any], int]:
+        ops, self.pending = self.pending, []
+        return ops, self.written_seq
+
+    def requeue(self, ops: list[Any]) -> None:
+        self.pending[:0] = ops
+
+    def apply_ops(self, ops: list[Any]) -> None:
+        if self.fail:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        self.disk.extend(ops)
+
+    def checkpoint_due(self) -> bool:
+        return False
+
+    def checkpoint(self) -> None:
+        pass
+
+
+def test_the_committer_owns_durable_seq_from_the_store_written_seq_on() -> None:
+    from parrot_ipc.store.committer import Committer
+
+    j = _FakeJournal(written_seq=7)  # what was loaded from disk is durable
+    c = Committer(j)
+    assert (c.durable_seq, c.backlog, c.is_durable(7)) == (7, 0, True)
+    j.write(1)
+    j.write(2)
+    assert (c.backlog, c.is_durable(9)) == (2, False)
+    assert c.commit() is True
+    assert (j.disk, c.durable_seq, c.backlog, c.healthy) == ([1, 2], 9, 0, True)
+
+
+def test_a_failed_commit_is_counted_requeued_and_written_by_the_next_one() -> None:
+    from parrot_ipc.store.committer import Committer
+
+    j = _FakeJournal()
+    c = Committer(j)
+    j.write(1)
+    before = c.failures
+    j.fail = True
+    assert c.commit() is False
+    assert (c.failures, c.failed_through, c.healthy, c.durable_seq) == (1, 1, False, 0)
+    assert c.failed_since(before, 1) and not c.failed_since(c.failures, 1)
+    assert j.pending == [1]  # put back in front
+    j.write(2)
+    j.fail = False
+    assert c.commit() is True
+    assert (j.disk, c.durable_seq, c.healthy) == ([1, 2], 2, True)

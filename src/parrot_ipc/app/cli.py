@@ -106,7 +106,7 @@ def serve(
     by another broker, corrupt or not writable stops the start with one line. Logs and JSON
     audit lines go to stderr.
     """
-    from ..shell.server import open_audit_file, run_broker
+    from .daemon import open_audit_file, run_broker
 
     handler = logging.StreamHandler(sys.stderr)
     if as_json:

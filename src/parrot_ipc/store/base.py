@@ -215,14 +215,11 @@ class Journaled(Protocol):
     ``written_seq`` (a count of mutations since open). The shell's committer takes the ops
     (:meth:`take_pending`), writes them with :meth:`apply_ops` in one worker thread, and then
     knows the store is durable up to the seq it took. A :class:`MemoryStore` is not journaled:
-    the shell sends its responses at once.
-
-    ``durable_seq`` is the shell's bookkeeping, kept here only until the committer owns it;
-    the store never reads it.
+    the shell sends its responses at once. What is durable is not the store's to know: the
+    :class:`parrot_ipc.store.committer.Committer` owns ``durable_seq``.
     """
 
     written_seq: int
-    durable_seq: int
 
     def take_pending(self) -> tuple[list[Op], int]:
         """Hand over every pending op and the ``written_seq`` they reach: ``(ops, seq)``."""

@@ -90,8 +90,6 @@ class SqliteStore:
     Attributes:
         path: the database file.
         written_seq: mutations since open (the seq :meth:`take_pending` reports).
-        durable_seq: the shell's record of what it committed; the store never reads it (to be
-            removed when the committer owns it).
         max_id: the highest message id found in the database at open (seed for the id
             generator), or None for a new database.
     """
@@ -105,7 +103,6 @@ class SqliteStore:
         self._pending: list[Op] = []
         self._dirty_seen: dict[str, float] = {}
         self.written_seq = 0
-        self.durable_seq = 0
         self.max_id: str | None = None
         self._commits_since_checkpoint = 0
 

@@ -1,0 +1,341 @@
+"""One admitted peer: its reader, its writer, its outbox, and its state as one table.
+
+A connection is always in one :class:`Phase`; every change goes through
+:meth:`PeerLink.on` and the table :data:`TRANSITIONS` (as h11 keeps its state machine in one
+table). Pushes held while a chunk's responses wait for their commit are decided in one place
+(:meth:`PeerLink.push`) and released in one place (leaving :attr:`Phase.HOLDING`).
+
+One task reads (:meth:`PeerLink.run`) and one writes; the core decides everything else. A
+connection handles all the frames of a chunk it read, then waits until the store is durable up
+to what they saw before it queues their responses, so no response (and no push) leaves before
+the commit of the state it reports.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Protocol
+
+import trio
+
+from ..core import Broker, BrokerConfig, FrameBuffer
+from ..core import protocol as p
+from ..core.broker import Connection, WaitForMail
+from ..errors import ErrorCode, FrameTooLarge, SlowReader
+from .commit import GroupCommit
+
+log = logging.getLogger("parrot_ipc.server")
+_RECV_BYTES = 65536
+_FLUSH_S = 5.0  # at most this long to write what is queued after the reading side ends
+LINGER_S = 1.0
+_LINGER_DRAIN_BYTES = 1 << 20
+
+
+class Phase(enum.Enum):
+    """Where one connection is. Only :attr:`HANDSHAKE` and :attr:`IDLE` await a read."""
+
+    HANDSHAKE = "handshake"  # reading; no complete frame yet (deadline: handshake_timeout_s after accept)
+    IDLE = "idle"  # reading between chunks (deadline: idle_timeout_s, none while subscribed)
+    ANSWERING = "answering"  # handling frames or a long poll; pushes go straight to the outbox
+    HOLDING = "holding"  # handling frames whose responses wait for a commit; pushes are held
+    DROPPED = "dropped"  # the broker closed it: no more reads, pushes are discarded
+
+
+class LinkEvent(enum.Enum):
+    """What moves a connection from one :class:`Phase` to another."""
+
+    ANSWER = "answer"  # start handling frames whose responses go out as made (memory store)
+    HOLD = "hold"  # start (or resume) handling frames whose responses need a commit
+    RELEASE = "release"  # responses so far are queued (e.g. before a long poll): send held pushes
+    READ = "read"  # the chunk is answered: read again
+    DROP = "drop"  # the broker (a Drop effect) or a slow subscriber closes it
+
+
+_P, _E = Phase, LinkEvent
+#: The whole state machine: (phase, event) -> next phase. DROPPED absorbs every event.
+TRANSITIONS: dict[tuple[Phase, LinkEvent], Phase] = {
+    (_P.HANDSHAKE, _E.ANSWER): _P.ANSWERING, (_P.IDLE, _E.ANSWER): _P.ANSWERING,
+    (_P.HANDSHAKE, _E.HOLD): _P.HOLDING, (_P.IDLE, _E.HOLD): _P.HOLDING, (_P.ANSWERING, _E.HOLD): _P.HOLDING,
+    (_P.HOLDING, _E.RELEASE): _P.ANSWERING, (_P.ANSWERING, _E.RELEASE): _P.ANSWERING,
+    (_P.ANSWERING, _E.READ): _P.IDLE, (_P.HOLDING, _E.READ): _P.IDLE,
+    **{(ph, _E.DROP): _P.DROPPED for ph in Phase},
+    **{(_P.DROPPED, ev): _P.DROPPED for ev in LinkEvent},
+}
+_READING = frozenset({Phase.HANDSHAKE, Phase.IDLE})
+
+
+class LinkHost(Protocol):
+    """What a connection needs from its server (:class:`parrot_ipc.shell.server.BrokerServer`)."""
+
+    broker: Broker
+    config: BrokerConfig
+    group: GroupCommit | None
+
+    @property
+    def closing(self) -> bool:
+        """True once the server is shutting down: stop reading after the current chunk."""
+        ...
+
+    def apply_effects(self) -> None:
+        """Carry out the effects the core queued (pushes, wake-ups, drops)."""
+        ...
+
+    async def wait_for_mail(self, conn: Connection, wait: WaitForMail) -> bytes:
+        """Answer a long-poll ``receive``: wait for mail or its deadline; returns the response."""
+        ...
+
+
+class PeerLink:
+    """The shell side of one admitted connection.
+
+    Args:
+        conn: the core's view of it (from ``Broker.accept``).
+        host: the server.
+
+    Attributes:
+        conn: the core's connection.
+        phase: where it is (:class:`Phase`); change it only with :meth:`on`.
+        queued_bytes: bytes in the outbox and not yet written (bounded by ``max_pending_bytes``).
+    """
+
+    def __init__(self, conn: Connection, host: LinkHost) -> None:
+        cfg = host.config
+        self.conn = conn
+        self.phase = Phase.HANDSHAKE
+        self.queued_bytes = 0
+        self._host = host
+        self._outbox, self._recv = trio.open_memory_channel[bytes](cfg.max_pending_responses + cfg.push_window)
+        self._held: list[bytes] | None = None  # pushes waiting while HOLDING (a list only while some are)
+        self._read_scope: trio.CancelScope | None = None
+        self._drained: trio.Event | None = None  # while queue() waits: set when under the bound
+
+    # ------------------------------------------------------------------ state
+    def on(self, event: LinkEvent) -> None:
+        """Apply ``event`` (:data:`TRANSITIONS`). Leaving HOLDING sends the held pushes (or,
+        into DROPPED, discards them); DROP interrupts a pending read.
+
+        Raises:
+            RuntimeError: ``event`` is not allowed in the current phase (a bug in the shell).
+        """
+        old = self.phase
+        new = TRANSITIONS.get((old, event))
+        if new is None:
+            raise RuntimeError(f"conn {self.conn.conn_id}: no transition from {old.value} on {event.value}")
+        self.phase = new
+        if old is Phase.HOLDING and new is not Phase.HOLDING and self._held is not None:
+            held, self._held = self._held, None
+            for frame in held:
+                self.push(frame)
+        if new is Phase.DROPPED and old in _READING and self._read_scope is not None:
+            self._read_scope.cancel()  # interrupt the pending read
+
+    def push(self, frame: bytes) -> None:
+        """Send a pushed notification: held while HOLDING (never ahead of the response that
+        caused it), discarded once DROPPED, else put in the outbox at once. A subscriber whose
+        unsent output would pass ``max_pending_bytes`` is dropped (it does not read)."""
+        if self.phase is Phase.DROPPED:
+            return
+        if self.phase is Phase.HOLDING:
+            if self._held is None:
+                self._held = [frame]
+            else:
+                self._held.append(frame)
+            return
+        try:
+            if self.queued_bytes + len(frame) > self._host.config.max_pending_bytes:
+                raise trio.WouldBlock
+            self._outbox.send_nowait(frame)
+            self.queued_bytes += len(frame)
+        except trio.WouldBlock:
+            log.warning("dropping subscriber conn %d: it does not read its notifications", self.conn.conn_id)
+            self.on(LinkEvent.DROP)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def stop_reading(self) -> None:
+        """Interrupt a pending read (on DROP or shutdown); a connection busy answering notices
+        when it next reads."""
+        if self.phase in _READING and self._read_scope is not None:
+            self._read_scope.cancel()
+
+    # ------------------------------------------------------------------ I/O
+    async def run(self, stream: trio.abc.Stream) -> bool:
+        """Serve the connection until EOF, a timeout, a drop or shutdown.
+
+        Returns True if the broker chose to close it (the peer is owed a linger so it can read
+        our last frame). Raises :class:`SlowReader` if the peer reads nothing for
+        ``idle_timeout_s`` while its output is over the bound.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, stream, nursery.cancel_scope)
+                try:
+                    broker_closed = await self._reader(stream)
+                finally:
+                    self._outbox.close()  # the writer drains what is queued, then exits
+                if self.phase is Phase.DROPPED:
+                    nursery.cancel_scope.cancel()  # a peer we drop gets no more of its output
+                else:  # a peer that stopped reading must not hold the connection open
+                    nursery.cancel_scope.deadline = trio.current_time() + _FLUSH_S
+        finally:
+            self._host.broker.close(self.conn)
+        return broker_closed
+
+    async def queue(self, frame: bytes) -> None:
+        """Put a response in the outbox; wait while unsent output is over ``max_pending_bytes``
+        (so the reader stops reading: backpressure).
+
+        Raises:
+            SlowReader: the peer read nothing for ``idle_timeout_s`` meanwhile.
+        """
+        cfg = self._host.config
+        if self.queued_bytes >= cfg.max_pending_bytes:
+            with trio.move_on_after(cfg.idle_timeout_s):
+                while self.queued_bytes >= cfg.max_pending_bytes:
+                    ev = self._drained = trio.Event()
+                    await ev.wait()
+            if self.queued_bytes >= cfg.max_pending_bytes:
+                raise SlowReader(f"conn {self.conn.conn_id} left {self.queued_bytes} bytes unread "
+                                 f"for {cfg.idle_timeout_s:g} s")
+        self.queued_bytes += len(frame)
+        await self._outbox.send(frame)
+
+    async def _writer(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+        bound = self._host.config.max_pending_bytes
+        recv = self._recv
+        try:
+            async with recv:
+                async for frame in recv:
+                    batch = [frame]
+                    while True:  # coalesce whatever else is queued into one write
+                        try:
+                            batch.append(recv.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    data = b"".join(batch) if len(batch) > 1 else frame
+                    await stream.send_all(data)
+                    self.queued_bytes -= len(data)
+                    ev = self._drained
+                    if ev is not None and self.queued_bytes < bound:
+                        self._drained = None
+                        ev.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            scope.cancel()  # the peer is gone: stop reading too
+
+    async def _reader(self, stream: trio.abc.Stream) -> bool:
+        """Read and answer frames until EOF or a timeout (False) or a broker-side close (True).
+
+        One cancel scope serves the whole connection; its deadline is the handshake or idle
+        deadline. Two scopes per read cost a slowloris burst of 1,000 one-byte reads about
+        twice the CPU (benchmarks/hostile.py). The scope is cancelled from outside only while
+        the phase is HANDSHAKE or IDLE, and handling runs with no deadline, so a request being
+        answered is never cut short.
+        """
+        host, cfg = self._host, self._host.config
+        framer = FrameBuffer(cfg.max_frame_bytes)
+        inf = float("inf")
+        # The first complete frame must arrive within handshake_timeout_s of accept, however
+        # the bytes trickle in (slowloris); after that, any read resets idle_timeout_s.
+        with trio.CancelScope(deadline=trio.current_time() + cfg.handshake_timeout_s) as scope:
+            self._read_scope = scope
+            while not (host.closing or self.phase is Phase.DROPPED):
+                data = await stream.receive_some(_RECV_BYTES)
+                if scope.cancel_called:  # a Drop, shutdown or the deadline came with the data
+                    break
+                if not data:
+                    return False
+                try:
+                    frames = framer.feed(bytes(data))  # no copy for bytes
+                except FrameTooLarge as exc:
+                    scope.deadline = inf
+                    self.on(LinkEvent.ANSWER)
+                    await self.queue(host.broker.frame_too_large(self.conn, int(exc.args[0])))
+                    return True
+                if frames:
+                    scope.deadline = inf
+                    await self._handle_frames(frames)
+                    self.on(LinkEvent.READ)
+                    scope.deadline = inf if self.conn.subscribed else trio.current_time() + cfg.idle_timeout_s
+        if self.phase is Phase.DROPPED or host.closing:
+            return True
+        # The deadline passed while reading: nothing is owed to the peer, so no linger.
+        kind, timeout_s = (("handshake_timeout", cfg.handshake_timeout_s) if self.phase is Phase.HANDSHAKE
+                           else ("idle_timeout", cfg.idle_timeout_s))
+        c = self.conn
+        host.broker.audit(kind, {"conn": c.conn_id, "uid": c.peer.uid, "pid": c.peer.pid, "timeout_s": timeout_s})
+        return False
+
+    async def _handle_frames(self, frames: list[bytes]) -> None:
+        """Answer the frames of one chunk; their responses leave after the commit they need."""
+        host, conn, group = self._host, self.conn, self._host.group
+        if group is None:  # memory store: each response is queued at once, as it is made
+            self.on(LinkEvent.ANSWER)
+            for frame in frames:
+                out = host.broker.handle_frame(conn, frame)
+                if isinstance(out, WaitForMail):
+                    out = await host.wait_for_mail(conn, out)
+                if out is not None:
+                    await self.queue(out)
+                host.apply_effects()
+            return
+        pending: list[tuple[bytes, bytes]] = []  # (request frame, response frame)
+        since = group.written_seq
+        self.on(LinkEvent.HOLD)
+        for frame in frames:
+            out = host.broker.handle_frame(conn, frame)
+            if isinstance(out, WaitForMail):
+                since = await self._flush(group, pending, since)  # earlier responses go first
+                self.on(LinkEvent.RELEASE)
+                out = await host.wait_for_mail(conn, out)
+                self.on(LinkEvent.HOLD)
+            if out is not None:
+                pending.append((frame, out))
+            host.apply_effects()
+        await self._flush(group, pending, since)
+        self.on(LinkEvent.RELEASE)
+        group.kick()
+
+    async def _flush(self, group: GroupCommit, pending: list[tuple[bytes, bytes]], since_seq: int) -> int:
+        """Queue the responses of a chunk, once the store is durable up to what they saw.
+
+        ``since_seq`` is ``written_seq`` before these requests ran. If they wrote (the seq
+        moved) and the commit fails, they are answered -32603 ``store_write_failed``; requests
+        that only read are answered as they are. Returns ``written_seq`` now.
+        """
+        upto = group.written_seq
+        if group.dirty() and not await group.durable(upto) and upto > since_seq:
+            pending[:] = [(frame, store_failed(frame)) for frame, _ in pending]
+        if pending:  # one outbox entry (and one send_all) for the whole chunk's responses
+            await self.queue(pending[0][1] if len(pending) == 1 else b"".join([o for _, o in pending]))
+        pending.clear()
+        return group.written_seq
+
+
+def store_failed(request: bytes) -> bytes:
+    """The -32603 ``store_write_failed`` error response for ``request`` (its id salvaged)."""
+    return p.encode_error(p.salvage_id(request), ErrorCode.INTERNAL_ERROR,
+                          "Internal error: the store could not be written; retry the request.",
+                          {"reason": "store_write_failed"})
+
+
+async def linger_close(stream: trio.abc.Stream) -> None:
+    """Half-close, then discard (unparsed) what the peer still sends, briefly, before close.
+
+    Closing an AF_UNIX socket that has unread input makes the peer's next read fail with
+    ECONNRESET (net/unix/af_unix.c, unix_release_sock), which can hide our last frame from
+    it. Draining first lets the peer read that frame and then a clean EOF. Bounded by
+    ``LINGER_S`` seconds and 1 MiB.
+    """
+    with trio.move_on_after(LINGER_S):
+        try:
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            drained = 0
+            while drained < _LINGER_DRAIN_BYTES:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                drained += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
