@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-import socket as stdsocket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -29,6 +28,9 @@ from ..shell.server import BrokerServer, identify_socket_stream, socket_listener
 from ..shell.supervisor import Supervisor, run_until_signal
 from ..store import MemoryStore, Store
 from .config_file import LoadedConfig, load_config
+
+if TYPE_CHECKING:  # types only: the socket calls are the OS layer's and trio's
+    import socket as stdsocket
 
 log = logging.getLogger("parrot_ipc.server")
 _audit_log = logging.getLogger("parrot_ipc.audit")

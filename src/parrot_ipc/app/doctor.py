@@ -13,9 +13,7 @@ Paths that describe the host (unit directories, securityfs) are parameters, for 
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from ..client.blocking import Client
 from ..errors import ParrotError
 from ..os import files, host, users
 from ..os import paths as os_paths
+from ..store.schema import quick_check
 from ..store.sqlite import DB_NAME, default_state_dir
 
 Status = Literal["PASS", "WARN", "FAIL"]
@@ -166,18 +165,9 @@ def check_database(state_dir: str) -> Check:
     if not host.is_file(db):
         return Check("database", "WARN", f"no {db} (the memory store, or never started)",
                      "none needed unless the broker should be durable")
-    uri = "file:" + urllib.parse.quote(db) + "?mode=ro"
-    try:
-        con = sqlite3.connect(uri, uri=True, timeout=2.0)
-        try:
-            rows = [str(r[0]) for r in con.execute("PRAGMA quick_check").fetchall()]
-        finally:
-            con.close()
-    except sqlite3.Error as exc:
-        return Check("database", "FAIL", f"{db}: {exc}",
-                     "stop the broker and restore the last backup (docs/operations.md)")
-    if rows != ["ok"]:
-        return Check("database", "FAIL", f"{db}: quick_check: {'; '.join(rows[:3])}",
+    found = quick_check(db)
+    if found is not None:
+        return Check("database", "FAIL", f"{db}: {found}",
                      "stop the broker and restore the last backup (docs/operations.md)")
     return Check("database", "PASS", f"{db}: quick_check ok")
 

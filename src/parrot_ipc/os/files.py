@@ -22,6 +22,7 @@ be and what was found (:func:`describe`); ``OSError`` is left for "nothing there
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from dataclasses import dataclass
@@ -360,5 +361,20 @@ def remove_file(path: str | os.PathLike[str]) -> bool:
     try:
         os.unlink(path)
     except FileNotFoundError:
+        return False
+    return True
+
+
+def lock_exclusive(fd: int) -> bool:
+    """Take an exclusive, non-blocking flock(2) on ``fd`` (held until the fd is closed).
+
+    Returns True if the lock is ours, False if another process holds it (EWOULDBLOCK).
+
+    Raises:
+        OSError: flock(2) failed for another reason (EBADF, ENOLCK, ...).
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return False
     return True

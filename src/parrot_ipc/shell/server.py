@@ -15,9 +15,8 @@ import contextlib
 import errno
 import logging
 import os
-import socket as stdsocket
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import trio
 
@@ -31,6 +30,9 @@ from ..store import Journaled
 from ..store.committer import Committer
 from .commit import GroupCommit
 from .connection import LINGER_S, LinkEvent, PeerLink, linger_close
+
+if TYPE_CHECKING:  # types only: the socket calls are the OS layer's and trio's
+    import socket as stdsocket
 
 log = logging.getLogger("parrot_ipc.server")
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -60,7 +62,7 @@ def identify_socket_stream(stream: trio.abc.Stream) -> PeerCredentials:
     if not isinstance(stream, trio.SocketStream):
         raise OSError(errno.ENOTSOCK, "not a socket stream")
     # A trio socket has the stdlib getsockopt(), the only method identify_peer calls.
-    return os_peer.identify_peer(cast(stdsocket.socket, stream.socket))
+    return os_peer.identify_peer(cast("stdsocket.socket", stream.socket))
 
 
 class BrokerServer:

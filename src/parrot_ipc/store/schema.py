@@ -10,6 +10,7 @@ Unix epoch; ``size_bytes`` is bytes. Tables are ``WITHOUT ROWID`` (https://sqlit
 from __future__ import annotations
 
 import sqlite3
+import urllib.parse
 from typing import Final, Literal
 
 import msgspec
@@ -167,3 +168,28 @@ def load(db: sqlite3.Connection, mirror: MemoryStore) -> str | None:
     for (last_id,) in db.execute("SELECT value FROM meta WHERE key = 'last_id'"):
         max_id = max(max_id, last_id)
     return max_id or None
+
+
+def quick_check(path: str, timeout_s: float = 2.0) -> str | None:
+    """Run ``PRAGMA quick_check`` on the database file ``path``, opened read-only (a URI with
+    ``mode=ro``; https://sqlite.org/pragma.html#pragma_quick_check, https://sqlite.org/uri.html).
+
+    Args:
+        path: the database file.
+        timeout_s: how long to wait for a lock held by a running broker, in seconds.
+
+    Returns:
+        None if the check says ``ok``; else one line: SQLite's error, or ``quick_check: ``
+        and its first three findings. Never raises for a damaged or unreadable file.
+    """
+    uri = "file:" + urllib.parse.quote(path) + "?mode=ro"
+    try:
+        con = sqlite3.connect(uri, uri=True, timeout=timeout_s)
+        try:
+            rows = [str(r[0]) for r in con.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None if rows == ["ok"] else f"quick_check: {'; '.join(rows[:3])}"
+

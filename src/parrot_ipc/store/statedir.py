@@ -13,14 +13,13 @@ life, so a second broker on the same state refuses to start.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 from collections.abc import Mapping
 from typing import Final
 
 from ..errors import StartupError, UnsafeFile
-from ..os.files import FileRule, open_checked, problem
+from ..os.files import FileRule, lock_exclusive, open_checked, problem
 
 #: The database file in the state directory.
 DB_NAME: Final = "parrot.db"
@@ -104,8 +103,10 @@ def lock_state(state_dir: str, euid: int) -> int:
     path = os.path.join(state_dir, LOCK_NAME)
     fd = _open_or_refuse(path, _private_file(euid, "lock file"), flags=os.O_RDWR, create_mode=0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = lock_exclusive(fd)
     except OSError:
+        locked = False
+    if not locked:
         os.close(fd)
         raise refuse(f"state database {os.path.join(state_dir, DB_NAME)} is in use by another broker "
                      f"({path} is locked)") from None
