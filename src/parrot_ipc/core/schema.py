@@ -241,8 +241,11 @@ class ResourceResult(Struct, kw_only=True):
     """``get_resource``: the resource's text (UTF-8) and the hex SHA-256 of its bytes."""
 
     name: str
+    """The resource's name, as asked (a :func:`valid_resource_name`)."""
     content: str
+    """The file's text, decoded as UTF-8."""
     sha256: str
+    """The SHA-256 of the file's bytes, as 64 lowercase hex digits."""
 
 
 class SessionInfo(Struct, kw_only=True):

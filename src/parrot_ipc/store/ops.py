@@ -33,10 +33,11 @@ if TYPE_CHECKING:
 
 
 class Op(msgspec.Struct, frozen=True):
-    """Base class of every journal op (frozen; msgspec Structs have ``__slots__``)."""
+    """Base class of every journal op (frozen; msgspec Structs have ``__slots__``). Subclasses
+    inherit ``frozen=True`` (msgspec: Struct configuration is inherited by subclasses)."""
 
 
-class PutMessage(Op, frozen=True):
+class PutMessage(Op):
     """Insert (or replace) a queued message, ready (``lease_until`` 0).
 
     ``data`` is the message's ``data`` object as JSON bytes, or None when it has none;
@@ -60,27 +61,27 @@ class PutMessage(Op, frozen=True):
         return cls(m.id, item.mailbox, m.from_, m.content, data, m.sent_at, item.size_bytes, m.to)
 
 
-class SetLease(Op, frozen=True):
+class SetLease(Op):
     """Set ``lease_until`` (seconds since the epoch; 0 = ready again) on the messages ``ids``."""
 
     until: float
     ids: tuple[str, ...]
 
 
-class DeleteMessages(Op, frozen=True):
+class DeleteMessages(Op):
     """Delete the messages ``ids`` (acked or expired)."""
 
     ids: tuple[str, ...]
 
 
-class MoveMailbox(Op, frozen=True):
+class MoveMailbox(Op):
     """Move every message of mailbox ``old`` into mailbox ``new`` (a rename)."""
 
     old: str
     new: str
 
 
-class PutSession(Op, frozen=True):
+class PutSession(Op):
     """Insert (or replace) a session row; ``scopes`` is a JSON list of names, sorted."""
 
     token_hash: bytes
@@ -103,25 +104,25 @@ class PutSession(Op, frozen=True):
                    s.expires_at, s.last_rename_at, s.bound_pid, s.bound_start_time)
 
 
-class DeleteSession(Op, frozen=True):
+class DeleteSession(Op):
     """Delete the session whose token hashes (SHA-256) to ``token_hash``."""
 
     token_hash: bytes
 
 
-class TouchInstances(Op, frozen=True):
+class TouchInstances(Op):
     """Set the last-seen time of instances: ``seen`` is ``((instance_id, seconds), ...)``."""
 
     seen: tuple[tuple[str, float], ...]
 
 
-class DeleteInstance(Op, frozen=True):
+class DeleteInstance(Op):
     """Delete the last-seen record of ``instance_id``."""
 
     instance_id: str
 
 
-class PutForward(Op, frozen=True):
+class PutForward(Op):
     """Forward mail for ``old`` to ``new`` until ``until`` (seconds since the epoch)."""
 
     old: str
@@ -129,13 +130,13 @@ class PutForward(Op, frozen=True):
     until: float
 
 
-class DeleteForward(Op, frozen=True):
+class DeleteForward(Op):
     """Delete the forward from ``old``."""
 
     old: str
 
 
-class PutIdempotent(Op, frozen=True):
+class PutIdempotent(Op):
     """Keep the result (``id``, ``recipient``, ``status``) of ``sender``'s ``send`` with
     idempotency ``key`` until ``until`` (seconds since the epoch)."""
 
@@ -152,7 +153,7 @@ class PutIdempotent(Op, frozen=True):
         return cls(sender, key, result.id, result.to, result.status, until)
 
 
-class Purge(Op, frozen=True):
+class Purge(Op):
     """Delete the sessions, forwards and idempotency keys that expired by ``now`` (seconds).
     Uses the ``*_by_until`` / ``sessions_by_expiry`` indexes, never a table scan."""
 
