@@ -87,56 +87,7 @@ class Floor:
                     if not data:
                         return
                     buf += data
-                    start = 0
-                    while True:
-                        nl = buf.find(b"\n", start)
-                        if nl < 0:
-                            break
-                        frame = bytes(buf[start:nl])
-                        start = nl + 1
-                        if not frame.strip():
-                            continue
-                        req = _REQ.decode(frame)
-                        prm = _PARAMS.decode(req.params)
-                        m = req.method
-                        result: Any
-                        if m == "send":
-                            self.seq += 1
-                            mid = f"{self.seq:018x}"
-                            self._box(prm.to).append(_Msg(id=mid, from_=name, to=prm.to, content=prm.content,
-                                                          sent_at=_SENT_AT))
-                            ev = self.events.pop(prm.to, None)
-                            if ev is not None:
-                                ev.set()
-                            result = {"id": mid, "to": prm.to, "status": "queued"}
-                        elif m == "receive":
-                            box = self._box(name)
-                            if not box and prm.wait_s > 0:
-                                if out:  # answers keep request order: flush the earlier ones first
-                                    await stream.send_all(out)
-                                    out.clear()
-                                ev = self.events.get(name)
-                                if ev is None:
-                                    ev = self.events[name] = trio.Event()
-                                with trio.move_on_after(prm.wait_s):
-                                    await ev.wait()
-                            got = [box.popleft() for _ in range(min(prm.max, len(box)))]
-                            result = {"messages": got}
-                        elif m == "ack":
-                            result = {"acked": len(prm.ids)}
-                        elif m == "get_token":
-                            name = prm.instance_id
-                            result = {"token": "t" * 43, "instance_id": name, "expires_at": _EXPIRES,
-                                      "scopes": _SCOPES}
-                        elif m == "authenticate":
-                            result = {"instance_id": name, "expires_at": _EXPIRES, "scopes": _SCOPES}
-                        elif m == "ping":
-                            result = "pong"
-                        else:
-                            result = None
-                        if req.id is not None:
-                            _ENC.encode_into(_Resp("2.0", req.id, result), out, len(out))
-                            out += b"\n"
+                    start, name = await self._frames(stream, buf, out, name)
                     if start:
                         del buf[:start]
                     if out:
@@ -145,6 +96,66 @@ class Floor:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
+    async def _frames(self, stream: trio.SocketStream, buf: bytearray, out: bytearray,
+                      name: str) -> tuple[int, str]:
+        """Answer every whole frame in ``buf`` into ``out``; return how many bytes of ``buf``
+        were used, and the connection's name (``get_token`` sets it). Called once per read."""
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                return start, name
+            frame = bytes(buf[start:nl])
+            start = nl + 1
+            if not frame.strip():
+                continue
+            req = _REQ.decode(frame)
+            prm = _PARAMS.decode(req.params)
+            result: Any
+            if req.method == "receive":
+                result = await self._receive(stream, out, name, prm)
+            else:
+                result, name = self._call(req.method, prm, name)
+            if req.id is not None:
+                _ENC.encode_into(_Resp("2.0", req.id, result), out, len(out))
+                out += b"\n"
+
+    def _call(self, m: str, prm: _Params, name: str) -> tuple[Any, str]:
+        """The result of every method but ``receive``, and the connection's name after it."""
+        if m == "send":
+            self.seq += 1
+            mid = f"{self.seq:018x}"
+            self._box(prm.to).append(_Msg(id=mid, from_=name, to=prm.to, content=prm.content,
+                                          sent_at=_SENT_AT))
+            ev = self.events.pop(prm.to, None)
+            if ev is not None:
+                ev.set()
+            return {"id": mid, "to": prm.to, "status": "queued"}, name
+        if m == "ack":
+            return {"acked": len(prm.ids)}, name
+        if m == "get_token":
+            name = prm.instance_id
+            return {"token": "t" * 43, "instance_id": name, "expires_at": _EXPIRES, "scopes": _SCOPES}, name
+        if m == "authenticate":
+            return {"instance_id": name, "expires_at": _EXPIRES, "scopes": _SCOPES}, name
+        if m == "ping":
+            return "pong", name
+        return None, name
+
+    async def _receive(self, stream: trio.SocketStream, out: bytearray, name: str,
+                       prm: _Params) -> dict[str, list[_Msg]]:
+        box = self._box(name)
+        if not box and prm.wait_s > 0:
+            if out:  # answers keep request order: flush the earlier ones first
+                await stream.send_all(out)
+                out.clear()
+            ev = self.events.get(name)
+            if ev is None:
+                ev = self.events[name] = trio.Event()
+            with trio.move_on_after(prm.wait_s):
+                await ev.wait()
+        got = [box.popleft() for _ in range(min(prm.max, len(box)))]
+        return {"messages": got}
 
 async def main(path: str) -> None:
     with trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM) as lst:

@@ -54,6 +54,74 @@ def frame(rng: random.Random, n: int) -> bytes:
     return data + b"\n"
 
 
+def _start_broker() -> tuple[subprocess.Popen[bytes], str]:
+    """Start `parrot-ipc serve` (memory store, rate limit lifted) in a temp dir; wait for a pong."""
+    d = tempfile.mkdtemp(prefix="pipc-fuzz-")
+    path = os.path.join(d, "run", "mcp.sock")
+    cfg = os.path.join(d, "config.toml")
+    with open(cfg, "w") as f:  # the fuzzer and the pong checks share a UID: lift its rate limit
+        f.write("[server]\nrate_per_s = 1000000\nburst = 1000000\n")
+    proc = subprocess.Popen([sys.executable, "-m", "parrot_ipc", "serve", "--socket", path, "--store", "memory",
+                             "--config", cfg, "--log-level", "ERROR"], stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            with Client(path) as c:
+                c.ping()
+            break
+        except Exception:
+            time.sleep(0.05)
+    return proc, path
+
+
+def _drain(s: socket.socket, codes: collections.Counter[int]) -> None:
+    """Count the error codes in what has come back on ``s`` so far (the caller sets the first
+    wait); raise ConnectionResetError if the broker closed it."""
+    try:
+        while True:
+            data = s.recv(1 << 20)
+            if not data:
+                raise ConnectionResetError("closed by the broker")
+            for line in data.split(b"\n"):
+                if line.startswith(b"{") and b'"error"' in line:
+                    with contextlib.suppress(ValueError):
+                        codes[json.loads(line)["error"]["code"]] += 1
+            s.settimeout(0)
+    except (TimeoutError, BlockingIOError):
+        pass
+
+
+def _send_one(conns: list[socket.socket | None], i: int, path: str, data: bytes, sent: int,
+              codes: collections.Counter[int]) -> bool:
+    """Send ``data`` on connection ``i`` (opened if needed) and read back; False if the broker
+    closed it (it is then dropped)."""
+    s = conns[i]
+    if s is None:
+        s = conns[i] = socket.socket(socket.AF_UNIX)
+        s.connect(path)
+        s.settimeout(5)
+    try:
+        s.sendall(data)
+        # Read what has come back without waiting per frame (notifications get no
+        # response); every 100th frame waits briefly so responses are counted.
+        s.settimeout(0.05 if sent % 100 == 0 else 0)
+        _drain(s, codes)
+        s.settimeout(5)
+    except OSError:
+        s.close()
+        conns[i] = None
+        return False
+    return True
+
+
+def _stop(conns: list[socket.socket | None], proc: subprocess.Popen[bytes] | None) -> None:
+    for s in conns:
+        if s is not None:
+            s.close()
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30)
@@ -63,20 +131,7 @@ def main() -> int:
     proc = None
     path = args.socket
     if path is None:
-        d = tempfile.mkdtemp(prefix="pipc-fuzz-")
-        path = os.path.join(d, "run", "mcp.sock")
-        cfg = os.path.join(d, "config.toml")
-        with open(cfg, "w") as f:  # the fuzzer and the pong checks share a UID: lift its rate limit
-            f.write("[server]\nrate_per_s = 1000000\nburst = 1000000\n")
-        proc = subprocess.Popen([sys.executable, "-m", "parrot_ipc", "serve", "--socket", path, "--store", "memory",
-                                 "--config", cfg, "--log-level", "ERROR"], stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            try:
-                with Client(path) as c:
-                    c.ping()
-                break
-            except Exception:
-                time.sleep(0.05)
+        proc, path = _start_broker()
     rng = random.Random(args.seed)
     conns: list[socket.socket | None] = [None] * 4
     sent, checks, closes = 0, 0, 0
@@ -85,32 +140,7 @@ def main() -> int:
     try:
         while time.monotonic() < stop_at:
             i = rng.randrange(len(conns))
-            s = conns[i]
-            if s is None:
-                s = conns[i] = socket.socket(socket.AF_UNIX)
-                s.connect(path)
-                s.settimeout(5)
-            try:
-                s.sendall(frame(rng, sent))
-                # Read what has come back without waiting per frame (notifications get no
-                # response); every 100th frame waits briefly so responses are counted.
-                s.settimeout(0.05 if sent % 100 == 0 else 0)
-                try:
-                    while True:
-                        data = s.recv(1 << 20)
-                        if not data:
-                            raise ConnectionResetError("closed by the broker")
-                        for line in data.split(b"\n"):
-                            if line.startswith(b"{") and b'"error"' in line:
-                                with contextlib.suppress(ValueError):
-                                    codes[json.loads(line)["error"]["code"]] += 1
-                        s.settimeout(0)
-                except (TimeoutError, BlockingIOError):
-                    pass
-                s.settimeout(5)
-            except OSError:
-                s.close()
-                conns[i] = None
+            if not _send_one(conns, i, path, frame(rng, sent), sent, codes):
                 closes += 1
             sent += 1
             if sent % 1000 == 0:
@@ -123,16 +153,10 @@ def main() -> int:
                 print(f"the broker died (exit {proc.returncode}) after {sent} frames", file=sys.stderr)
                 return 1
     finally:
-        for s in conns:
-            if s is not None:
-                s.close()
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(15)
+        _stop(conns, proc)
     print(f"frames sent: {sent}; fresh-client pong checks passed: {checks}; connections closed by the broker: "
           f"{closes}; error codes seen: {dict(sorted(codes.items()))}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

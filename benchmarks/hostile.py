@@ -111,6 +111,28 @@ def bench_rss_10mb() -> dict[str, Any]:
             "bound_bytes": 2 * 65536 + MiB, "met": growth < 2 * 65536 + MiB}
 
 
+def _drip_byte(slow: list[socket.socket], closed: dict[int, float]) -> None:
+    """Send one byte on each connection of ``slow`` not yet in ``closed``."""
+    for i, s in enumerate(slow):
+        if i not in closed:
+            with contextlib.suppress(OSError):
+                s.send(b"{")
+
+
+def _note_closes(slow: list[socket.socket], closed: dict[int, float], at_s: float) -> None:
+    """Put each connection of ``slow`` the broker has closed into ``closed``, at ``at_s``."""
+    for i, s in enumerate(slow):
+        if i in closed:
+            continue
+        try:
+            if s.recv(16) == b"":
+                closed[i] = at_s
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed[i] = at_s
+
+
 def _drip(sock_path: str, n: int, limit_s: float, out: Any) -> None:
     """Child process: open ``n`` connections, send one byte a second on each, record closes."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -128,21 +150,9 @@ def _drip(sock_path: str, n: int, limit_s: float, out: Any) -> None:
     while len(closed) < n and time.monotonic() - t0 < limit_s:
         now = time.monotonic()
         if now >= next_drip:
-            for i, s in enumerate(slow):
-                if i not in closed:
-                    with contextlib.suppress(OSError):
-                        s.send(b"{")
+            _drip_byte(slow, closed)
             next_drip = now + 1.0
-        for i, s in enumerate(slow):
-            if i in closed:
-                continue
-            try:
-                if s.recv(16) == b"":
-                    closed[i] = now - t0
-            except BlockingIOError:
-                pass
-            except OSError:
-                closed[i] = now - t0
+        _note_closes(slow, closed, now - t0)
         time.sleep(0.01)
     out.send(sorted(closed.values()))
 

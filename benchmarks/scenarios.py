@@ -7,7 +7,7 @@ import multiprocessing
 import resource
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
@@ -102,19 +102,25 @@ def pipelined_send(srv: Server, sz: Sizes) -> dict[str, float]:
     async def run() -> float:
         async with AsyncClient(srv.sock) as c:
             await c.get_token("pipe")
-            per_lane, extra = divmod(sz.pipelined_sends, sz.pipeline_depth)
-
-            async def lane(n: int) -> None:
-                for _ in range(n):
-                    await c.send("sink", PAD)
-
             start = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                for k in range(sz.pipeline_depth):
-                    nursery.start_soon(lane, per_lane + (1 if k < extra else 0))
+            await _in_lanes(sz.pipelined_sends, sz.pipeline_depth, lambda: c.send("sink", PAD))
             return time.perf_counter() - start
 
     return {"msgs_per_s": sz.pipelined_sends / trio.run(run)}
+
+
+async def _in_lanes(total: int, lanes: int, step: Callable[[], Awaitable[object]]) -> None:
+    """Await ``step()`` ``total`` times in all, over ``lanes`` concurrent tasks that each await
+    theirs one after another (the first ``total % lanes`` lanes do one more)."""
+    per_lane, extra = divmod(total, lanes)
+
+    async def lane(n: int) -> None:
+        for _ in range(n):
+            await step()
+
+    async with trio.open_nursery() as nursery:
+        for k in range(lanes):
+            nursery.start_soon(lane, per_lane + (1 if k < extra else 0))
 
 
 # --------------------------------------------------------------------------- 3./8. deliver
@@ -157,15 +163,7 @@ async def _deliver(sock: str, pairs: int, per_sender: int, window: int, tag: str
             arrived()
             await go.wait()
             to = f"{tag}r{i}"
-
-            async def lane(n: int) -> None:
-                for _ in range(n):
-                    await c.send(to, f"{clock()} {PAD}")
-
-            per_lane, extra = divmod(per_sender, window)
-            async with trio.open_nursery() as nursery:
-                for k in range(window):
-                    nursery.start_soon(lane, per_lane + (1 if k < extra else 0))
+            await _in_lanes(per_sender, window, lambda: c.send(to, f"{clock()} {PAD}"))
 
     with trio.fail_after(600):
         async with trio.open_nursery() as nursery:

@@ -33,17 +33,33 @@ class ErrorCode(IntEnum):
     """Every error code the broker sends. Stable: clients switch on these numbers."""
 
     PARSE_ERROR = -32700
+    """The frame is not valid JSON (JSON-RPC 2.0 spec, section 5.1)."""
     INVALID_REQUEST = -32600
+    """The JSON is not a valid Request object (JSON-RPC 2.0 spec, section 5.1)."""
     METHOD_NOT_FOUND = -32601
+    """No such method in protocol v1 (JSON-RPC 2.0 spec, section 5.1)."""
     INVALID_PARAMS = -32602
+    """The method's params are missing or of the wrong shape (JSON-RPC 2.0 spec, section 5.1)."""
     INTERNAL_ERROR = -32603
+    """The broker failed while handling the request (JSON-RPC 2.0 spec, section 5.1)."""
     UNAUTHENTICATED = -32001
+    """No session on this connection, or a bad, expired, revoked or other-UID token
+    (``docs/protocol.md``, Error codes)."""
     FORBIDDEN = -32002
+    """The peer policy refuses this peer, or the session lacks the scope
+    (``docs/protocol.md``, Error codes)."""
     RATE_LIMITED = -32003
+    """Too fast or too many; ``data.retry_after_s`` says when to retry where it applies
+    (``docs/protocol.md``, Error codes)."""
     FRAME_TOO_LARGE = -32004
+    """The frame is over ``max_frame_bytes``; the connection closes (``docs/protocol.md``)."""
     NOT_FOUND = -32005
+    """An unknown resource, or one that must not be served (``docs/protocol.md``)."""
     CONFLICT = -32006
+    """The instance is held by another UID, or the rename target is taken
+    (``docs/protocol.md``, Error codes)."""
     MAILBOX_FULL = -32007
+    """The recipient's mailbox is at its bound (``docs/protocol.md``, Error codes)."""
 
 
 class ParrotIpcError(Exception):

@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import hmac
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -22,6 +22,23 @@ UNAUTHENTICATED, FORBIDDEN, CONFLICT = -32001, -32002, -32006
 OTHER_UID = 2000
 
 
+def _children(obj: Any) -> Iterable[Any]:
+    """What ``obj`` holds, in order: a dict's keys and values, a container's items, a
+    dataclass's or Struct's fields, a plain object's ``__dict__``; nothing for anything else."""
+    if isinstance(obj, dict):
+        return (x for kv in obj.items() for x in kv)
+    if isinstance(obj, (list, tuple, set, frozenset)) or type(obj).__name__ == "deque":
+        items: Iterable[Any] = obj
+        return items
+    if dataclasses.is_dataclass(obj):
+        return (getattr(obj, f.name) for f in dataclasses.fields(obj))
+    if isinstance(obj, msgspec.Struct):
+        return (getattr(obj, name) for name in obj.__struct_fields__)
+    if hasattr(obj, "__dict__"):
+        return (vars(obj),)
+    return ()
+
+
 def leaves(obj: Any, seen: set[int] | None = None) -> Iterator[Any]:
     """Every scalar reachable from ``obj``: containers, dataclasses, Structs and plain objects."""
     seen = set() if seen is None else seen
@@ -30,21 +47,9 @@ def leaves(obj: Any, seen: set[int] | None = None) -> Iterator[Any]:
     seen.add(id(obj))
     if isinstance(obj, (str, bytes, bytearray, int, float, bool)) or obj is None:
         yield obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from leaves(k, seen)
-            yield from leaves(v, seen)
-    elif isinstance(obj, (list, tuple, set, frozenset)) or type(obj).__name__ == "deque":
-        for v in obj:
-            yield from leaves(v, seen)
-    elif dataclasses.is_dataclass(obj):
-        for f in dataclasses.fields(obj):
-            yield from leaves(getattr(obj, f.name), seen)
-    elif isinstance(obj, msgspec.Struct):
-        for name in obj.__struct_fields__:
-            yield from leaves(getattr(obj, name), seen)
-    elif hasattr(obj, "__dict__"):
-        yield from leaves(vars(obj), seen)
+        return
+    for child in _children(obj):
+        yield from leaves(child, seen)
 
 
 def test_leaves_walks_into_the_store() -> None:

@@ -24,26 +24,42 @@ FILESYSTEM_METHODS = {"exists", "is_file", "is_dir", "is_symlink", "stat", "lsta
                       "iterdir", "touch", "rename", "replace", "resolve", "samefile"}
 
 
+def _import_violations(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [f"import {a.name}" for a in node.names if a.name.split(".")[0] in BANNED_IMPORTS]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in BANNED_IMPORTS:
+        return [f"from {node.module} import ..."]
+    return []
+
+
+def _attribute_violations(node: ast.Attribute) -> list[str]:
+    if isinstance(node.value, ast.Name) and node.value.id == "os":
+        return [] if node.attr in ALLOWED_OS or node.attr == "path" else [f"os.{node.attr}"]
+    if (isinstance(node.value, ast.Attribute) and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "os" and node.value.attr == "path"):
+        return [] if node.attr in ALLOWED_OS_PATH else [f"os.path.{node.attr}"]
+    return []
+
+
+def _call_violations(node: ast.Call) -> list[str]:
+    if isinstance(node.func, ast.Name) and node.func.id == "open":
+        return ["open()"]
+    if isinstance(node.func, ast.Attribute) and node.func.attr in FILESYSTEM_METHODS:
+        owner = node.func.value
+        if not (isinstance(owner, ast.Name) and owner.id in {"files", "host", "users", "os_paths"}):
+            return [f".{node.func.attr}()"]
+    return []
+
+
 def _violations(tree: ast.AST) -> list[str]:
     found: list[str] = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [f"import {a.name}" for a in node.names if a.name.split(".")[0] in BANNED_IMPORTS]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in BANNED_IMPORTS:
-            found.append(f"from {node.module} import ...")
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os":
-            if node.attr not in ALLOWED_OS and node.attr != "path":
-                found.append(f"os.{node.attr}")
-        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-              and isinstance(node.value.value, ast.Name) and node.value.value.id == "os" and node.value.attr == "path"):
-            if node.attr not in ALLOWED_OS_PATH:
-                found.append(f"os.path.{node.attr}")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open":
-            found.append("open()")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in FILESYSTEM_METHODS:
-            owner = node.func.value
-            if not (isinstance(owner, ast.Name) and owner.id in {"files", "host", "users", "os_paths"}):
-                found.append(f".{node.func.attr}()")
+        if isinstance(node, ast.Attribute):
+            found += _attribute_violations(node)
+        elif isinstance(node, ast.Call):
+            found += _call_violations(node)
+        else:
+            found += _import_violations(node)
     return found
 
 

@@ -34,7 +34,7 @@ from ..errors import EXIT_USAGE, BrokerUnavailable, ConfigError, ParrotError, St
 from ..os.paths import default_socket_path
 from . import cli_admin, config_file, session_file
 from .cli_admin import load_config as load_config
-from .cli_output import JsonOpt, SocketOpt, emit, errors, session
+from .cli_output import JsonOpt, SocketOpt, emit, emit_table, errors, session
 
 app = typer.Typer(
     name="parrot-ipc",
@@ -137,6 +137,14 @@ app.command()(cli_admin.doctor)
 
 
 # --------------------------------------------------------------------------- agent commands
+NameArg = Annotated[str, typer.Argument(help="Instance id: 1-64 of A-Z a-z 0-9 _ . -, not starting with _ . -")]
+MessageArg = Annotated[str, typer.Argument(help="Message text; '-' reads it from standard input.")]
+
+
+def _text(message: str) -> str:
+    """The message text: standard input's for ``-``, else ``message`` itself."""
+    return sys.stdin.read() if message == "-" else message
+
 @app.command()
 def ping(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     """Check that a broker answers (needs no session)."""
@@ -149,11 +157,7 @@ def ping(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def register(
-    name: Annotated[str, typer.Argument(help="Instance id: 1-64 of A-Z a-z 0-9 _ . -, not starting with _ . -")],
-    socket: SocketOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+def register(name: NameArg, socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     """Get a session token for NAME and save it to the session file (0600).
 
     The file is ~/.ipc-session, or $PARROT_IPC_SESSION. The token is never printed.
@@ -172,14 +176,14 @@ def register(
 @app.command()
 def send(
     to: Annotated[str, typer.Argument(help="Recipient instance id.")],
-    message: Annotated[str, typer.Argument(help="Message text; '-' reads it from standard input.")],
+    message: MessageArg,
     data: Annotated[Optional[str], typer.Option(help="Structured data: a JSON object.")] = None,  # noqa: UP045
     idempotency_key: Annotated[Optional[str], typer.Option(help="Repeat-safe key: a resend with the same key queues nothing new.")] = None,  # noqa: UP045
     socket: SocketOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Send MESSAGE to TO. The sender is your session's instance, never a claimed name."""
-    content = sys.stdin.read() if message == "-" else message
+    content = _text(message)
     payload = None
     if data is not None:
         try:
@@ -218,13 +222,9 @@ def recv(
 
 
 @app.command()
-def broadcast(
-    message: Annotated[str, typer.Argument(help="Message text; '-' reads it from standard input.")],
-    socket: SocketOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+def broadcast(message: MessageArg, socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     """Send MESSAGE to every other registered instance."""
-    content = sys.stdin.read() if message == "-" else message
+    content = _text(message)
     with session(socket, as_json) as (client, _):
         res = client.broadcast(content)
         emit(as_json, res, f"broadcast {res.id} to {len(res.recipients)} recipient(s)"
@@ -236,16 +236,10 @@ def list_(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     """List known instances: online or not, last seen, messages queued."""
     with session(socket, as_json) as (client, _):
         rows = client.list_instances()
-        if as_json:
-            emit(True, {"instances": rows})
-            return
-        if not rows:
-            typer.echo("(no instances)")
-            return
-        w = max(8, *(len(r.instance_id) for r in rows))
-        typer.echo(f"{'INSTANCE':<{w}}  {'ONLINE':<6}  {'LAST SEEN':<24}  QUEUED")
-        for r in rows:
-            typer.echo(f"{r.instance_id:<{w}}  {'yes' if r.online else 'no':<6}  {r.last_seen:<24}  {r.queued}")
+        w = max([8, *(len(r.instance_id) for r in rows)])
+        emit_table(as_json, "instances", rows, f"{'INSTANCE':<{w}}  {'ONLINE':<6}  {'LAST SEEN':<24}  QUEUED",
+                   lambda r: f"{r.instance_id:<{w}}  {'yes' if r.online else 'no':<6}  {r.last_seen:<24}  {r.queued}",
+                   empty="(no instances)")
 
 
 @app.command()

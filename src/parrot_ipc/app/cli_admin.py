@@ -18,7 +18,7 @@ from ..core.config import BrokerConfig
 from ..errors import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, ConfigError
 from ..os.paths import default_socket_path
 from . import config_file
-from .cli_output import JsonOpt, SocketOpt, emit, fail, session
+from .cli_output import JsonOpt, SocketOpt, emit, emit_table, fail, session
 
 
 def load_config(path: Path | None) -> BrokerConfig:
@@ -77,22 +77,15 @@ admin_app = typer.Typer(help="Admin commands (the session needs the 'admin' scop
 def admin_sessions(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     """List live sessions: instance, uid, pid, scopes, expiry (never tokens)."""
     with session(socket, as_json) as (client, _):
-        rows = client.list_sessions()
-        if as_json:
-            emit(True, {"sessions": rows})
-            return
-        typer.echo(f"{'INSTANCE':<20} {'UID':>6} {'PID':>8} {'ONLINE':<6} {'BIND':<7} {'EXPIRES':<24} SCOPES")
-        for r in rows:
-            typer.echo(f"{r.instance_id:<20} {r.uid:>6} {r.pid:>8} {'yes' if r.online else 'no':<6} "
-                       f"{r.bind:<7} {r.expires_at:<24} {','.join(r.scopes)}")
+        emit_table(as_json, "sessions", client.list_sessions(),
+                   f"{'INSTANCE':<20} {'UID':>6} {'PID':>8} {'ONLINE':<6} {'BIND':<7} {'EXPIRES':<24} SCOPES",
+                   lambda r: f"{r.instance_id:<20} {r.uid:>6} {r.pid:>8} {'yes' if r.online else 'no':<6} "
+                             f"{r.bind:<7} {r.expires_at:<24} {','.join(r.scopes)}")
 
 
 @admin_app.command("revoke")
-def admin_revoke(
-    name: Annotated[str, typer.Argument(help="The instance whose session to revoke.")],
-    socket: SocketOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+def admin_revoke(name: Annotated[str, typer.Argument(help="The instance whose session to revoke.")],
+                 socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     """Revoke the live session of instance NAME, on every connection."""
     with session(socket, as_json) as (client, _):
         revoked = client.revoke_session(name)
@@ -105,11 +98,8 @@ resource_app = typer.Typer(help="Protected resources the broker serves (the sess
 
 
 @resource_app.command("get")
-def resource_get(
-    name: Annotated[str, typer.Argument(help="The resource name, e.g. 'instructions'.")],
-    socket: SocketOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+def resource_get(name: Annotated[str, typer.Argument(help="The resource name, e.g. 'instructions'.")],
+                 socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     """Print resource NAME (its text as-is; with --json: name, content, sha256)."""
     with session(socket, as_json) as (client, _):
         res = client.get_resource(name)

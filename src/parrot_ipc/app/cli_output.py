@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
 
@@ -90,3 +90,18 @@ def session(socket: str | None, as_json: bool) -> Iterator[tuple[Client, Path]]:
         with Client(socket) as client:
             client.authenticate(saved.session_token)
             yield client, path
+
+
+def emit_table(as_json: bool, key: str, rows: Sequence[Any], header: str, line: Callable[[Any], str],
+               empty: str | None = None) -> None:
+    """Print ``rows``: with ``--json`` one document ``{key: rows}``; else the ``header`` line and
+    ``line(row)`` for each row, or only the line ``empty`` (if given) when there are none."""
+    if as_json:
+        emit(True, {key: rows})
+        return
+    if not rows and empty is not None:
+        typer.echo(empty)
+        return
+    typer.echo(header)
+    for r in rows:
+        typer.echo(line(r))

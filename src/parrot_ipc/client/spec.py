@@ -31,15 +31,7 @@ from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
 import msgspec
 
 from ..core import protocol as p
-from ..core.policy import (
-    SCOPE_ADMIN,
-    SCOPE_BROADCAST,
-    SCOPE_LIST,
-    SCOPE_RECEIVE,
-    SCOPE_RENAME,
-    SCOPE_RESOURCES,
-    SCOPE_SEND,
-)
+from ..core.schema import METHOD_NEEDS, PUBLIC
 
 _astuple: Final = msgspec.structs.astuple
 P = ParamSpec("P")
@@ -47,8 +39,6 @@ R = TypeVar("R")
 W = TypeVar("W")
 S = TypeVar("S", bound=msgspec.Struct)
 
-PUBLIC: Final = "public"
-SESSION: Final = "session"
 
 
 def _then(decode: Callable[[bytes], W], unwrap: Callable[[W], R]) -> Callable[[bytes], R]:
@@ -92,8 +82,10 @@ class Method(Generic[P, R]):
             for a method without params); its signature and docstring become the method's.
         result: the result Struct (or ``str`` for ``ping``) the response is decoded as.
         unwrap: turns the decoded result into what the method returns (default: itself).
-        needs: ``"public"`` (any admitted peer), ``"session"``, or the scope the session
-            must hold (:mod:`parrot_ipc.core.policy`).
+
+    ``needs`` (``"public"``, ``"session"`` or a scope) is read from
+    :data:`parrot_ipc.core.schema.METHOD_NEEDS`, the table the broker checks too; a ``name``
+    not in it raises :class:`KeyError` (at import).
 
     ``params`` members that are None are left out of the request (they are optional in the
     schema). A ``params`` with a ``wait_s`` field (``receive``) extends the response timeout
@@ -102,17 +94,17 @@ class Method(Generic[P, R]):
 
     @overload
     def __init__(self: Method[P, W], name: str, params: type[S], build: Callable[P, S | None],
-                 result: type[W], *, needs: str) -> None: ...
+                 result: type[W]) -> None: ...
     @overload
     def __init__(self, name: str, params: type[S], build: Callable[P, S | None], result: type[W],
-                 unwrap: Callable[[W], R], *, needs: str) -> None: ...
+                 unwrap: Callable[[W], R]) -> None: ...
 
     def __init__(self, name: str, params: type[msgspec.Struct], build: Callable[P, Any],
-                 result: type[Any], unwrap: Callable[[Any], R] | None = None, *, needs: str) -> None:
+                 result: type[Any], unwrap: Callable[[Any], R] | None = None) -> None:
         self.name = name
         self.params = params
         self.result = result
-        self.needs = needs
+        self.needs = METHOD_NEEDS[name]
         self.__doc__ = build.__doc__
         self._build: Callable[P, msgspec.Struct | None] = build
         self._signature = inspect.signature(build).replace(return_annotation=inspect.Signature.empty)
@@ -278,26 +270,24 @@ class Methods:
     """Every method of protocol v1, as descriptors (``docs/protocol.md``, Methods). The base of
     both clients, through :class:`BlockingCalls` and :class:`TrioCalls`."""
 
-    ping = Method("ping", p.NoParams, _ping, str, needs=PUBLIC)
-    get_token = Method("get_token", p.GetTokenParams, _get_token, p.TokenResult, needs=PUBLIC)
-    authenticate = Method("authenticate", p.AuthenticateParams, _authenticate, p.AuthResult, needs=PUBLIC)
-    whoami = Method("whoami", p.NoParams, _whoami, p.WhoamiResult, needs=SESSION)
-    send = Method("send", p.SendParams, _send, p.SendResult, needs=SCOPE_SEND)
-    broadcast = Method("broadcast", p.BroadcastParams, _broadcast, p.BroadcastResult, needs=SCOPE_BROADCAST)
-    receive = Method("receive", p.ReceiveParams, _receive, p.ReceiveResult, _messages, needs=SCOPE_RECEIVE)
-    ack = Method("ack", p.AckParams, _ack, p.AckResult, _acked, needs=SESSION)
+    ping = Method("ping", p.NoParams, _ping, str)
+    get_token = Method("get_token", p.GetTokenParams, _get_token, p.TokenResult)
+    authenticate = Method("authenticate", p.AuthenticateParams, _authenticate, p.AuthResult)
+    whoami = Method("whoami", p.NoParams, _whoami, p.WhoamiResult)
+    send = Method("send", p.SendParams, _send, p.SendResult)
+    broadcast = Method("broadcast", p.BroadcastParams, _broadcast, p.BroadcastResult)
+    receive = Method("receive", p.ReceiveParams, _receive, p.ReceiveResult, _messages)
+    ack = Method("ack", p.AckParams, _ack, p.AckResult, _acked)
     list_instances = Method("list_instances", p.NoParams, _list_instances, p.ListInstancesResult,
-                            _instances, needs=SCOPE_LIST)
-    rename = Method("rename", p.RenameParams, _rename, p.RenameResult, needs=SCOPE_RENAME)
-    subscribe = Method("subscribe", p.NoParams, _subscribe, p.SubscribeResult, _subscribed,
-                       needs=SCOPE_RECEIVE)
-    revoke = Method("revoke", p.NoParams, _revoke, p.RevokeResult, _revoked, needs=SESSION)
-    get_resource = Method("get_resource", p.GetResourceParams, _get_resource, p.ResourceResult,
-                          needs=SCOPE_RESOURCES)
+                            _instances)
+    rename = Method("rename", p.RenameParams, _rename, p.RenameResult)
+    subscribe = Method("subscribe", p.NoParams, _subscribe, p.SubscribeResult, _subscribed)
+    revoke = Method("revoke", p.NoParams, _revoke, p.RevokeResult, _revoked)
+    get_resource = Method("get_resource", p.GetResourceParams, _get_resource, p.ResourceResult)
     list_sessions = Method("list_sessions", p.NoParams, _list_sessions, p.ListSessionsResult,
-                           _sessions, needs=SCOPE_ADMIN)
+                           _sessions)
     revoke_session = Method("revoke_session", p.RevokeSessionParams, _revoke_session, p.RevokeResult,
-                            _revoked, needs=SCOPE_ADMIN)
+                            _revoked)
 
 
 #: Every :class:`Method`, by JSON-RPC name.

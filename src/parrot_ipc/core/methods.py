@@ -22,15 +22,7 @@ from ..store import Session
 from . import protocol as p
 from .connection import Connection
 from .effects import WaitForMail, Wake
-from .policy import (
-    SCOPE_ADMIN,
-    SCOPE_BROADCAST,
-    SCOPE_LIST,
-    SCOPE_RECEIVE,
-    SCOPE_RENAME,
-    SCOPE_RESOURCES,
-    SCOPE_SEND,
-)
+from .schema import METHOD_NEEDS, PUBLIC, SESSION
 from .timefmt import rfc3339
 
 if TYPE_CHECKING:
@@ -38,10 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("parrot_ipc.broker")
 
-#: ``MethodSpec.needs``: any admitted peer, no session (``docs/protocol.md``: "admitted peer").
-PUBLIC: Final = "public"
-#: ``MethodSpec.needs``: a live session, no particular scope.
-SESSION: Final = "session"
 
 Handler = Callable[["Broker", Connection, Any, p.RequestId], Any]
 
@@ -261,7 +249,8 @@ def revoke_session(b: Broker, conn: Connection, prm: p.RevokeSessionParams, rid:
 
 
 # ------------------------------------------------------------------ the table
-def _spec(name: str, handler: Handler, params: type, result: type, needs: str) -> MethodSpec:
+def _spec(name: str, handler: Handler, params: type, result: type) -> MethodSpec:
+    needs = METHOD_NEEDS[name]
     scope = None if needs in (PUBLIC, SESSION) else needs
     return MethodSpec(name, params, result, needs, handler, msgspec.json.Decoder(params), needs == PUBLIC, scope)
 
@@ -269,21 +258,21 @@ def _spec(name: str, handler: Handler, params: type, result: type, needs: str) -
 #: Every method of protocol v1 this broker serves, by JSON-RPC method name
 #: (``docs/protocol.md``, "Methods"; ``list_sessions`` and ``revoke_session`` are admin).
 METHOD_TABLE: Final[dict[str, MethodSpec]] = {m.name: m for m in (
-    _spec("ping", ping, p.NoParams, str, PUBLIC),
-    _spec("get_token", get_token, p.GetTokenParams, p.TokenResult, PUBLIC),
-    _spec("authenticate", authenticate, p.AuthenticateParams, p.AuthResult, PUBLIC),
-    _spec("whoami", whoami, p.NoParams, p.WhoamiResult, SESSION),
-    _spec("send", send, p.SendParams, p.SendResult, SCOPE_SEND),
-    _spec("broadcast", broadcast, p.BroadcastParams, p.BroadcastResult, SCOPE_BROADCAST),
-    _spec("receive", receive, p.ReceiveParams, p.ReceiveResult, SCOPE_RECEIVE),
-    _spec("ack", ack, p.AckParams, p.AckResult, SESSION),
-    _spec("list_instances", list_instances, p.NoParams, p.ListInstancesResult, SCOPE_LIST),
-    _spec("rename", rename, p.RenameParams, p.RenameResult, SCOPE_RENAME),
-    _spec("subscribe", subscribe, p.NoParams, p.SubscribeResult, SCOPE_RECEIVE),
-    _spec("revoke", revoke, p.NoParams, p.RevokeResult, SESSION),
-    _spec("get_resource", get_resource, p.GetResourceParams, p.ResourceResult, SCOPE_RESOURCES),
-    _spec("list_sessions", list_sessions, p.NoParams, p.ListSessionsResult, SCOPE_ADMIN),
-    _spec("revoke_session", revoke_session, p.RevokeSessionParams, p.RevokeResult, SCOPE_ADMIN),
+    _spec("ping", ping, p.NoParams, str),
+    _spec("get_token", get_token, p.GetTokenParams, p.TokenResult),
+    _spec("authenticate", authenticate, p.AuthenticateParams, p.AuthResult),
+    _spec("whoami", whoami, p.NoParams, p.WhoamiResult),
+    _spec("send", send, p.SendParams, p.SendResult),
+    _spec("broadcast", broadcast, p.BroadcastParams, p.BroadcastResult),
+    _spec("receive", receive, p.ReceiveParams, p.ReceiveResult),
+    _spec("ack", ack, p.AckParams, p.AckResult),
+    _spec("list_instances", list_instances, p.NoParams, p.ListInstancesResult),
+    _spec("rename", rename, p.RenameParams, p.RenameResult),
+    _spec("subscribe", subscribe, p.NoParams, p.SubscribeResult),
+    _spec("revoke", revoke, p.NoParams, p.RevokeResult),
+    _spec("get_resource", get_resource, p.GetResourceParams, p.ResourceResult),
+    _spec("list_sessions", list_sessions, p.NoParams, p.ListSessionsResult),
+    _spec("revoke_session", revoke_session, p.RevokeSessionParams, p.RevokeResult),
 )}
 
 #: The method names of protocol v1 this broker serves, in table order.

@@ -61,34 +61,37 @@ class ErrorObject(Struct, omit_defaults=True):
     data: dict[str, Any] = {}
 
 
-class Response(Struct, kw_only=True):
-    """A JSON-RPC 2.0 success response (spec section 5): ``{"jsonrpc":"2.0","id":...,"result":...}``."""
+class _JsonRpc(Struct, kw_only=True):
+    """The member every JSON-RPC 2.0 object starts with (spec sections 4 and 5): ``"jsonrpc": "2.0"``.
+    Subclasses add their members after it, in the order they are encoded."""
 
     jsonrpc: str = "2.0"
+
+
+class Response(_JsonRpc, kw_only=True):
+    """A JSON-RPC 2.0 success response (spec section 5): ``{"jsonrpc":"2.0","id":...,"result":...}``."""
+
     id: RequestId
     result: Any
 
 
-class ErrorResponse(Struct, kw_only=True):
+class ErrorResponse(_JsonRpc, kw_only=True):
     """A JSON-RPC 2.0 error response (spec section 5): ``id`` is null when it could not be read."""
 
-    jsonrpc: str = "2.0"
     id: RequestId
     error: ErrorObject
 
 
-class Notification(Struct, kw_only=True):
+class Notification(_JsonRpc, kw_only=True):
     """A server-to-client notification (spec section 4.1, no ``id``): ``message`` pushes one :class:`Message`."""
 
-    jsonrpc: str = "2.0"
     method: str
     params: Any
 
 
-class Incoming(Struct, kw_only=True):
+class Incoming(_JsonRpc, kw_only=True):
     """What a *client* reads: a response (``id`` + ``result`` or ``error``) or a notification."""
 
-    jsonrpc: str = "2.0"
     id: RequestId = None
     result: Raw = field(default_factory=lambda: _ABSENT)
     error: ErrorObject | None = None

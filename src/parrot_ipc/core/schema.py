@@ -12,9 +12,22 @@ from typing import Annotated, Any, Final, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType, field
 
+from .policy import (
+    SCOPE_ADMIN,
+    SCOPE_BROADCAST,
+    SCOPE_LIST,
+    SCOPE_RECEIVE,
+    SCOPE_RENAME,
+    SCOPE_RESOURCES,
+    SCOPE_SEND,
+)
+
 __all__ = [
     "INSTANCE_ID_PATTERN",
+    "METHOD_NEEDS",
+    "PUBLIC",
     "RESOURCE_NAME_PATTERN",
+    "SESSION",
     "AckParams",
     "AckResult",
     "AuthResult",
@@ -241,8 +254,11 @@ class ResourceResult(Struct, kw_only=True):
     """``get_resource``: the resource's text (UTF-8) and the hex SHA-256 of its bytes."""
 
     name: str
+    """The resource's name, as asked (a :func:`valid_resource_name`)."""
     content: str
+    """The file's text, decoded as UTF-8."""
     sha256: str
+    """The SHA-256 of the file's bytes, as 64 lowercase hex digits."""
 
 
 class SessionInfo(Struct, kw_only=True):
@@ -275,3 +291,31 @@ def valid_resource_name(name: object) -> bool:
     """
     return (isinstance(name, str) and 1 <= len(name) <= 64 and name[0].isascii() and name[0].isalnum()
             and set(name) <= _RESOURCE_NAME_CHARS and ".." not in name)
+
+
+# --------------------------------------------------------------------------- needs
+#: What a method needs: any admitted peer, no session (``docs/protocol.md``: "admitted peer").
+PUBLIC: Final = "public"
+#: What a method needs: a live session, no particular scope.
+SESSION: Final = "session"
+
+#: What each method of protocol v1 needs, by JSON-RPC method name: :data:`PUBLIC`,
+#: :data:`SESSION`, or the scope the session must hold (:mod:`parrot_ipc.core.policy`).
+#: Source: ``docs/protocol.md`` ("Methods"). The broker's method table and both clients read it.
+METHOD_NEEDS: Final[dict[str, str]] = {
+    "ping": PUBLIC,
+    "get_token": PUBLIC,
+    "authenticate": PUBLIC,
+    "whoami": SESSION,
+    "send": SCOPE_SEND,
+    "broadcast": SCOPE_BROADCAST,
+    "receive": SCOPE_RECEIVE,
+    "ack": SESSION,
+    "list_instances": SCOPE_LIST,
+    "rename": SCOPE_RENAME,
+    "subscribe": SCOPE_RECEIVE,
+    "revoke": SESSION,
+    "get_resource": SCOPE_RESOURCES,
+    "list_sessions": SCOPE_ADMIN,
+    "revoke_session": SCOPE_ADMIN,
+}

@@ -32,11 +32,17 @@ if TYPE_CHECKING:
     from .base import Session, StoredMessage
 
 
-class Op(msgspec.Struct, frozen=True):
-    """Base class of every journal op (frozen; msgspec Structs have ``__slots__``)."""
+class Op(msgspec.Struct, frozen=True, gc=False):
+    """Base class of every journal op (frozen; msgspec Structs have ``__slots__``).
+
+    Ops hold only strings, bytes, numbers and tuples of them, so they can never be part of a
+    reference cycle: every op class says ``gc=False`` and is not tracked by the cyclic garbage
+    collector (msgspec docs, "Disabling Garbage Collection"), which a journal of many small
+    records does not need. Each subclass repeats ``frozen=True`` because type checkers
+    (PEP 681) require it."""
 
 
-class PutMessage(Op, frozen=True):
+class PutMessage(Op, frozen=True, gc=False):
     """Insert (or replace) a queued message, ready (``lease_until`` 0).
 
     ``data`` is the message's ``data`` object as JSON bytes, or None when it has none;
@@ -60,27 +66,27 @@ class PutMessage(Op, frozen=True):
         return cls(m.id, item.mailbox, m.from_, m.content, data, m.sent_at, item.size_bytes, m.to)
 
 
-class SetLease(Op, frozen=True):
+class SetLease(Op, frozen=True, gc=False):
     """Set ``lease_until`` (seconds since the epoch; 0 = ready again) on the messages ``ids``."""
 
     until: float
     ids: tuple[str, ...]
 
 
-class DeleteMessages(Op, frozen=True):
+class DeleteMessages(Op, frozen=True, gc=False):
     """Delete the messages ``ids`` (acked or expired)."""
 
     ids: tuple[str, ...]
 
 
-class MoveMailbox(Op, frozen=True):
+class MoveMailbox(Op, frozen=True, gc=False):
     """Move every message of mailbox ``old`` into mailbox ``new`` (a rename)."""
 
     old: str
     new: str
 
 
-class PutSession(Op, frozen=True):
+class PutSession(Op, frozen=True, gc=False):
     """Insert (or replace) a session row; ``scopes`` is a JSON list of names, sorted."""
 
     token_hash: bytes
@@ -103,25 +109,25 @@ class PutSession(Op, frozen=True):
                    s.expires_at, s.last_rename_at, s.bound_pid, s.bound_start_time)
 
 
-class DeleteSession(Op, frozen=True):
+class DeleteSession(Op, frozen=True, gc=False):
     """Delete the session whose token hashes (SHA-256) to ``token_hash``."""
 
     token_hash: bytes
 
 
-class TouchInstances(Op, frozen=True):
+class TouchInstances(Op, frozen=True, gc=False):
     """Set the last-seen time of instances: ``seen`` is ``((instance_id, seconds), ...)``."""
 
     seen: tuple[tuple[str, float], ...]
 
 
-class DeleteInstance(Op, frozen=True):
+class DeleteInstance(Op, frozen=True, gc=False):
     """Delete the last-seen record of ``instance_id``."""
 
     instance_id: str
 
 
-class PutForward(Op, frozen=True):
+class PutForward(Op, frozen=True, gc=False):
     """Forward mail for ``old`` to ``new`` until ``until`` (seconds since the epoch)."""
 
     old: str
@@ -129,13 +135,13 @@ class PutForward(Op, frozen=True):
     until: float
 
 
-class DeleteForward(Op, frozen=True):
+class DeleteForward(Op, frozen=True, gc=False):
     """Delete the forward from ``old``."""
 
     old: str
 
 
-class PutIdempotent(Op, frozen=True):
+class PutIdempotent(Op, frozen=True, gc=False):
     """Keep the result (``id``, ``recipient``, ``status``) of ``sender``'s ``send`` with
     idempotency ``key`` until ``until`` (seconds since the epoch)."""
 
@@ -152,7 +158,7 @@ class PutIdempotent(Op, frozen=True):
         return cls(sender, key, result.id, result.to, result.status, until)
 
 
-class Purge(Op, frozen=True):
+class Purge(Op, frozen=True, gc=False):
     """Delete the sessions, forwards and idempotency keys that expired by ``now`` (seconds).
     Uses the ``*_by_until`` / ``sessions_by_expiry`` indexes, never a table scan."""
 
