@@ -242,7 +242,9 @@ def test_a_revoked_instance_is_free_for_another_uid(harness: Harness) -> None:
 
 
 # --------------------------------------------------------------------------- gate on methods
-PUBLIC = {"ping", "get_token", "authenticate"}
+# The relay's methods take no session: they check the admission's 'relay' scope instead
+# (tests/core/test_federation.py::test_relay_methods_need_the_relay_scope).
+PUBLIC = {"ping", "get_token", "authenticate", "relay_take", "relay_ack", "relay_deliver"}
 
 
 @pytest.mark.parametrize("method", sorted(set(METHODS) - PUBLIC))

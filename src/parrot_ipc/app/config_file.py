@@ -22,7 +22,7 @@ from typing import Any, Final
 import msgspec
 
 from ..core.config import BrokerConfig, ConfigFile, PeerRuleConfig
-from ..core.policy import DefaultPolicy, PeerRule, Policy, RulePolicy
+from ..core.policy import DefaultPolicy, PeerRule, Policy, RemoteRule, RemoteRules, RulePolicy
 from ..errors import ConfigError, StartupError, UnsafeFile
 from ..os import users
 from ..os.files import policy_file_rule, read_checked, read_private_file
@@ -173,7 +173,9 @@ def load_config(path: Path | None = None, *, broker_uid: int | None = None,
         raise ConfigError(f"config {origin}: {exc}") from None
     server = cfg.server
     rules = None if cfg.peers is None else tuple(resolve_rule(r, i, origin) for i, r in enumerate(cfg.peers))
-    policy: Policy = DefaultPolicy(broker_uid) if rules is None else RulePolicy(rules)
+    remote = RemoteRules(tuple(RemoteRule(r.name or f"remote[{i}]", tuple(r.nodes), tuple(r.names))
+                               for i, r in enumerate(cfg.remote)))
+    policy: Policy = DefaultPolicy(broker_uid, remote) if rules is None else RulePolicy(rules, remote)
     socket_gid = None if server.socket_group is None else _gid_of(server.socket_group, f"{origin}: server.socket_group")
     secret = _read_secret(server.shared_secret_file, broker_uid)
     return LoadedConfig(used, server, rules, policy, socket_gid, secret)

@@ -265,6 +265,28 @@ def _revoke_session(instance_id: str) -> p.RevokeSessionParams:
     return p.RevokeSessionParams(instance_id=instance_id)
 
 
+def _relay_take(*, max: int = 100) -> p.RelayTakeParams:
+    """Relay only (admission scope ``relay``, no session): lease up to ``max`` (1-1000) outbox
+    messages, each ``to`` a ``name@node``: a list of :class:`Message` (docs/federation.md)."""
+    return p.RelayTakeParams(max=max)
+
+
+def _relay_ack(ids: list[str]) -> p.RelayAckParams:
+    """Relay only: delete outbox messages ``ids`` (at most 1000) the remote side has taken;
+    returns how many were deleted."""
+    return p.RelayAckParams(ids=ids)
+
+
+def _relay_deliver(id: str, node: str, from_: str, to: str, content: str, *,
+                   data: dict[str, Any] | None = None, sent_at: str = "",
+                   bounce: bool = False) -> p.RelayDeliverParams:
+    """Relay only: queue message ``id`` from ``from_@node`` for local ``to``, once (the remote
+    id is the idempotency key): ``RelayDeliverResult {status, id, reason}``, status
+    ``delivered``, ``duplicate``, ``bounced`` or ``refused``."""
+    return p.RelayDeliverParams(id=id, node=node, from_=from_, to=to, content=content, data=data,
+                                sent_at=sent_at, bounce=bounce)
+
+
 # --------------------------------------------------------------------------- the table
 class Methods:
     """Every method of protocol v1, as descriptors (``docs/protocol.md``, Methods). The base of
@@ -288,6 +310,9 @@ class Methods:
                            _sessions)
     revoke_session = Method("revoke_session", p.RevokeSessionParams, _revoke_session, p.RevokeResult,
                             _revoked)
+    relay_take = Method("relay_take", p.RelayTakeParams, _relay_take, p.ReceiveResult, _messages)
+    relay_ack = Method("relay_ack", p.RelayAckParams, _relay_ack, p.AckResult, _acked)
+    relay_deliver = Method("relay_deliver", p.RelayDeliverParams, _relay_deliver, p.RelayDeliverResult)
 
 
 #: Every :class:`Method`, by JSON-RPC name.

@@ -59,9 +59,12 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     #: files must be owned by root or the broker's user and not writable by group or others,
     #: like the config file. Read at start; the files are read on each request.
     resources_dir: str = "/etc/parrot-ipc/resources"
+    #: This broker's node name, the ``host`` of ``name@host`` addresses (docs/federation.md).
+    #: None: federation is off and a send to ``name@host`` is -32602 ``federation_off``.
+    node: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")] | None = None
 
 
-Scope = Literal["send", "receive", "list", "rename", "broadcast", "admin", "resources"]
+Scope = Literal["send", "receive", "list", "rename", "broadcast", "admin", "resources", "remote_send", "relay"]
 InstancePattern = Annotated[str, Meta(min_length=1, max_length=64)]
 
 
@@ -85,9 +88,21 @@ class PeerRuleConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     bind: Literal["uid", "process"] = "uid"
 
 
+class RemoteRuleConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One ``[[remote]]`` table: remote ``nodes`` (fnmatch(3) patterns, at least one) whose
+    mail may be delivered to local ``names`` (patterns; default every name). See
+    docs/federation.md."""
+
+    name: str | None = None
+    nodes: Annotated[list[InstancePattern], Meta(min_length=1)]
+    names: list[InstancePattern] = field(default_factory=lambda: ["*"])
+
+
 class ConfigFile(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """The whole config file (TOML). ``peers`` is None when the file has no ``[[peers]]``:
     then the default policy applies (the broker's UID and root)."""
 
     server: BrokerConfig = BrokerConfig()
     peers: list[PeerRuleConfig] | None = None
+    #: The ``[[remote]]`` tables (docs/federation.md); none: no remote node may deliver here.
+    remote: list[RemoteRuleConfig] = []

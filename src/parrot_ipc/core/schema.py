@@ -17,15 +17,19 @@ from .policy import (
     SCOPE_BROADCAST,
     SCOPE_LIST,
     SCOPE_RECEIVE,
+    SCOPE_RELAY,
     SCOPE_RENAME,
     SCOPE_RESOURCES,
     SCOPE_SEND,
 )
 
 __all__ = [
+    "ADDRESS_PATTERN",
     "INSTANCE_ID_PATTERN",
     "METHOD_NEEDS",
+    "NODE_PATTERN",
     "PUBLIC",
+    "RELAY_SCOPE",
     "RESOURCE_NAME_PATTERN",
     "SESSION",
     "AckParams",
@@ -44,6 +48,10 @@ __all__ = [
     "NoParams",
     "ReceiveParams",
     "ReceiveResult",
+    "RelayAckParams",
+    "RelayDeliverParams",
+    "RelayDeliverResult",
+    "RelayTakeParams",
     "RenameParams",
     "RenameResult",
     "ResourceName",
@@ -64,6 +72,12 @@ InstanceId = Annotated[str, Meta(pattern=INSTANCE_ID_PATTERN)]
 #: A resource name: one file name in ``resources_dir``, never a path (no ``/``, no leading dot).
 RESOURCE_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ResourceName = Annotated[str, Meta(pattern=RESOURCE_NAME_PATTERN)]
+#: A broker's node name (``[server] node``): one NATS subject token, so no ``.`` (docs/federation.md).
+NODE_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+Node = Annotated[str, Meta(pattern=NODE_PATTERN)]
+#: Where ``send`` may go: a local instance id, or ``name@node`` (added by issue 18).
+ADDRESS_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[A-Za-z0-9][A-Za-z0-9_-]{0,63})?$"
+Address = Annotated[str, Meta(pattern=ADDRESS_PATTERN)]
 
 
 # --------------------------------------------------------------------------- params
@@ -91,11 +105,11 @@ class AuthenticateParams(_Params):
 
 
 class SendParams(_Params):
-    """``send``: ``to`` (an instance id), ``content`` (any string), optional ``data`` (a JSON
+    """``send``: ``to`` (an instance id, or ``name@node`` for another broker: docs/federation.md), ``content`` (any string), optional ``data`` (a JSON
     object) and ``idempotency_key`` (1-128 characters; a repeat within ``idempotency_ttl_s`` from
     the same sender returns the first result). ``from``/``from_id`` are accepted and ignored."""
 
-    to: InstanceId
+    to: Address
     content: str
     data: dict[str, Any] | None = None
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
@@ -141,6 +155,33 @@ class GetResourceParams(_Params):
     """``get_resource``: one resource name (:data:`RESOURCE_NAME_PATTERN`), never a path."""
 
     name: ResourceName
+
+
+class RelayTakeParams(_Params):
+    """``relay_take`` (relay): lease up to ``max`` (1-1000, default 100) outbox messages."""
+
+    max: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+class RelayAckParams(_Params):
+    """``relay_ack`` (relay): up to 1000 outbox message ids that the remote side has taken."""
+
+    ids: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=1000)]
+
+
+class RelayDeliverParams(_Params):
+    """``relay_deliver`` (relay): one message from node ``node``: its id there (the
+    idempotency key here), the bare sender ``from`` and local recipient ``to``, ``content``,
+    optional ``data``, ``sent_at`` (RFC 3339) and ``bounce`` (a refusal coming back)."""
+
+    id: Annotated[str, Meta(min_length=1, max_length=64)]
+    node: Node
+    from_: InstanceId = field(name="from")
+    to: InstanceId
+    content: str
+    data: dict[str, Any] | None = None
+    sent_at: Annotated[str, Meta(max_length=64)] = ""
+    bounce: bool = False
 
 
 # --------------------------------------------------------------------------- results
@@ -207,6 +248,16 @@ class ReceiveResult(Struct, kw_only=True):
     """``receive``: the leased messages, oldest first (possibly none)."""
 
     messages: list[Message]
+
+
+class RelayDeliverResult(Struct, kw_only=True):
+    """``relay_deliver``: ``"delivered"`` (queued here under ``id``), ``"duplicate"`` (this
+    remote id was delivered before), ``"bounced"`` (refused; a bounce is in the outbox) or
+    ``"refused"`` (refused, no bounce: it was a bounce itself); ``reason`` says why."""
+
+    status: Literal["delivered", "duplicate", "bounced", "refused"]
+    id: str = ""
+    reason: str = ""
 
 
 class AckResult(Struct, kw_only=True):
@@ -318,4 +369,11 @@ METHOD_NEEDS: Final[dict[str, str]] = {
     "get_resource": SCOPE_RESOURCES,
     "list_sessions": SCOPE_ADMIN,
     "revoke_session": SCOPE_ADMIN,
+    # The relay's methods need no session: the handlers check that the connection's admission
+    # grants SCOPE_RELAY (docs/federation.md).
+    "relay_take": PUBLIC,
+    "relay_ack": PUBLIC,
+    "relay_deliver": PUBLIC,
 }
+#: The scope the relay's methods check on the connection's admission (they take no session).
+RELAY_SCOPE: Final = SCOPE_RELAY
