@@ -32,7 +32,7 @@ from ..client.blocking import Client
 from ..core.protocol import INSTANCE_ID_PATTERN
 from ..errors import EXIT_USAGE, BrokerUnavailable, ConfigError, ParrotError, StartupError
 from ..os.paths import default_socket_path
-from . import cli_admin, config_file, session_file
+from . import cli_admin, config_file, relay_cmd, session_file
 from .cli_admin import load_config as load_config
 from .cli_output import JsonOpt, SocketOpt, emit, emit_table, errors, session
 
@@ -324,6 +324,7 @@ def valid_instance_id(name: str) -> bool:
 
 
 app.command()(cli_admin.audit)
+app.command("relay")(relay_cmd.relay)
 
 
 def main() -> None:

@@ -15,13 +15,13 @@ import errno
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
-from ..core.config import BrokerConfig, ConfigFile, PeerRuleConfig
+from ..core.config import BrokerConfig, ConfigFile, PeerRuleConfig, RelayConfig
 from ..core.policy import DefaultPolicy, PeerRule, Policy, RemoteRule, RemoteRules, RulePolicy
 from ..errors import ConfigError, StartupError, UnsafeFile
 from ..os import users
@@ -44,6 +44,7 @@ class LoadedConfig:
         policy: the policy to admit peers with (:class:`RulePolicy` or :class:`DefaultPolicy`).
         socket_gid: the GID of ``server.socket_group``, or None.
         shared_secret: the stripped bytes of ``server.shared_secret_file``, or None.
+        relay: the ``[relay]`` table (``parrot-ipc relay`` reads it).
     """
 
     path: Path | None
@@ -52,6 +53,7 @@ class LoadedConfig:
     policy: Policy
     socket_gid: int | None
     shared_secret: bytes | None
+    relay: RelayConfig = field(default_factory=RelayConfig)
 
 
 def _uid_of(name: str, where: str) -> int:
@@ -178,7 +180,7 @@ def load_config(path: Path | None = None, *, broker_uid: int | None = None,
     policy: Policy = DefaultPolicy(broker_uid, remote) if rules is None else RulePolicy(rules, remote)
     socket_gid = None if server.socket_group is None else _gid_of(server.socket_group, f"{origin}: server.socket_group")
     secret = _read_secret(server.shared_secret_file, broker_uid)
-    return LoadedConfig(used, server, rules, policy, socket_gid, secret)
+    return LoadedConfig(used, server, rules, policy, socket_gid, secret, cfg.relay)
 
 
 def describe(cfg: LoadedConfig, broker_uid: int | None = None) -> dict[str, Any]:

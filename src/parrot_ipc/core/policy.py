@@ -150,8 +150,10 @@ class DefaultPolicy:
         self.broker_uid = broker_uid
         #: The ``[[remote]]`` rules (docs/federation.md); none: every remote node is refused.
         self.remote = remote or RemoteRules(())
+        # A broker run as root has root as its own UID: then root is also the relay.
+        root_extra = {SCOPE_RELAY} if broker_uid == 0 else set()
         self._root = Admission(True, "default:root",
-                               scopes=DEFAULT_SCOPES | {SCOPE_ADMIN, SCOPE_REMOTE_SEND})
+                               scopes=DEFAULT_SCOPES | {SCOPE_ADMIN, SCOPE_REMOTE_SEND} | root_extra)
         self._own = Admission(True, "default:broker_uid",
                               scopes=DEFAULT_SCOPES | {SCOPE_REMOTE_SEND, SCOPE_RELAY})
         self._refused = Admission(False, "default", reason="peer_uid_not_allowed")
