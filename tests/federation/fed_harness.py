@@ -186,14 +186,15 @@ def nodes(nats_server: NatsServer) -> Iterator[NodeFactory]:
         return node
 
     yield make
+    procs = [proc for node in made for proc in reversed(node.procs) if proc.poll() is None]
+    for proc in procs:  # the relays first: a broker then stops without a client holding on
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     for node in made:
-        for proc in node.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
         shutil.rmtree(node.root, ignore_errors=True)
 
 

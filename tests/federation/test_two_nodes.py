@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from fed_harness import drain, wait_until
+from fed_harness import drain
 
 
 def test_alice_at_h1_and_bob_at_h2_exchange_a_message_and_a_reply(nodes) -> None:
@@ -63,4 +63,3 @@ def test_send_off_host_is_accepted_while_the_relay_is_down_and_arrives_later(nod
     assert drain(bob, 1, 1) == []
     h1.start_relay()
     assert [m.content for m in drain(bob, 20, 20)] == [f"m{i}" for i in range(20)]
-    wait_until(lambda: "published" in h1.log("relay") or True, 1, "log")

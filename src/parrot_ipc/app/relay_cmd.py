@@ -9,7 +9,6 @@ a file others can read is refused before anything connects.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
 import ssl
@@ -19,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..client.relay import Relay, RelaySettings
+from ..client.relay import RelaySettings, run_relay
 from ..core.config import RelayConfig
 from ..errors import EXIT_UNREACHABLE, EXIT_USAGE, ConfigError, StartupError
 from ..os.files import read_private_file
@@ -93,10 +92,7 @@ def relay(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
     try:
-        asyncio.run(Relay(settings).run(ready=lambda: logging.getLogger("parrot_ipc.relay").info(
-            "relay for node %s running (%s)", settings.node, ", ".join(settings.servers))))
-    except KeyboardInterrupt:
-        pass
+        run_relay(settings)
     except OSError as exc:
         typer.echo(f"error: cannot reach NATS at {', '.join(settings.servers)}: {exc}", err=True)
         raise typer.Exit(EXIT_UNREACHABLE) from None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -275,3 +276,27 @@ class Relay:
             return
         self.stats[res.status] += 1
         await jm.ack()
+
+
+def run_relay(settings: RelaySettings) -> None:
+    """Run a :class:`Relay` with ``settings`` until SIGTERM or SIGINT (a clean stop). Blocks.
+
+    Raises:
+        OSError: NATS cannot be reached at start (nats-py's connection errors are OSErrors
+            or ``nats.errors.NoServersError``, reported as one).
+    """
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await Relay(settings).run(ready=lambda: log.info(
+                "relay for node %s running (%s)", settings.node, ", ".join(settings.servers)))
+
+    import nats.errors
+    try:
+        asyncio.run(main())
+    except nats.errors.NoServersError as exc:
+        raise OSError(str(exc)) from None
