@@ -153,6 +153,17 @@ def payload_of(msg: p.Message, node: str) -> bytes:
                                              bounce=bounce))
 
 
+def credential_options(creds: bytes) -> dict[str, Any]:
+    """nats-py connect options for the bytes of a credentials file: a ``.creds`` file (a user
+    JWT and its nkey seed, as ``nsc`` writes it) or a bare nkey seed (``SU...``, for a server
+    that lists users by nkey). Source: NATS docs, "Authentication: NKeys" and "JWTs"."""
+    text = creds.decode("ascii", "replace")
+    if "BEGIN NATS USER JWT" in text:
+        from nats.aio.client import RawCredentials
+        return {"user_credentials": RawCredentials(text)}
+    return {"nkeys_seed_str": text.strip()}
+
+
 def _acker(ids: list[str]) -> Callable[[Client], int]:
     """A broker call that acks outbox messages ``ids``."""
     return lambda c: c.relay_ack(ids)
@@ -177,8 +188,7 @@ class Relay:
         opts: dict[str, Any] = {"servers": s.servers, "max_reconnect_attempts": -1,
                                 "reconnect_time_wait": RETRY_S, "name": f"parrot-relay-{s.node}"}
         if s.credentials is not None:
-            from nats.aio.client import RawCredentials
-            opts["user_credentials"] = RawCredentials(s.credentials.decode())
+            opts.update(credential_options(s.credentials))
         if s.tls is not None:
             opts["tls"] = s.tls
         nc = await nats.connect(**opts)
