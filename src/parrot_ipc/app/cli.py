@@ -232,8 +232,12 @@ def broadcast(message: MessageArg, socket: SocketOpt = None, as_json: JsonOpt = 
 
 
 @app.command("list")
-def list_(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
-    """List known instances: online or not, last seen, messages queued."""
+def list_(socket: SocketOpt = None, as_json: JsonOpt = False,
+          remote: Annotated[bool, typer.Option("--remote", help="List the remote nodes seen recently instead (federation).")] = False) -> None:
+    """List known instances: online or not, last seen, messages queued (--remote: remote nodes)."""
+    if remote:
+        relay_cmd.list_remote(socket, as_json)
+        return
     with session(socket, as_json) as (client, _):
         rows = client.list_instances()
         w = max([8, *(len(r.instance_id) for r in rows)])

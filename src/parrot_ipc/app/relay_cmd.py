@@ -24,7 +24,16 @@ from ..errors import EXIT_UNREACHABLE, EXIT_USAGE, ConfigError, StartupError
 from ..os.files import read_private_file
 from ..os.paths import default_socket_path
 from . import config_file
-from .cli_output import SocketOpt
+from .cli_output import SocketOpt, emit_table, session
+
+
+def list_remote(socket: str | None, as_json: bool) -> None:
+    """``parrot-ipc list --remote``: the remote nodes the broker had mail from since it started."""
+    with session(socket, as_json) as (client, _):
+        emit_table(as_json, "nodes", client.list_nodes(),
+                   f"{'NODE':<20}  {'LAST SEEN':<24}  {'DELIVERED':>9}  REFUSED",
+                   lambda r: f"{r.node:<20}  {r.last_seen:<24}  {r.delivered:>9}  {r.refused}",
+                   empty="(no remote nodes seen since the broker started)")
 
 
 def tls_context(cfg: RelayConfig) -> ssl.SSLContext | None:

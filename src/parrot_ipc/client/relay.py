@@ -310,3 +310,60 @@ def run_relay(settings: RelaySettings) -> None:
         asyncio.run(main())
     except nats.errors.NoServersError as exc:
         raise OSError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What ``parrot-ipc doctor`` learns about the relay's side of NATS: ``reachable`` (the
+    connect worked; else ``error``), ``stream`` (the stream exists), ``consumer`` (the node's
+    durable consumer exists), ``lag`` (its messages not yet delivered plus not yet acked)."""
+
+    reachable: bool
+    stream: bool = False
+    consumer: bool = False
+    lag: int = 0
+    error: str = ""
+
+
+async def _probe(settings: RelaySettings, timeout_s: float) -> Probe:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    async def quiet(exc: Exception) -> None:  # nats-py logs a traceback per error by default
+        return None
+
+    opts: dict[str, Any] = {"servers": settings.servers, "connect_timeout": timeout_s,
+                            "max_reconnect_attempts": 0, "allow_reconnect": False, "error_cb": quiet}
+    if settings.credentials is not None:
+        opts.update(credential_options(settings.credentials))
+    if settings.tls is not None:
+        opts["tls"] = settings.tls
+    try:
+        nc = await asyncio.wait_for(nats.connect(**opts), 2 * timeout_s)
+    except Exception as exc:  # nats-py raises several unrelated types for "cannot connect"
+        return Probe(False, error=f"{type(exc).__name__}: {exc}")
+    try:
+        js = nc.jetstream(timeout=timeout_s)
+        try:
+            await js.stream_info(settings.stream)
+        except NotFoundError:
+            return Probe(True)
+        try:
+            info = await js.consumer_info(settings.stream, f"parrot-{settings.node}")
+        except NotFoundError:
+            return Probe(True, stream=True)
+        return Probe(True, True, True, int(info.num_pending or 0) + int(info.num_ack_pending or 0))
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+def probe(settings: RelaySettings, timeout_s: float = 2.0) -> Probe:
+    """Connect to NATS as the relay would and look at its stream and consumer (read only).
+    Never raises for NATS trouble: the :class:`Probe` says what failed."""
+    async def bounded() -> Probe:
+        try:
+            return await asyncio.wait_for(_probe(settings, timeout_s), 5 * timeout_s)
+        except TimeoutError:
+            return Probe(False, error=f"no answer within {5 * timeout_s:g} s")
+    return asyncio.run(bounded())

@@ -265,6 +265,15 @@ def _revoke_session(instance_id: str) -> p.RevokeSessionParams:
     return p.RevokeSessionParams(instance_id=instance_id)
 
 
+def _list_nodes() -> None:
+    """The remote nodes the broker had mail from since it started, most recent first: a list
+    of ``NodeInfo {node, last_seen, delivered, refused}`` (docs/federation.md)."""
+
+
+def _nodes(res: p.ListNodesResult) -> list[p.NodeInfo]:
+    return res.nodes
+
+
 def _relay_take(*, max: int = 100) -> p.RelayTakeParams:
     """Relay only (admission scope ``relay``, no session): lease up to ``max`` (1-1000) outbox
     messages, each ``to`` a ``name@node``: a list of :class:`Message` (docs/federation.md)."""
@@ -310,6 +319,7 @@ class Methods:
                            _sessions)
     revoke_session = Method("revoke_session", p.RevokeSessionParams, _revoke_session, p.RevokeResult,
                             _revoked)
+    list_nodes = Method("list_nodes", p.NoParams, _list_nodes, p.ListNodesResult, _nodes)
     relay_take = Method("relay_take", p.RelayTakeParams, _relay_take, p.ReceiveResult, _messages)
     relay_ack = Method("relay_ack", p.RelayAckParams, _relay_ack, p.AckResult, _acked)
     relay_deliver = Method("relay_deliver", p.RelayDeliverParams, _relay_deliver, p.RelayDeliverResult)

@@ -18,6 +18,7 @@ Source: ``docs/federation.md`` (issue 18). A broker has a ``node`` name (``[serv
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Final
 
 from ..errors import ErrorCode, RpcError
@@ -26,14 +27,33 @@ from .connection import Connection
 from .delivery import OUTBOX
 from .policy import SCOPE_REMOTE_SEND, remote_rules_of
 from .schema import RELAY_SCOPE
+from .timefmt import rfc3339
 
 if TYPE_CHECKING:
     from .broker import Broker
 
-__all__ = ["OUTBOX", "POSTMASTER", "relay_ack", "relay_deliver", "relay_take", "remote_node",
+__all__ = ["OUTBOX", "POSTMASTER", "list_nodes", "relay_ack", "relay_deliver", "relay_take", "remote_node",
            "send_remote", "split_address"]
 #: The sender name of a bounce (``postmaster@node``), as mail systems do (RFC 5321, 4.5.1).
 POSTMASTER: Final = "postmaster"
+
+
+#: Per broker: remote node -> [last seen (epoch s), delivered, refused]; in memory, since start.
+_SEEN: weakref.WeakKeyDictionary[Broker, dict[str, list[float]]] = weakref.WeakKeyDictionary()
+
+
+def _seen(b: Broker, node: str, now: float, delivered: bool) -> None:
+    row = _SEEN.setdefault(b, {}).setdefault(node, [now, 0, 0])
+    row[0] = now
+    row[1 if delivered else 2] += 1
+
+
+def list_nodes(b: Broker, conn: Connection, _: p.NoParams, rid: p.RequestId) -> p.ListNodesResult:
+    """``list_nodes`` (scope ``list``): the remote nodes this broker had mail from since it
+    started (what the relay delivered or had refused), most recent first."""
+    rows = sorted(_SEEN.get(b, {}).items(), key=lambda kv: -kv[1][0])
+    return p.ListNodesResult(nodes=[p.NodeInfo(node=n, last_seen=rfc3339(r[0]), delivered=int(r[1]),
+                                               refused=int(r[2])) for n, r in rows])
 
 
 def split_address(address: str) -> tuple[str, str | None]:
@@ -141,12 +161,14 @@ def relay_deliver(b: Broker, conn: Connection, prm: p.RelayDeliverParams,
             b.store.put_idempotent(sender, prm.id, p.SendResult(id=msg.id, to=target, status="queued"),
                                    now + b.config.idempotency_ttl_s)
             b.delivery.deliver(target)
+            _seen(b, prm.node, now, True)
             return p.RelayDeliverResult(status="delivered", id=msg.id)
     return _refuse(b, prm, sender, reason, now)
 
 
 def _refuse(b: Broker, prm: p.RelayDeliverParams, sender: str, reason: str, now: float) -> p.RelayDeliverResult:
     """Audit a refused remote message and, unless it is a bounce, queue a bounce to its sender."""
+    _seen(b, prm.node, now, False)
     b.audit("remote_refused", {"node": prm.node, "from": sender, "to": prm.to, "id": prm.id,
                                "reason": reason, "bounce": prm.bounce})
     # Remember the refusal under the same key, so a redelivery is neither bounced twice.

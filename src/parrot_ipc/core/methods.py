@@ -287,6 +287,7 @@ METHOD_TABLE: Final[dict[str, MethodSpec]] = {m.name: m for m in (
     _spec("get_resource", get_resource, p.GetResourceParams, p.ResourceResult),
     _spec("list_sessions", list_sessions, p.NoParams, p.ListSessionsResult),
     _spec("revoke_session", revoke_session, p.RevokeSessionParams, p.RevokeResult),
+    _spec("list_nodes", federation.list_nodes, p.NoParams, p.ListNodesResult),
     _spec("relay_take", federation.relay_take, p.RelayTakeParams, p.ReceiveResult),
     _spec("relay_ack", federation.relay_ack, p.RelayAckParams, p.AckResult),
     _spec("relay_deliver", federation.relay_deliver, p.RelayDeliverParams, p.RelayDeliverResult),

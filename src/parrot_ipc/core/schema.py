@@ -43,9 +43,11 @@ __all__ = [
     "InstanceId",
     "InstanceInfo",
     "ListInstancesResult",
+    "ListNodesResult",
     "ListSessionsResult",
     "Message",
     "NoParams",
+    "NodeInfo",
     "ReceiveParams",
     "ReceiveResult",
     "RelayAckParams",
@@ -260,6 +262,22 @@ class RelayDeliverResult(Struct, kw_only=True):
     reason: str = ""
 
 
+class NodeInfo(Struct, kw_only=True):
+    """One row of ``list_nodes``: a remote node this broker had mail from since it started,
+    when (RFC 3339 UTC), and how many of its messages were delivered and refused."""
+
+    node: str
+    last_seen: str
+    delivered: int
+    refused: int
+
+
+class ListNodesResult(Struct, kw_only=True):
+    """``list_nodes``: the remote nodes seen since the broker started, most recent first."""
+
+    nodes: list[NodeInfo]
+
+
 class AckResult(Struct, kw_only=True):
     """``ack``: how many of the given ids were leased to this instance and are now deleted."""
 
@@ -371,6 +389,7 @@ METHOD_NEEDS: Final[dict[str, str]] = {
     "revoke_session": SCOPE_ADMIN,
     # The relay's methods need no session: the handlers check that the connection's admission
     # grants SCOPE_RELAY (docs/federation.md).
+    "list_nodes": SCOPE_LIST,
     "relay_take": PUBLIC,
     "relay_ack": PUBLIC,
     "relay_deliver": PUBLIC,
