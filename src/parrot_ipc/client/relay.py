@@ -27,6 +27,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ IDLE_POLL_S: Final = 0.005
 MAX_IDLE_POLL_S: Final = 0.2
 #: Seconds to wait before retrying after the broker or NATS failed.
 RETRY_S: Final = 0.2
+#: Inbound broker connections (each with its thread); a recipient always uses the same one,
+#: so its mail arrives in order while other recipients' mail is delivered beside it.
+INBOUND_LANES: Final = 4
 
 
 class RemoteMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -177,7 +181,7 @@ class Relay:
         self.settings = settings
         self.stats = {"published": 0, "delivered": 0, "duplicate": 0, "bounced": 0, "refused": 0}
         self._out = BrokerLink(settings.socket)
-        self._in = BrokerLink(settings.socket)
+        self._in = [BrokerLink(settings.socket) for _ in range(INBOUND_LANES)]
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         """Connect to NATS, make sure the stream and the durable consumer exist, and move
@@ -201,7 +205,8 @@ class Relay:
             await asyncio.gather(self._outbound(js), self._inbound(sub))
         finally:
             self._out.close()
-            self._in.close()
+            for link in self._in:
+                link.close()
             with contextlib.suppress(Exception):
                 await nc.close()
 
@@ -261,10 +266,16 @@ class Relay:
                 log.warning("JetStream fetch failed (%s); retrying", exc)
                 await asyncio.sleep(RETRY_S)
                 continue
-            for jm in batch:
-                await self._deliver_one(jm)
+            lanes: dict[int, list[Any]] = {}
+            for jm in batch:  # one lane per recipient subject: its order is kept
+                lanes.setdefault(zlib.crc32(jm.subject.encode()) % INBOUND_LANES, []).append(jm)
+            await asyncio.gather(*(self._deliver_lane(self._in[k], jms) for k, jms in lanes.items()))
 
-    async def _deliver_one(self, jm: Any) -> None:
+    async def _deliver_lane(self, link: BrokerLink, jms: list[Any]) -> None:
+        for jm in jms:
+            await self._deliver_one(link, jm)
+
+    async def _deliver_one(self, link: BrokerLink, jm: Any) -> None:
         prefix = f"parrot.{self.settings.node}."
         try:
             rm = _decode_remote(jm.data)
@@ -277,7 +288,7 @@ class Relay:
             await jm.term()
             return
         try:
-            res = await self._in.call(lambda c: c.relay_deliver(
+            res = await link.call(lambda c: c.relay_deliver(
                 rm.id, rm.node, rm.from_, rm.to, rm.content, data=rm.data, sent_at=rm.sent_at,
                 bounce=rm.bounce))
         except ParrotError as exc:  # bad params (a name that is not one): never deliverable
