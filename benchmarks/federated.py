@@ -108,9 +108,35 @@ class Federation:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+#: One-at-a-time messages of the unloaded latency figure.
+ONE_BY_ONE = 100
+
+
+def one_by_one(fed: Federation, n: int) -> dict[str, float]:
+    """``n`` messages h1 -> h2, each sent once the previous one arrived: p50/p99 in us of one
+    message on an idle link (the relay's outbox poll included)."""
+    from parrot_ipc import Client
+
+    from .scenarios import pct
+    lat: list[int] = []
+    with Client(fed.h1.sock) as a, Client(fed.h2.sock) as b:
+        a.get_token("lone-s")
+        b.get_token("lone-r")
+        for i in range(n):
+            t0 = time.perf_counter_ns()
+            a.send("lone-r@h2", str(i))
+            msgs = b.receive(max=1, wait_s=30)
+            lat.append(time.perf_counter_ns() - t0)
+            assert msgs and msgs[0].content == str(i), msgs
+            b.ack([msgs[0].id])
+    return {"idle_p50_latency_us": pct(lat, 0.5) / 1000, "idle_p99_latency_us": pct(lat, 0.99) / 1000}
+
+
 def federated(per_sender: int, window: int) -> dict[str, Any]:
-    """``PAIRS`` senders on h1 -> receivers on h2 (``per_sender`` each): msgs/s, p50/p99 us."""
+    """``PAIRS`` senders on h1 -> receivers on h2 (``per_sender`` each): msgs/s, p50/p99 us
+    under that load; then :data:`ONE_BY_ONE` messages one at a time (idle-link latency)."""
     from .scenarios import _deliver
 
     with Federation() as fed:
-        return trio.run(_deliver, fed.h1.sock, PAIRS, per_sender, window, "f", fed.h2.sock, "@h2")
+        loaded = trio.run(_deliver, fed.h1.sock, PAIRS, per_sender, window, "f", fed.h2.sock, "@h2")
+        return {**loaded, **one_by_one(fed, ONE_BY_ONE)}
