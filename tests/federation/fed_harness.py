@@ -155,7 +155,12 @@ class Node:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def client(self, name: str) -> Client:
-        c = Client(self.socket, timeout_s=30)
+        """A blocking client holding instance ``name`` on this node's broker."""
+        try:
+            c = Client(self.socket, timeout_s=30)
+        except ParrotError as exc:
+            rc = None if self.broker is None else self.broker.poll()
+            raise AssertionError(f"{exc}; broker {self.name} exit code {rc}; its log:\n{self.log('broker')[-3000:]}") from None
         c.get_token(name)
         return c
 
