@@ -45,12 +45,12 @@ T = TypeVar("T")
 
 #: Seconds between outbox polls when it was empty (doubling up to :data:`MAX_IDLE_POLL_S`).
 IDLE_POLL_S: Final = 0.005
-MAX_IDLE_POLL_S: Final = 0.2
+MAX_IDLE_POLL_S: Final = 0.05
 #: Seconds to wait before retrying after the broker or NATS failed.
 RETRY_S: Final = 0.2
 #: Inbound broker connections (each with its thread); a recipient always uses the same one,
 #: so its mail arrives in order while other recipients' mail is delivered beside it.
-INBOUND_LANES: Final = 4
+INBOUND_LANES: Final = 16
 
 
 class RemoteMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
