@@ -2,9 +2,9 @@
 
 It runs on asyncio with nats-py (the maintained NATS client), which is why it is a process of
 its own: the broker stays trio and ``AF_UNIX`` only. It is a client of its own broker, admitted
-with the ``relay`` scope; it talks to the broker with the blocking :class:`~.blocking.Client`,
-one per direction, each in its own worker thread (``asyncio.to_thread`` through a one-thread
-executor), so a blocking call never stalls the event loop.
+with the ``relay`` scope; it talks to the broker with the blocking :class:`~.blocking.Client`:
+one connection outbound and :data:`INBOUND_LANES` inbound, each in its own worker thread (a
+one-thread executor), so a blocking call never stalls the event loop.
 
 - Outbound: ``relay_take`` leases outbox messages; each is published to the JetStream subject
   ``parrot.<node>.<name>`` with the ``Nats-Msg-Id`` header ``<thisnode>-<message id>`` (message
