@@ -22,7 +22,15 @@ from typing import Any, Final
 import msgspec
 
 from ..core.config import BrokerConfig, ConfigFile, PeerRuleConfig, RelayConfig
-from ..core.policy import DefaultPolicy, PeerRule, Policy, RemoteRule, RemoteRules, RulePolicy
+from ..core.policy import (
+    DefaultPolicy,
+    PeerRule,
+    Policy,
+    RemoteRule,
+    RemoteRules,
+    RulePolicy,
+    remote_rules_of,
+)
 from ..errors import ConfigError, StartupError, UnsafeFile
 from ..os import users
 from ..os.files import policy_file_rule, read_checked, read_private_file
@@ -187,14 +195,15 @@ def describe(cfg: LoadedConfig, broker_uid: int | None = None) -> dict[str, Any]
     """The effective policy as plain data (for ``parrot-ipc check-config``); no secrets.
 
     Returns ``{"config": path or None, "server": {...}, "policy": str, "peers": [{...}],
-    "shared_secret": bool}``; ``broker_uid`` defaults to our effective UID.
+    "shared_secret": bool, "remote": [{rule, nodes, names}]}``; ``broker_uid`` defaults to our effective UID.
     """
     broker_uid = users.effective_uid() if broker_uid is None else broker_uid
     server = msgspec.to_builtins(cfg.server)
     if cfg.rules is None:
         rules: list[dict[str, Any]] = [
-            {"rule": "default:root", "uids": [0], "scopes": "all but admin, plus admin"},
-            {"rule": "default:broker_uid", "uids": [broker_uid], "scopes": "all but admin"},
+            {"rule": "default:root", "uids": [0], "scopes": "the defaults, plus admin and remote_send"},
+            {"rule": "default:broker_uid", "uids": [broker_uid],
+             "scopes": "the defaults, plus remote_send and relay"},
         ]
     else:
         rules = [
@@ -203,6 +212,8 @@ def describe(cfg: LoadedConfig, broker_uid: int | None = None) -> dict[str, Any]
              "may_send_to": list(r.may_send_to), "bind": r.bind}
             for r in cfg.rules
         ]
-    return {"config": str(cfg.path) if cfg.path else None, "server": server,
+    remote = [{"rule": r.label, "nodes": list(r.nodes), "names": list(r.names)}
+              for r in remote_rules_of(cfg.policy).rules]
+    return {"config": str(cfg.path) if cfg.path else None, "server": server, "remote": remote,
             "policy": "default" if cfg.rules is None else "rules (first match wins; no match is refused)",
             "peers": rules, "shared_secret": cfg.shared_secret is not None}
