@@ -61,6 +61,21 @@ def _allowed_owners(euid: int) -> list[int]:
     return [euid] if service is None else [euid, service]
 
 
+def _runtime_owners(euid: int) -> list[int]:
+    """Who may own the runtime directory and socket: :func:`_allowed_owners`, and root (a
+    root-owned 0700 directory is root's broker, safe though this user cannot reach it)."""
+    owners = _allowed_owners(euid)
+    return owners if 0 in owners else [*owners, 0]
+
+
+def _denied(name: str, path: str, exc: OSError, euid: int) -> Check:
+    """The WARN row for a path this user may not even look at (EACCES on lstat(2)): typically
+    root's broker seen by another user, whose 0700 runtime directory hides the socket."""
+    return Check(name, "WARN", f"cannot check {path} as uid {euid}: {exc.strerror}",
+                 "run 'sudo parrot-ipc doctor' to check this broker; to use it as this user, ask its admin "
+                 "for a [[peers]] rule and socket group (docs/operations.md), or run your own: parrot-ipc serve")
+
+
 def _lstat(path: str) -> os.stat_result | None:
     """lstat(2) of ``path``, or None if it is missing or cannot be looked at."""
     try:
@@ -87,8 +102,11 @@ def _failed(name: str, problem: str, st: os.stat_result | None, fixable: bool, f
 def check_runtime_dir(socket_path: str, euid: int) -> Check:
     """The socket's directory: a real directory, mode 0700, owned by us or the service user."""
     path = os.path.dirname(os.path.abspath(socket_path))
-    owner = _expected_owner(path, _allowed_owners(euid))
-    problem = os_paths.runtime_dir_problem(path, owner)
+    owner = _expected_owner(path, _runtime_owners(euid))
+    try:
+        problem = os_paths.runtime_dir_problem(path, owner)
+    except OSError as exc:
+        return _denied("runtime dir", path, exc, euid)
     if problem is None:
         return Check("runtime dir", "PASS", f"{path}: directory owned by {_user(owner)}, mode 0700")
     st = _lstat(path)
@@ -99,8 +117,11 @@ def check_runtime_dir(socket_path: str, euid: int) -> Check:
 
 def check_socket(socket_path: str, euid: int) -> Check:
     """The socket file: a socket (not a symlink), mode 0600, owned like its directory."""
-    owner = _expected_owner(os.path.dirname(os.path.abspath(socket_path)), _allowed_owners(euid))
-    problem = os_paths.socket_file_problem(socket_path, owner, mode=0o600)
+    owner = _expected_owner(os.path.dirname(os.path.abspath(socket_path)), _runtime_owners(euid))
+    try:
+        problem = os_paths.socket_file_problem(socket_path, owner, mode=0o600)
+    except OSError as exc:
+        return _denied("socket", socket_path, exc, euid)
     if problem is None:
         return Check("socket", "PASS", f"{socket_path}: socket owned by {_user(owner)}, mode 0600")
     st = _lstat(socket_path)

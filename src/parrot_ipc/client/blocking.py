@@ -19,7 +19,7 @@ from ..core import protocol as p
 from ..errors import BrokerUnavailable
 from ..os.paths import default_socket_path
 from .spec import BlockingCalls, Call, raw_call
-from .wire import RECV_BYTES, Wire, error_of, unreachable
+from .wire import RECV_BYTES, Wire, check_socket_dir, error_of, unreachable
 
 R = TypeVar("R")
 class Client(BlockingCalls):
@@ -42,6 +42,7 @@ class Client(BlockingCalls):
         self.socket_path = socket_path or default_socket_path()
         self.timeout_s = timeout_s
         self._wire = Wire()
+        check_socket_dir(self.socket_path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout_s)
         try:

@@ -19,7 +19,7 @@ from ..core import protocol as p
 from ..errors import BrokerUnavailable, ParrotError
 from ..os.paths import default_socket_path
 from .spec import Call, TrioCalls, raw_call
-from .wire import RECV_BYTES, Wire, error_of, unreachable
+from .wire import RECV_BYTES, Wire, check_socket_dir, error_of, unreachable
 
 __all__ = ["AsyncClient", "BrokerUnavailable", "ParrotError"]
 R = TypeVar("R")
@@ -92,6 +92,7 @@ class AsyncClient(TrioCalls):
         self._writing = False  # a task is in _write_out: frames appended meanwhile go out with it
 
     async def __aenter__(self) -> AsyncClient:
+        check_socket_dir(self.socket_path)
         try:
             self._stream = await trio.open_unix_socket(self.socket_path)
         except OSError as exc:

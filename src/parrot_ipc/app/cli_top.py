@@ -1,0 +1,3 @@
+"""Placeholder."""
+def top() -> None:
+    """x"""
