@@ -15,7 +15,7 @@ import msgspec
 import typer
 
 from ..core.config import BrokerConfig
-from ..errors import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, ConfigError
+from ..errors import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, ConfigError, ParrotError
 from ..os.paths import default_socket_path
 from . import config_file
 from .cli_output import JsonOpt, SocketOpt, emit, emit_table, fail, session
@@ -100,9 +100,22 @@ resource_app = typer.Typer(help="Protected resources the broker serves (the sess
 @resource_app.command("get")
 def resource_get(name: Annotated[str, typer.Argument(help="The resource name, e.g. 'instructions'.")],
                  socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
-    """Print resource NAME (its text as-is; with --json: name, content, sha256)."""
+    """Print resource NAME (its text as-is; with --json: name, content, sha256).
+
+    Resources are files an operator puts in the broker's resources_dir; none is installed by
+    default, and a missing one exits 1 saying so.
+    """
     with session(socket, as_json) as (client, _):
-        res = client.get_resource(name)
+        try:
+            res = client.get_resource(name)
+        except ParrotError as exc:
+            if exc.reason != "resource_not_found":
+                raise
+            fail(as_json, exc.exit_code, f"the broker has no resource named {name!r} (code {exc.code}, {exc.reason})",
+                 "Resources are files an operator installs in the broker's resources_dir (default "
+                 "/etc/parrot-ipc/resources; docs/operations.md). None is installed by default; without "
+                 "'instructions', 'parrot-ipc mcp' uses generic instructions.",
+                 {"code": exc.code, "reason": exc.reason, "message": exc.message, "data": exc.data})
         if as_json:
             emit(True, res)
         else:

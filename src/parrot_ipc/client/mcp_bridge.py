@@ -14,8 +14,9 @@ handler ever blocks the event loop.
 - **Instructions.** After authenticating, the bridge fetches the resource ``instructions``
   (``get_resource``, scope ``resources``) and returns its text as the MCP server's
   ``instructions`` in ``initialize``. If the broker cannot be reached or refuses (no
-  ``resources`` scope, no such resource, a bad digest), it starts degraded with
-  :data:`GENERIC_INSTRUCTIONS` and a warning on stderr: it fails closed, and no protected text
+  ``resources`` scope, a file it may not serve, a bad digest), it starts degraded with
+  :data:`GENERIC_INSTRUCTIONS` and a warning on stderr (a broker with no ``instructions`` at all: the
+  same text, no warning): it fails closed, and no protected text
   is ever compiled into or shipped with the bridge. Fetched texts are cached for the session,
   keyed by their SHA-256.
 - **Errors.** A broker error becomes an MCP tool error (``isError``) carrying the broker's
@@ -39,11 +40,12 @@ import msgspec
 import trio
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
 
 from ..core import protocol as p
 from ..errors import BrokerUnavailable, ParrotError, ToolError
 from ..os.paths import default_socket_path
-from .mcp_tools import TOOLS, check_args, format_messages
+from .mcp_tools import TOOL_NAMES, TOOLS, check_args, check_content, format_messages
 from .trio_client import AsyncClient
 from .wire import start_hint
 
@@ -195,7 +197,9 @@ async def fetch_instructions(link: BrokerLink, cache: InstructionCache,
                              timeout_s: float = STARTUP_TIMEOUT_S) -> tuple[str, bool]:
     """``(instructions, protected)``: the broker's ``instructions`` resource, or the generic
     text (``protected`` False) with a warning on stderr if the broker is unreachable, refuses,
-    or the digest is wrong. Fails closed."""
+    or the digest is wrong. Fails closed. A broker that has no such resource (``resource_not_found``:
+    none is configured) gets the generic text without a warning; one it cannot serve
+    (``resource_refused``: unsafe or unreadable) warns."""
     try:
         with trio.fail_after(timeout_s):
             res = await link.call(lambda c: c.get_resource(INSTRUCTIONS_RESOURCE))
@@ -203,6 +207,9 @@ async def fetch_instructions(link: BrokerLink, cache: InstructionCache,
     except BrokerUnavailable as exc:
         why = f"{exc.message}. {start_hint(link.socket_path)}"
     except ParrotError as exc:
+        if exc.reason == "resource_not_found":  # none configured: the generic text, without a word
+            log.info("parrot-ipc mcp: the broker has no 'instructions' resource; using generic instructions")
+            return GENERIC_INSTRUCTIONS, False
         why = f"the broker refused: {exc.message} (code {exc.code}, reason {exc.reason})"
     except trio.TooSlowError:
         why = f"the broker did not answer within {timeout_s:g} s"
@@ -239,6 +246,7 @@ class Bridge:
 
     async def _t_send(self, arguments: dict[str, Any] | None) -> tuple[str, Any]:
         a = check_args("send", arguments, {"to": (str, True), "content": (str, True)})
+        check_content("send", a["content"])
         res = await self.link.call(lambda c: c.send(a["to"], a["content"]))
         note = " (forwarded: that name was renamed)" if res.status == "forwarded" else ""
         return f"Sent message {res.id} to {res.to}{note}.", msgspec.to_builtins(res)
@@ -259,6 +267,7 @@ class Bridge:
 
     async def _t_broadcast(self, arguments: dict[str, Any] | None) -> tuple[str, Any]:
         a = check_args("broadcast", arguments, {"content": (str, True)})
+        check_content("broadcast", a["content"])
         res = await self.link.call(lambda c: c.broadcast(a["content"]))
         who = ", ".join(res.recipients) if res.recipients else "nobody (no other agent holds a session)"
         return f"Broadcast {res.id} sent to {len(res.recipients)} agent(s): {who}.", msgspec.to_builtins(res)
@@ -293,12 +302,19 @@ def _error(text: str) -> types.CallToolResult:
 
 
 def build_server(bridge: Bridge, instructions: str) -> Server[Any]:
-    """The MCP server: ``tools/list`` answers :data:`TOOLS`; ``tools/call`` runs the bridge."""
+    """The MCP server: ``tools/list`` answers :data:`TOOLS`; ``tools/call`` runs the bridge.
+
+    A ``tools/call`` of a name not in :data:`TOOL_NAMES` raises :class:`MCPError` -32602
+    ``Unknown tool: NAME``: a JSON-RPC error, not an ``isError`` result (MCP specification
+    2025-06-18, Tools, "Error Handling", whose example is exactly that).
+    """
 
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=list(TOOLS))
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        if params.name not in TOOL_NAMES:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
         return await bridge.call_tool(params.name, params.arguments)
 
     from .. import __version__
