@@ -265,6 +265,14 @@ def _revoke_session(instance_id: str) -> p.RevokeSessionParams:
     return p.RevokeSessionParams(instance_id=instance_id)
 
 
+def _admin_stats(*, max_events: int = 20) -> p.AdminStatsParams:
+    """Admin: a snapshot for ``parrot-ipc top``: ``AdminStatsResult {now, started_at, uptime_s,
+    connections, connections_by_uid, live_sessions, instances, messages_in_total,
+    messages_out_total, messages_in_per_s, messages_out_per_s, rate_window_s, audit_counts,
+    recent_events}`` with the last ``max_events`` (0-100) audit events. Metadata only."""
+    return p.AdminStatsParams(max_events=max_events)
+
+
 # --------------------------------------------------------------------------- the table
 class Methods:
     """Every method of protocol v1, as descriptors (``docs/protocol.md``, Methods). The base of
@@ -288,6 +296,7 @@ class Methods:
                            _sessions)
     revoke_session = Method("revoke_session", p.RevokeSessionParams, _revoke_session, p.RevokeResult,
                             _revoked)
+    admin_stats = Method("admin_stats", p.AdminStatsParams, _admin_stats, p.AdminStatsResult)
 
 
 #: Every :class:`Method`, by JSON-RPC name.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -32,6 +33,7 @@ from .limits import ConnectionLimits, TokenBucket
 from .methods import METHOD_TABLE, METHODS, MethodSpec
 from .policy import SCOPE_RECEIVE, PeerCredentials, Policy
 from .sessions import Sessions, token_hash
+from .stats import Stats
 from .timefmt import IdGenerator
 
 # Re-exported: these moved out of this module, and callers import them from here.
@@ -104,6 +106,9 @@ class Broker:
         self.store: Store = store
         #: The wall clock (epoch seconds), for the method handlers.
         self.clock = clock
+        #: Counters and recent audit events for ``admin_stats``; it sees every audit event.
+        self.stats = Stats(clock)
+        audit = self.stats.tee(audit)
         #: The audit sink; also for the shell's own events (timeouts, drops).
         self.audit = audit
         #: The reader behind ``get_resource``, or None.
@@ -337,6 +342,10 @@ class Broker:
     def online_instances(self) -> Iterable[str]:
         """Instance ids with at least one connection bound to a live session."""
         return self.bindings.names()
+
+    def connections_by_uid(self) -> dict[int, int]:
+        """Open connections per peer UID (``admin_stats``)."""
+        return dict(Counter(c.peer.uid for c in self._conns))
 
     def live_sessions(self) -> int:
         """How many sessions have at least one connection bound now (one per online instance).

@@ -116,6 +116,7 @@ def send(b: Broker, conn: Connection, prm: p.SendParams, rid: p.RequestId) -> p.
         raise RpcError(ErrorCode.FORBIDDEN, "recipient_not_allowed",
                        f"This peer may not send to {prm.to!r}.", to=prm.to)
     msg = b.delivery.enqueue(sender, target, prm.content, prm.data, now)
+    b.stats.count(queued=1)
     result = p.SendResult(id=msg.id, to=target, status="forwarded" if forwarded else "queued")
     if key is not None:
         store.put_idempotent(sender, key, result, now + b.config.idempotency_ttl_s)
@@ -138,6 +139,7 @@ def broadcast(b: Broker, conn: Connection, prm: p.BroadcastParams, rid: p.Reques
             continue
         recipients.append(name)
         delivery.deliver(name)
+    b.stats.count(queued=len(recipients))
     return p.BroadcastResult(id=b.ids.next(now), recipients=recipients)
 
 
@@ -152,7 +154,9 @@ def receive(b: Broker, conn: Connection, prm: p.ReceiveParams, rid: p.RequestId)
 
 def ack(b: Broker, conn: Connection, prm: p.AckParams, rid: p.RequestId) -> p.AckResult:
     """``ack``: delete leased messages by id (ids not leased to this instance are ignored)."""
-    return p.AckResult(acked=b.delivery.ack(_session(conn).instance_id, prm.ids))
+    acked = b.delivery.ack(_session(conn).instance_id, prm.ids)
+    b.stats.count(acked=acked)
+    return p.AckResult(acked=acked)
 
 
 def list_instances(b: Broker, conn: Connection, _: p.NoParams, rid: p.RequestId) -> p.ListInstancesResult:
@@ -248,6 +252,24 @@ def revoke_session(b: Broker, conn: Connection, prm: p.RevokeSessionParams, rid:
     return p.RevokeResult(revoked=True)
 
 
+def admin_stats(b: Broker, conn: Connection, prm: p.AdminStatsParams, rid: p.RequestId) -> p.AdminStatsResult:
+    """``admin_stats`` (admin): counters, rates, connections per UID, instances and the last
+    ``max_events`` audit events (:class:`~parrot_ipc.core.stats.Stats`). Metadata only."""
+    st, now = b.stats, b.clock()
+    rate_in, rate_out = st.rates()
+    recent = list(st.recent)[-prm.max_events:] if prm.max_events else []
+    return p.AdminStatsResult(
+        now=rfc3339(now), started_at=rfc3339(st.started), uptime_s=round(now - st.started, 3),
+        connections=b.connections,
+        connections_by_uid=[p.UidConnections(uid=u, connections=n) for u, n in sorted(b.connections_by_uid().items())],
+        live_sessions=b.live_sessions(), instances=list_instances(b, conn, p.NoParams(), rid).instances,
+        messages_in_total=st.messages_in, messages_out_total=st.messages_out,
+        messages_in_per_s=rate_in, messages_out_per_s=rate_out, rate_window_s=float(st.window_s),
+        audit_counts=dict(st.event_counts),
+        recent_events=[p.AuditEvent(ts=rfc3339(ts), event=ev, fields=f) for ts, ev, f in recent],
+    )
+
+
 # ------------------------------------------------------------------ the table
 def _spec(name: str, handler: Handler, params: type, result: type) -> MethodSpec:
     needs = METHOD_NEEDS[name]
@@ -273,6 +295,7 @@ METHOD_TABLE: Final[dict[str, MethodSpec]] = {m.name: m for m in (
     _spec("get_resource", get_resource, p.GetResourceParams, p.ResourceResult),
     _spec("list_sessions", list_sessions, p.NoParams, p.ListSessionsResult),
     _spec("revoke_session", revoke_session, p.RevokeSessionParams, p.RevokeResult),
+    _spec("admin_stats", admin_stats, p.AdminStatsParams, p.AdminStatsResult),
 )}
 
 #: The method names of protocol v1 this broker serves, in table order.

@@ -30,6 +30,9 @@ __all__ = [
     "SESSION",
     "AckParams",
     "AckResult",
+    "AdminStatsParams",
+    "AdminStatsResult",
+    "AuditEvent",
     "AuthResult",
     "AuthenticateParams",
     "BroadcastParams",
@@ -55,6 +58,7 @@ __all__ = [
     "SessionInfo",
     "SubscribeResult",
     "TokenResult",
+    "UidConnections",
     "WhoamiResult",
     "valid_resource_name",
 ]
@@ -135,6 +139,12 @@ class RevokeSessionParams(_Params):
     """``revoke_session`` (admin): the instance whose live session to end."""
 
     instance_id: InstanceId
+
+
+class AdminStatsParams(_Params):
+    """``admin_stats`` (admin): how many recent audit events to return (0-100, default 20)."""
+
+    max_events: Annotated[int, Meta(ge=0, le=100)] = 20
 
 
 class GetResourceParams(_Params):
@@ -279,6 +289,49 @@ class ListSessionsResult(Struct, kw_only=True):
     sessions: list[SessionInfo]
 
 
+class AuditEvent(Struct, kw_only=True):
+    """One recent audit event as ``admin_stats`` returns it: ``ts`` (RFC 3339 UTC), the event
+    name, and its fields (metadata: uids, pids, instance names, reasons; never a token, secret
+    or message content)."""
+
+    ts: str
+    event: str
+    fields: dict[str, Any]
+
+
+class UidConnections(Struct, kw_only=True):
+    """Open connections of one peer UID."""
+
+    uid: int
+    connections: int
+
+
+class AdminStatsResult(Struct, kw_only=True):
+    """``admin_stats`` (admin): a snapshot for ``parrot-ipc top``. Metadata only.
+
+    ``messages_in_total`` counts messages queued (``send``, each ``broadcast`` recipient) and
+    ``messages_out_total`` messages acked, since ``started_at``; the ``*_per_s`` rates average
+    them over the last ``rate_window_s`` seconds. ``audit_counts`` counts every audit event by
+    name; ``recent_events`` are the newest non-routine ones (refusals, rate limits, ...), newest
+    last.
+    """
+
+    now: str
+    started_at: str
+    uptime_s: float
+    connections: int
+    connections_by_uid: list[UidConnections]
+    live_sessions: int
+    instances: list[InstanceInfo]
+    messages_in_total: int
+    messages_out_total: int
+    messages_in_per_s: float
+    messages_out_per_s: float
+    rate_window_s: float
+    audit_counts: dict[str, int]
+    recent_events: list[AuditEvent]
+
+
 # --------------------------------------------------------------------------- names
 _RESOURCE_NAME_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
@@ -318,4 +371,5 @@ METHOD_NEEDS: Final[dict[str, str]] = {
     "get_resource": SCOPE_RESOURCES,
     "list_sessions": SCOPE_ADMIN,
     "revoke_session": SCOPE_ADMIN,
+    "admin_stats": SCOPE_ADMIN,
 }
