@@ -324,7 +324,7 @@ def mcp_(
     broker's resource 'instructions' (generic ones, and a warning on stderr, if the broker is
     unreachable or refuses). Needs the optional 'mcp' extra of parrot-ipc (the MCP Python SDK).
     """
-    cli_checks.check_name(instance, False)
+    cli_checks.check_name(instance, False, "instance id")
     try:
         from ..client.mcp_bridge import run_bridge
     except ImportError as exc:

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core import protocol as p
-from ..errors import ParrotError
+from ..errors import ErrorCode, ParrotError
 from .cli_output import JsonOpt, SocketOpt, emit, fail, session
 
 ADMIN_HINT = ("'top' needs the 'admin' scope: root's session has it (sudo parrot-ipc register NAME), "
@@ -76,7 +76,7 @@ def top(
         try:
             stats = client.admin_stats(max_events=events)
         except ParrotError as exc:
-            if exc.code != p.ErrorCode.FORBIDDEN:
+            if exc.code != ErrorCode.FORBIDDEN:
                 raise
             fail(as_json, exc.exit_code, f"{exc.message} (code {exc.code}, {exc.reason})", ADMIN_HINT,
                  {"code": exc.code, "reason": exc.reason, "message": exc.message, "data": exc.data})
