@@ -25,7 +25,7 @@ def test_the_ring_is_bounded_and_keeps_the_newest_non_routine_events() -> None:
     assert all(ev == "rate_limited" for _, ev, _ in st.recent)
     assert st.event_counts == {"rate_limited": 8, "peer_admitted": 8}
     assert len(seen) == 16  # every event still reaches the real sink
-    assert RING_EVENTS == Stats(clock).recent.maxlen
+    assert Stats(clock).recent.maxlen == RING_EVENTS
 
 
 def test_the_ring_keeps_a_copy_of_the_fields() -> None:
