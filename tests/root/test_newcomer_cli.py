@@ -108,7 +108,7 @@ def newcomer(accounts) -> Iterator[Newcomer]:
 def _wait_pong(nc: Newcomer, proc: subprocess.Popen[bytes], *args: str) -> subprocess.CompletedProcess[str]:
     deadline = time.monotonic() + TIMEOUT_S
     while True:
-        res = nc.run(*args, "ping")
+        res = nc.run("ping", *args)
         if res.returncode == 0 or proc.poll() is not None or time.monotonic() > deadline:
             return res
         time.sleep(0.1)
@@ -188,16 +188,16 @@ def test_2_doctor_as_a_user_against_roots_broker_gives_a_row_not_a_traceback(new
 
 # --------------------------------------------------------------------------- 3-6, 9: agent commands
 def test_3_a_message_that_is_not_utf8_is_refused_in_words(newcomer: Newcomer, own_broker: str) -> None:
-    assert newcomer.run("--socket", own_broker, "register", "alice").returncode == 0
-    res = newcomer.run("--socket", own_broker, "send", "alice", "-", stdin=b"caf\xe9")
+    assert newcomer.run("register", "alice", PARROT_IPC_SOCKET=own_broker).returncode == 0
+    res = newcomer.run("send", "alice", "-", stdin=b"caf\xe9", PARROT_IPC_SOCKET=own_broker)
     _no_traceback(res)
     assert res.returncode == 2
     assert "the message is not UTF-8 text (byte 0xe9 at offset 3)" in res.stderr
 
 
 def test_4_a_10_mb_message_is_refused_before_sending_with_the_limit(newcomer: Newcomer, own_broker: str) -> None:
-    assert newcomer.run("--socket", own_broker, "register", "alice").returncode == 0
-    res = newcomer.run("--socket", own_broker, "send", "alice", "-", stdin=b"a" * 10_000_000)
+    assert newcomer.run("register", "alice", PARROT_IPC_SOCKET=own_broker).returncode == 0
+    res = newcomer.run("send", "alice", "-", stdin=b"a" * 10_000_000, PARROT_IPC_SOCKET=own_broker)
     _no_traceback(res)
     assert res.returncode == 2
     assert "the broker takes at most 65536 bytes per request" in res.stderr
@@ -206,7 +206,7 @@ def test_4_a_10_mb_message_is_refused_before_sending_with_the_limit(newcomer: Ne
 
 
 def test_5_a_bad_instance_name_is_explained_in_words(newcomer: Newcomer, own_broker: str) -> None:
-    res = newcomer.run("--socket", own_broker, "register", "my agent")
+    res = newcomer.run("register", "my agent", PARROT_IPC_SOCKET=own_broker)
     _no_traceback(res)
     assert res.returncode == 2
     assert "' ' at position 3 is not allowed" in res.stderr
@@ -215,25 +215,25 @@ def test_5_a_bad_instance_name_is_explained_in_words(newcomer: Newcomer, own_bro
 
 
 def test_6_a_typo_in_the_recipient_names_the_closest_instance(newcomer: Newcomer, own_broker: str) -> None:
-    assert newcomer.run("--socket", own_broker, "register", "bob").returncode == 0
-    res = newcomer.run("--socket", own_broker, "send", "bobb", "hi")
+    assert newcomer.run("register", "bob", PARROT_IPC_SOCKET=own_broker).returncode == 0
+    res = newcomer.run("send", "bobb", "hi", PARROT_IPC_SOCKET=own_broker)
     assert res.returncode == 0 and "to bobb (queued)" in res.stdout
     assert "no instance named 'bobb' has registered yet" in res.stderr and "Did you mean 'bob'?" in res.stderr
-    known = newcomer.run("--socket", own_broker, "send", "bob", "hi")
+    known = newcomer.run("send", "bob", "hi", PARROT_IPC_SOCKET=own_broker)
     assert known.returncode == 0 and "note:" not in known.stderr
 
 
 def test_9_register_will_not_silently_take_over_a_live_session(newcomer: Newcomer, own_broker: str) -> None:
-    assert newcomer.run("--socket", own_broker, "register", "bob").returncode == 0
-    res = newcomer.run("--socket", own_broker, "register", "carol")
+    assert newcomer.run("register", "bob", PARROT_IPC_SOCKET=own_broker).returncode == 0
+    res = newcomer.run("register", "carol", PARROT_IPC_SOCKET=own_broker)
     _no_traceback(res)
     assert res.returncode == 2
     assert "holds the live session of 'bob'" in res.stderr and "--force" in res.stderr
-    who = newcomer.run("--socket", own_broker, "whoami")
+    who = newcomer.run("whoami", PARROT_IPC_SOCKET=own_broker)
     assert who.returncode == 0 and who.stdout.startswith("bob "), who
-    forced = newcomer.run("--socket", own_broker, "register", "carol", "--force")
+    forced = newcomer.run("register", "carol", "--force", PARROT_IPC_SOCKET=own_broker)
     assert forced.returncode == 0 and "note: replacing the live session of 'bob'" in forced.stderr
-    again = newcomer.run("--socket", own_broker, "register", "carol")  # same name: no --force needed
+    again = newcomer.run("register", "carol", PARROT_IPC_SOCKET=own_broker)  # same name: no --force needed
     assert again.returncode == 0 and "replacing the live session of 'carol'" in again.stderr
 
 
