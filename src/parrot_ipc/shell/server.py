@@ -201,19 +201,11 @@ class BrokerServer:
             except OSError as exc:
                 log.warning("cannot read peer credentials (%s); closing", exc)
                 return
-            admitted = self.broker.accept(peer)
-            if isinstance(admitted, bytes):
-                with trio.move_on_after(LINGER_S):
-                    await stream.send_all(admitted)
-                await linger_close(stream)
-                return
-            link = self._links[admitted] = PeerLink(admitted, self)
             try:
-                broker_closed = await link.run(stream)
+                await self._serve_peer(stream, peer)
             finally:
-                del self._links[admitted]
-            if broker_closed:
-                await linger_close(stream)
+                if peer.process is not None:
+                    peer.process.close()  # the pinned pidfd lives as long as the connection
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except SlowReader as exc:
@@ -222,6 +214,25 @@ class BrokerServer:
             self._streams -= 1
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+    async def _serve_peer(self, stream: trio.abc.Stream, peer: PeerCredentials) -> None:
+        """Admit ``peer`` (or write its one refusal line) and serve it until it closes."""
+        admitted = self.broker.accept(peer)
+        if isinstance(admitted, bytes):
+            with trio.move_on_after(LINGER_S):
+                await stream.send_all(admitted)
+            await linger_close(stream)
+            return
+        if peer.process is not None and not admitted.admission.pins_exe:
+            peer.process.close()  # nothing will ask again: free the pidfd now (a reload that
+            # later pins the executable finds it closed, and fails closed)
+        link = self._links[admitted] = PeerLink(admitted, self)
+        try:
+            broker_closed = await link.run(stream)
+        finally:
+            del self._links[admitted]
+        if broker_closed:
+            await linger_close(stream)
 
     async def wait_for_mail(self, conn: Connection, wait: WaitForMail) -> bytes:
         """Answer a long-poll ``receive``: wait (up to ``wait.wait_s`` seconds, trio time) for
