@@ -10,7 +10,7 @@ clients and ssh-agent users make in the other direction (issue 13, finding 5).
 
 The expected broker user, first found of: the ``broker_user`` argument,
 ``$PARROT_IPC_BROKER_USER``, ``[server] broker_user`` of the default config file
-(``/etc/parrot-ipc/config.toml``, read only if it is root's and not writable by others), then
+(``/etc/parrot-ipc/config.toml``, read only if it is root's or ours and not writable by others), then
 ``parrot-mcp`` (the system unit's user). A name that no user has adds nothing.
 """
 
@@ -41,9 +41,9 @@ CONFIG_PATH: Final = "/etc/parrot-ipc/config.toml"
 @functools.cache
 def configured_broker_user(path: str = CONFIG_PATH) -> str | None:
     """``[server] broker_user`` of the config file at ``path``, or None (no file, unreadable,
-    not root's or writable by others, not TOML, no such key). Read once per process."""
+    not root's or ours, or writable by others, not TOML, no such key). Read once per process."""
     try:
-        raw = read_checked(path, policy_file_rule(0, "config file"), max_bytes=1 << 20)
+        raw = read_checked(path, policy_file_rule(users.effective_uid(), "config file"), max_bytes=1 << 20)
         server = tomllib.loads(raw.decode()).get("server", {})
     except (OSError, UnsafeFile, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
