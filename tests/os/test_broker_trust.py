@@ -19,7 +19,7 @@ from parrot_ipc.errors import UntrustedBroker
 
 
 def test_the_client_reads_the_brokers_default_config_path() -> None:
-    assert trust.CONFIG_PATH == str(DEFAULT_CONFIG_PATH)
+    assert str(DEFAULT_CONFIG_PATH) == trust.CONFIG_PATH
 
 
 def test_broker_user_comes_from_argument_then_environment_then_config_then_default(
