@@ -86,4 +86,4 @@ def verify_broker(sock: socket.socket, socket_path: str, broker_user: str | None
     listener = f"uid {cred.uid}" + (f" ({who})" if who else "") + f", pid {cred.pid}"
     expected = " or ".join(f"{why} (uid {uid})" if uid else why for uid, why in trusted.items())
     raise UntrustedBroker(socket_path, cred.uid, cred.pid,
-                          f"refusing to talk to it: the listener is {listener}, not {expected}; nothing was sent")
+                          f"the listener is {listener}, not {expected}; nothing was sent")
