@@ -59,6 +59,11 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     #: files must be owned by root or the broker's user and not writable by group or others,
     #: like the config file. Read at start; the files are read on each request.
     resources_dir: str = "/etc/parrot-ipc/resources"
+    #: The user the clients accept as the broker, besides root and themselves (issue 13): a
+    #: client reads SO_PEERCRED on its connection before sending anything and refuses any other
+    #: listener. Clients read it from this file's ``[server]`` table (or
+    #: ``$PARROT_IPC_BROKER_USER``); ignored if no such user exists.
+    broker_user: str = "parrot-mcp"
 
 
 Scope = Literal["send", "receive", "list", "rename", "broadcast", "admin", "resources"]
