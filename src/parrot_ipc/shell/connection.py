@@ -21,6 +21,7 @@ import trio
 
 from ..core import Broker, BrokerConfig, FrameBuffer
 from ..core import protocol as p
+from ..core.batch import BatchReply, each_failed, is_batch
 from ..core.broker import Connection, WaitForMail
 from ..errors import ErrorCode, FrameTooLarge, SlowReader
 from .commit import GroupCommit
@@ -109,6 +110,7 @@ class PeerLink:
         self._held: list[bytes] | None = None  # pushes waiting while HOLDING (a list only while some are)
         self._read_scope: trio.CancelScope | None = None
         self._drained: trio.Event | None = None  # while queue() waits: set when under the bound
+        self._batched = 0  # responses beyond one per entry, of the batch replies in the outbox
 
     # ------------------------------------------------------------------ state
     def on(self, event: LinkEvent) -> None:
@@ -190,16 +192,30 @@ class PeerLink:
             SlowReader: the peer read nothing for ``idle_timeout_s`` meanwhile.
         """
         cfg = self._host.config
-        if self.queued_bytes >= cfg.max_pending_bytes:
+        if self.queued_bytes >= cfg.max_pending_bytes or frame.__class__ is BatchReply:
             with trio.move_on_after(cfg.idle_timeout_s):
-                while self.queued_bytes >= cfg.max_pending_bytes:
+                while self._full(frame):
                     ev = self._drained = trio.Event()
                     await ev.wait()
-            if self.queued_bytes >= cfg.max_pending_bytes:
+            if self._full(frame):
                 raise SlowReader(f"conn {self.conn.conn_id} left {self.queued_bytes} bytes unread "
                                  f"for {cfg.idle_timeout_s:g} s")
         self.queued_bytes += len(frame)
+        if isinstance(frame, BatchReply):
+            self._batched += frame.responses - 1
         await self._outbox.send(frame)
+
+    def _full(self, frame: bytes) -> bool:
+        """True while ``frame`` must wait: unsent output is at ``max_pending_bytes``, or, for a
+        batch's reply, its responses would take the queue past ``max_pending_responses`` (a
+        batch counts like its members; one that is larger waits for an empty queue)."""
+        cfg = self._host.config
+        if self.queued_bytes >= cfg.max_pending_bytes:
+            return True
+        if not isinstance(frame, BatchReply):
+            return False
+        used = self._outbox.statistics().current_buffer_used + self._batched
+        return used > 0 and used + frame.responses > cfg.max_pending_responses
 
     async def _writer(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         bound = self._host.config.max_pending_bytes
@@ -213,6 +229,8 @@ class PeerLink:
                             batch.append(recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
+                    if self._batched:  # batch replies count as their responses until taken
+                        self._batched -= sum(f.responses - 1 for f in batch if isinstance(f, BatchReply))
                     data = b"".join(batch) if len(batch) > 1 else frame
                     await stream.send_all(data)
                     self.queued_bytes -= len(data)
@@ -243,7 +261,12 @@ class PeerLink:
                 data = await stream.receive_some(_RECV_BYTES)
                 if scope.cancel_called:  # a Drop, shutdown or the deadline came with the data
                     break
-                if not data:
+                if not data:  # EOF ends a last frame as "\n" would: answer it, then close
+                    last = framer.take_tail()
+                    if last is not None:
+                        scope.deadline = inf
+                        await self._handle_frames([last])
+                        self.on(LinkEvent.READ)
                     return False
                 try:
                     frames = framer.feed(bytes(data))  # no copy for bytes
@@ -259,12 +282,19 @@ class PeerLink:
                     scope.deadline = inf if self.conn.subscribed else trio.current_time() + cfg.idle_timeout_s
         if self.phase is Phase.DROPPED or host.closing:
             return True
-        # The deadline passed while reading: nothing is owed to the peer, so no linger.
+        # The deadline passed while reading. A peer that sent nothing is owed nothing (no linger);
+        # one with a frame buffered is told that it lacks its "\n" (a peer that forgot it waits).
         kind, timeout_s = (("handshake_timeout", cfg.handshake_timeout_s) if self.phase is Phase.HANDSHAKE
                            else ("idle_timeout", cfg.idle_timeout_s))
         c = self.conn
-        host.broker.audit(kind, {"conn": c.conn_id, "uid": c.peer.uid, "pid": c.peer.pid, "timeout_s": timeout_s})
-        return False
+        buffered = framer.buffered_bytes
+        host.broker.audit(kind, {"conn": c.conn_id, "uid": c.peer.uid, "pid": c.peer.pid, "timeout_s": timeout_s,
+                                 "buffered_bytes": buffered})
+        if not buffered:
+            return False
+        self.on(LinkEvent.ANSWER)
+        await self.queue(not_terminated(kind, timeout_s))
+        return True
 
     async def _handle_frames(self, frames: list[bytes]) -> None:
         """Answer the frames of one chunk; their responses leave after the commit they need."""
@@ -313,10 +343,22 @@ class PeerLink:
 
 
 def store_failed(request: bytes) -> bytes:
-    """The -32603 ``store_write_failed`` error response for ``request`` (its id salvaged)."""
-    return p.encode_error(p.salvage_id(request), ErrorCode.INTERNAL_ERROR,
-                          "Internal error: the store could not be written; retry the request.",
-                          {"reason": "store_write_failed"})
+    """The -32603 ``store_write_failed`` error response for ``request`` (its id salvaged; for a
+    batch, an array of them, one per member owed a response)."""
+    message = "Internal error: the store could not be written; retry the request."
+    if request[0] != 0x7B and is_batch(request):
+        return each_failed(request, ErrorCode.INTERNAL_ERROR, message, {"reason": "store_write_failed"})
+    return p.encode_error(p.salvage_id(request), ErrorCode.INTERNAL_ERROR, message, {"reason": "store_write_failed"})
+
+
+def not_terminated(kind: str, timeout_s: float) -> bytes:
+    """The -32600 ``frame_not_terminated`` line sent before closing a connection whose
+    ``kind`` timeout (``handshake_timeout`` or ``idle_timeout``, ``timeout_s`` seconds) passed
+    with part of a frame buffered: NDJSON needs a ``\n`` after every request."""
+    return p.encode_error(None, ErrorCode.INVALID_REQUEST,
+                          f"Invalid request: no complete frame within {timeout_s:g} s ({kind}_s); every "
+                          "request must end with a newline (\\n). Closing the connection.",
+                          {"reason": "frame_not_terminated"})
 
 
 async def linger_close(stream: trio.abc.Stream) -> None:
