@@ -78,7 +78,6 @@ def test_deeply_nested_json_is_refused_not_raised(peer: Peer, where: str) -> Non
 @pytest.mark.parametrize(
     ("obj", "expected_id"),
     [
-        pytest.param([{"jsonrpc": "2.0", "id": 1, "method": "ping"}], None, id="batch-array"),
         pytest.param([], None, id="empty-batch"),
         pytest.param("ping", None, id="json-string"),
         pytest.param(42, None, id="json-number"),
@@ -89,7 +88,6 @@ def test_deeply_nested_json_is_refused_not_raised(peer: Peer, where: str) -> Non
         pytest.param({"jsonrpc": "2.0", "id": "abc"}, "abc", id="missing-method"),
         pytest.param({"jsonrpc": "2.0", "id": 10, "method": 5}, 10, id="method-not-a-string"),
         pytest.param({"jsonrpc": "2.0", "id": True, "method": "ping"}, None, id="bool-id"),
-        pytest.param({"jsonrpc": "2.0", "id": 1.5, "method": "ping"}, None, id="float-id"),
         pytest.param({"jsonrpc": "2.0", "id": [1], "method": "ping"}, None, id="array-id"),
         pytest.param({"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}, None, id="object-id"),
         pytest.param({"jsonrpc": "2.0", "id": False, "method": 3}, None, id="bool-id-and-bad-method"),

@@ -5,7 +5,7 @@ Rules (``docs/protocol.md``, "Batches"):
 - The response is one frame: an array holding one response per member that has an id, in
   member order (the spec allows any order). Notifications get nothing; a batch of only
   notifications gets no frame at all.
-- ``[]`` gets one -32600 ``empty_batch`` object (id null), not an array; so does a batch of
+- ``[]`` gets one -32600 ``invalid_request`` object (id null), not an array; so does a batch of
   more than ``max_batch_length`` members (``batch_too_long``). A frame that is not valid JSON
   gets one -32700 object, as for a single request.
 - Each member is handled as a request of its own (:meth:`Broker.handle_request`): it takes a
@@ -73,7 +73,7 @@ def handle_batch(broker: Broker, conn: Connection, frame: bytes) -> bytes | None
         return _whole(broker, conn, frame, ErrorCode.PARSE_ERROR, "parse_error",
                       "Parse error: the frame is not valid UTF-8 JSON.", {})
     if not members:
-        return _whole(broker, conn, frame, ErrorCode.INVALID_REQUEST, "empty_batch",
+        return _whole(broker, conn, frame, ErrorCode.INVALID_REQUEST, "invalid_request",
                       "Invalid request: an empty batch (JSON-RPC 2.0 section 6).", {})
     limit = broker.config.max_batch_length
     if len(members) > limit:

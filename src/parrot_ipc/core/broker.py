@@ -190,7 +190,7 @@ class Broker:
         be a batch (JSON-RPC 2.0 section 6, :func:`.batch.handle_batch`): its response is one
         array frame, or None when every member is a notification.
         """
-        if frame[0] != 0x7B and is_batch(frame):  # not "{": the one check on the single path
+        if frame[:1] != b"{" and is_batch(frame):  # the one check on the single-request path
             return handle_batch(self, conn, frame)
         return self.handle_request(conn, frame)
 

@@ -346,7 +346,7 @@ def store_failed(request: bytes) -> bytes:
     """The -32603 ``store_write_failed`` error response for ``request`` (its id salvaged; for a
     batch, an array of them, one per member owed a response)."""
     message = "Internal error: the store could not be written; retry the request."
-    if request[0] != 0x7B and is_batch(request):
+    if request[:1] != b"{" and is_batch(request):
         return each_failed(request, ErrorCode.INTERNAL_ERROR, message, {"reason": "store_write_failed"})
     return p.encode_error(p.salvage_id(request), ErrorCode.INTERNAL_ERROR, message, {"reason": "store_write_failed"})
 
