@@ -181,3 +181,15 @@ def test_a_rate_limited_float_id_is_echoed_exactly() -> None:
     peer.send_frame(b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
     out = peer.send_frame(b'{"jsonrpc":"2.0","id":2.50,"method":"ping"}')
     assert out.startswith(b'{"jsonrpc":"2.0","id":2.50,"error":{"code":-32003')
+
+
+def test_a_failed_commit_answers_every_member_owed_a_response() -> None:
+    from parrot_ipc.shell.connection import store_failed
+
+    frame = json.dumps([ping(1), note(), {"jsonrpc": "2.0", "id": 2.5, "method": "send"}, 7]).encode()
+    got = json.loads(store_failed(frame))
+    assert [(r["id"], r["error"]["code"], r["error"]["data"]["reason"]) for r in got] == [
+        (1, -32603, "store_write_failed"), (2.5, -32603, "store_write_failed"), (None, -32603, "store_write_failed")]
+    assert store_failed(json.dumps([note()]).encode()) == b""
+    single = json.loads(store_failed(json.dumps(ping(9)).encode()))
+    assert single["id"] == 9 and single["error"]["code"] == -32603

@@ -28,12 +28,12 @@ from shell_harness import Harness, raw
 SENTINEL = b'{"jsonrpc":"2.0","id":"sentinel","method":"ping"}\n'
 
 
-def R(rid: Any, result: Any = "pong") -> dict[str, Any]:  # noqa: N802 - reads as the spec's table
+def R(rid: Any, result: Any = "pong") -> dict[str, Any]:
     """A success response the spec requires: members jsonrpc, id, result."""
     return {"id": rid, "result": result}
 
 
-def E(rid: Any, code: int) -> dict[str, Any]:  # noqa: N802
+def E(rid: Any, code: int) -> dict[str, Any]:
     """An error response the spec requires: members jsonrpc, id, error{code, message}."""
     return {"id": rid, "error": code}
 
