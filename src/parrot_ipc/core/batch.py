@@ -8,7 +8,7 @@ Rules (``docs/protocol.md``, "Batches"):
 - ``[]`` gets one -32600 ``invalid_request`` object (id null), not an array; so does a batch of
   more than ``max_batch_length`` members (``batch_too_long``). A frame that is not valid JSON
   gets one -32700 object, as for a single request.
-- Each member is handled as a request of its own (:meth:`Broker.handle_request`): it takes a
+- Each member is handled as a request of its own (:meth:`Broker.handle_frame`): it takes a
   token of the UID's rate limit, and a member that is not a request object (``1``, ``[]``) gets
   its own -32600. A ``receive`` with ``wait_s`` inside a batch does not wait: it is answered at
   once, as if ``wait_s`` were 0, so one long poll never holds up the other members.
@@ -70,19 +70,25 @@ def handle_batch(broker: Broker, conn: Connection, frame: bytes) -> bytes | None
             frame.decode()
         members = _BATCH_DECODER.decode(frame)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return _whole(broker, conn, frame, ErrorCode.PARSE_ERROR, "parse_error",
+        return _whole(broker, conn, ErrorCode.PARSE_ERROR, "parse_error",
                       "Parse error: the frame is not valid UTF-8 JSON.", {})
     if not members:
-        return _whole(broker, conn, frame, ErrorCode.INVALID_REQUEST, "invalid_request",
+        return _whole(broker, conn, ErrorCode.INVALID_REQUEST, "invalid_request",
                       "Invalid request: an empty batch (JSON-RPC 2.0 section 6).", {})
     limit = broker.config.max_batch_length
     if len(members) > limit:
-        return _whole(broker, conn, frame, ErrorCode.INVALID_REQUEST, "batch_too_long",
+        return _whole(broker, conn, ErrorCode.INVALID_REQUEST, "batch_too_long",
                       f"Invalid request: a batch of {len(members)} requests; at most {limit} "
                       f"(max_batch_length).", {"max_batch_length": limit})
     outs: list[bytes] = []
     for member in members:
-        out = broker.handle_request(conn, bytes(member))
+        data = bytes(member)
+        out: bytes | WaitForMail | None
+        if data[:1] == b"[":  # a batch inside a batch is not a request object
+            out = _whole(broker, conn, ErrorCode.INVALID_REQUEST, "invalid_request",
+                         "Invalid request: a batch member must be a request object, not an array.", {})
+        else:
+            out = broker.handle_frame(conn, data)
         if isinstance(out, WaitForMail):  # a long poll inside a batch does not wait
             out = broker.poll_receive(conn, out, final=True)
         if out is not None:
@@ -99,7 +105,7 @@ def join_replies(outs: list[bytes]) -> BatchReply | None:
     return reply
 
 
-def _whole(broker: Broker, conn: Connection, frame: bytes, code: ErrorCode, reason: str, message: str,
+def _whole(broker: Broker, conn: Connection, code: ErrorCode, reason: str, message: str,
            data: dict[str, Any]) -> bytes | None:
     """One error object for the whole batch; it takes one token of the rate limit (-32003 if
     there is none), and is audited as ``bad_request``."""
@@ -107,7 +113,8 @@ def _whole(broker: Broker, conn: Connection, frame: bytes, code: ErrorCode, reas
     if bucket is not None:
         wait = bucket.take(broker.clock())
         if wait:
-            return broker._rate_limited(conn, bucket, frame, wait)
+            # b"": no id and not a batch, so the -32003 has id null and recurses no further.
+            return broker._rate_limited(conn, bucket, b"", wait)
         bucket.limited = False
     broker._audit_bad(conn, code, reason, None)
     return p.encode_error(None, code, message, {"reason": reason, **data})

@@ -186,17 +186,10 @@ class Broker:
 
         Returns the response frame, a :class:`WaitForMail` for a long-poll that must wait, or
         None for a JSON-RPC notification (a request with no ``id``, JSON-RPC 2.0 section 4.1),
-        which gets no response, not even an error. A frame that does not start with ``{`` may
-        be a batch (JSON-RPC 2.0 section 6, :func:`.batch.handle_batch`): its response is one
-        array frame, or None when every member is a notification.
+        which gets no response, not even an error. A JSON array is a batch (JSON-RPC 2.0
+        section 6, :func:`.batch.handle_batch`): its response is one array frame, or None when
+        every member is a notification. Each request takes one token of the UID's rate limit.
         """
-        if frame[:1] != b"{" and is_batch(frame):  # the one check on the single-request path
-            return handle_batch(self, conn, frame)
-        return self.handle_request(conn, frame)
-
-    def handle_request(self, conn: Connection, frame: bytes) -> bytes | WaitForMail | None:
-        """Process one frame as a single request (never a batch): what :meth:`handle_frame`
-        returns for it. It takes one token of the UID's rate limit (-32003 without one)."""
         bucket = conn.bucket
         if bucket is not None:
             wait = bucket.take(self.clock())
@@ -206,6 +199,10 @@ class Broker:
         req = self._decode(conn, frame)
         if isinstance(req, bytes):
             return req
+        if req is None:  # a batch: found only once the frame failed to decode as one request
+            if bucket is not None:
+                bucket.give_back()  # its members take the tokens
+            return handle_batch(self, conn, frame)
         notify = req.id is UNSET
         rid: p.RequestId = None if req.id is UNSET else req.id
         if rid.__class__ is float:  # echo a fractional id as its exact text (1.50 stays 1.50)
@@ -213,10 +210,10 @@ class Broker:
         out = self._dispatch(conn, req.method, req.params, rid)
         return None if notify else out
 
-    def _decode(self, conn: Connection, frame: bytes) -> p.Request | bytes:
-        """The request in ``frame``, or the error frame for one that is not a request:
-        -32700 (not UTF-8 JSON, or nested too deeply) or -32600 (valid JSON that is not a
-        request object; JSON-RPC 2.0 section 5.1)."""
+    def _decode(self, conn: Connection, frame: bytes) -> p.Request | bytes | None:
+        """The request in ``frame``; None if it is a batch (a JSON array); or the error frame
+        for one that is not a request: -32700 (not UTF-8 JSON, or nested too deeply) or -32600
+        (valid JSON that is not a request object; JSON-RPC 2.0 section 5.1)."""
         try:
             # msgspec checks UTF-8 only inside the strings it decodes (and raises
             # UnicodeDecodeError there, not DecodeError), so check the whole frame first.
@@ -224,6 +221,8 @@ class Broker:
                 frame.decode()
             return p.REQUEST_DECODER.decode(frame)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            if is_batch(frame):
+                return None
             # Valid JSON that is not a request is -32600; msgspec stops at the first wrong type,
             # so a truncated frame can fail as a ValidationError: check the whole frame.
             if isinstance(exc, msgspec.DecodeError) and is_json(frame):
@@ -275,6 +274,8 @@ class Broker:
         try:
             req = p.REQUEST_DECODER.decode(frame)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            if is_batch(frame):  # each member is answered (or dropped) as rate limited
+                return handle_batch(self, conn, frame)
             rid: p.RequestId = p.salvage_id(frame)
         else:
             if req.id is UNSET:
