@@ -137,22 +137,7 @@ def test_a_long_poll_inside_a_batch_is_answered_at_once(harness: Harness) -> Non
 
 
 # --------------------------------------------------------------------------- parse errors
-@pytest.mark.parametrize(
-    "frame",
-    [
-        pytest.param(b'{"jsonrpc":"2.0","method":1,"id":', id="issue-16-example"),
-        pytest.param(b'{"jsonrpc":"2.0","method":1,"id":1', id="unclosed-object"),
-        pytest.param(b'{"jsonrpc":"1.0","id":1,"method":"ping"', id="wrong-version-then-truncated"),
-        pytest.param(b'{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]', id="spec-7-invalid-json"),
-        pytest.param(b'{"id":true,"method":"ping",}', id="bad-id-then-trailing-comma"),
-    ],
-)
-def test_a_truncated_or_invalid_json_frame_is_a_parse_error_even_when_a_member_is_wrong(
-        peer: Peer, frame: bytes) -> None:
-    resp = decode(peer.send_frame(frame))
-    assert resp["id"] is None and resp["error"]["code"] == PARSE_ERROR, resp
-
-
+# Truncated frames with a wrongly typed member: tests/core/test_envelope.py, -32700 cases.
 def test_valid_json_that_is_not_a_request_is_still_invalid_request(peer: Peer) -> None:
     resp = decode(peer.send_frame(b'{"jsonrpc": "2.0", "method": 1, "params": "bar"}'))
     assert resp["id"] is None and resp["error"]["code"] == INVALID_REQUEST

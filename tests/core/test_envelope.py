@@ -45,6 +45,12 @@ def error_of(out: Any) -> tuple[Any, dict[str, Any]]:
         pytest.param(b'{"jsonrpc":"2.0","id":1,"method":"ping\x00"}', id="raw-nul-in-string"),
         pytest.param(b'{"jsonrpc":"2.0",\x00"id":1,"method":"ping"}', id="raw-nul-between-members"),
         pytest.param(b'{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}', id="lone-surrogate-escape"),
+        # Invalid JSON is -32700 even when a member before the fault has a wrong type (issue 16).
+        pytest.param(b'{"jsonrpc":"2.0","method":1,"id":', id="issue-16-truncated-with-bad-method"),
+        pytest.param(b'{"jsonrpc":"2.0","method":1,"id":1', id="unclosed-object-with-bad-method"),
+        pytest.param(b'{"jsonrpc":"1.0","id":1,"method":"ping"', id="wrong-version-then-truncated"),
+        pytest.param(b'{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]', id="spec-7-invalid-json"),
+        pytest.param(b'{"id":true,"method":"ping",}', id="bad-id-then-trailing-comma"),
     ],
 )
 def test_unparseable_frames_get_parse_error_with_null_id(peer: Peer, frame: bytes) -> None:

@@ -108,3 +108,19 @@ async def test_a_batch_counts_against_max_pending_responses_like_its_members(
     assert 0 < link._outbox.statistics().current_buffer_used <= 4
     sock.close()
     h.server.shutdown()
+
+
+async def test_the_idle_timeout_with_bytes_buffered_says_frame_not_terminated(
+        make_harness: Callable[..., object]) -> None:
+    h: Harness = await make_harness(idle_timeout_s=0.3)  # type: ignore[misc]
+
+    def client() -> bytes:
+        with raw_connect(h.path) as s:
+            s.sendall(b'{"jsonrpc":"2.0","id":0,"method":"ping"}\n' + PING)  # the second lacks "\n"
+            return _until_eof(s)
+
+    first, last = (await trio.to_thread.run_sync(client)).splitlines()
+    assert json.loads(first)["result"] == "pong"
+    assert json.loads(last)["error"]["data"] == {"reason": "frame_not_terminated"}
+    assert "idle_timeout_s" in json.loads(last)["error"]["message"]
+    h.server.shutdown()
