@@ -244,6 +244,10 @@ class PeerLink:
     async def _reader(self, stream: trio.abc.Stream) -> bool:
         """Read and answer frames until EOF or a timeout (False) or a broker-side close (True).
 
+        EOF ends a last unterminated frame, which is answered. A timeout with part of a frame
+        buffered writes one -32600 ``frame_not_terminated`` line and counts as a broker-side
+        close (so the peer gets a linger and reads that line); one with nothing buffered is silent.
+
         One cancel scope serves the whole connection; its deadline is the handshake or idle
         deadline. Two scopes per read cost a slowloris burst of 1,000 one-byte reads about
         twice the CPU (benchmarks/hostile.py). The scope is cancelled from outside only while
