@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from core_harness import Harness, Peer, decode
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from parrot_ipc.core import BrokerConfig
 from parrot_ipc.core.batch import BatchReply
@@ -178,3 +180,33 @@ def test_a_failed_commit_answers_every_member_owed_a_response() -> None:
     assert store_failed(json.dumps([note()]).encode()) == b""
     single = json.loads(store_failed(json.dumps(ping(9)).encode()))
     assert single["id"] == 9 and single["error"]["code"] == -32603
+
+
+_ids = st.one_of(st.integers(-(2**63), 2**63), st.text(max_size=8), st.none(),
+                 st.floats(allow_nan=False, allow_infinity=False))
+_members = st.one_of(
+    st.builds(lambda rid: ping(rid), _ids),  # a call: answered
+    st.just(note()), st.just(note("nope")),  # notifications: nothing
+    st.builds(lambda rid: {"jsonrpc": "2.0", "id": rid, "method": "nope"}, _ids),  # -32601
+    st.one_of(st.integers(), st.text(max_size=4), st.just({"foo": "boo"}), st.just([])),  # -32600, id null
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(members=st.lists(_members, min_size=1, max_size=12))
+def test_any_batch_gets_one_response_per_member_owed_one_in_member_order(members: list[Any]) -> None:
+    peer = Harness().connect()
+    got = batch(peer, members)
+    owed = [m for m in members if not (isinstance(m, dict) and "jsonrpc" in m and "id" not in m)]
+    if not owed:
+        assert got is None
+        return
+    assert len(got) == len(owed)
+    for member, reply in zip(owed, got, strict=True):
+        assert reply["jsonrpc"] == "2.0"
+        if isinstance(member, dict) and member.get("method") == "ping":
+            assert reply["result"] == "pong" and reply["id"] == member["id"]
+        elif isinstance(member, dict) and member.get("method") == "nope":
+            assert reply["error"]["code"] == METHOD_NOT_FOUND and reply["id"] == member["id"]
+        else:
+            assert reply["error"]["code"] == INVALID_REQUEST and reply["id"] is None
