@@ -59,6 +59,9 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     #: files must be owned by root or the broker's user and not writable by group or others,
     #: like the config file. Read at start; the files are read on each request.
     resources_dir: str = "/etc/parrot-ipc/resources"
+    #: Seconds after which a name nobody holds, with an empty mailbox and no forward, stops
+    #: being owned by its UID (issue 13). 0: never (the default).
+    name_idle_release_s: Annotated[float, Meta(ge=0)] = 0.0
 
 
 Scope = Literal["send", "receive", "list", "rename", "broadcast", "admin", "resources"]
@@ -83,6 +86,9 @@ class PeerRuleConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
         default_factory=lambda: ["send", "receive", "list", "rename", "broadcast", "resources"])
     may_send_to: list[InstancePattern] = field(default_factory=lambda: ["*"])
     bind: Literal["uid", "process"] = "uid"
+    #: fnmatch(3) patterns of the instance ids this rule's peers may claim; ``{user}`` is the
+    #: peer's login name (``["{user}-*"]``). Default: any name.
+    names: list[InstancePattern] = field(default_factory=lambda: ["*"])
 
 
 class ConfigFile(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
