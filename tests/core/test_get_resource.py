@@ -85,6 +85,7 @@ def test_get_resource_without_a_session_needs_the_admission_scope_and_claims_no_
     assert list(h.broker.store.name_owners()) == [] and list(h.broker.store.sessions()) == []
     assert h.audit.named("resource_served")[0]["instance"] is None
     assert peer.err("whoami")["data"]["reason"] == "no_session"
+    assert reader.asked == ["instructions"]
 
 
 def test_get_resource_without_a_session_or_the_scope_is_32002_and_never_reads() -> None:

@@ -5,13 +5,18 @@ Built on the official ``mcp`` Python SDK (the optional extra ``mcp``; its low-le
 through anyio's trio backend, and on :class:`parrot_ipc.client.trio_client.AsyncClient`, so no
 handler ever blocks the event loop.
 
-- **Token.** On start the bridge calls ``get_token`` for its instance (the broker's policy
-  decides whether the token is bound to this process). The token lives in this process's
+- **Claim.** On start the bridge only connects and reads its instructions (``get_resource``
+  needs no session), so a health check (initialize, tools/list, exit) never touches a live
+  bridge's session. It calls ``get_token`` at the first tool call, with ``if_taken =
+  "suffix"``: a second live bridge of the same user becomes ``NAME-2`` and says so. A bridge
+  whose session was taken over says so in plain words and claims its name again only once the
+  other holder has disconnected (``docs/protocol.md``, "Sessions of one owner").
+- **Token.** The broker's policy decides whether the token is bound to this process. The token lives in this process's
   memory only: it is never written to a file, printed or logged.
 - **Reconnection.** If the broker goes away (a restart), the next tool call connects again and
   ``authenticate``\\ s with the held token; if the broker no longer knows it (a memory store, or an
   expired session), the bridge calls ``get_token`` again. A revoked session stays revoked.
-- **Instructions.** After authenticating, the bridge fetches the resource ``instructions``
+- **Instructions.** Before claiming, the bridge fetches the resource ``instructions``
   (``get_resource``, scope ``resources``) and returns its text as the MCP server's
   ``instructions`` in ``initialize``. If the broker cannot be reached or refuses (no
   ``resources`` scope, no such resource, a bad digest), it starts degraded with
@@ -43,7 +48,15 @@ from mcp.server.stdio import stdio_server
 from ..core import protocol as p
 from ..errors import BrokerUnavailable, ParrotError, ToolError
 from ..os.paths import default_socket_path
-from .mcp_tools import TOOLS, check_args, format_messages
+from .mcp_tools import (
+    TOOLS,
+    check_args,
+    ended_text,
+    format_messages,
+    name_text,
+    suffixed_text,
+    taken_over_text,
+)
 from .trio_client import AsyncClient
 from .wire import start_hint
 
@@ -63,21 +76,37 @@ CALL_TIMEOUT_S: Final = 30.0
 
 # =============================================================================== broker link
 class BrokerLink:
-    """The bridge's connection to the broker, its token (memory only), and reconnection.
+    """The bridge's connection to the broker, its token (memory only), its claim on its
+    instance, and reconnection.
 
     Args:
         socket_path: the broker's socket.
-        instance: the instance id to register as.
+        instance: the instance id the bridge is configured with (``--instance``).
 
-    :meth:`run` is the task that owns the :class:`AsyncClient` (a trio nursery must be closed
-    by the task that opened it); :meth:`call` asks it for a connection when there is none.
+    The bridge claims its instance lazily (``docs/protocol.md``, "Sessions of one owner"): a
+    connection is opened without a session (the instructions are read with ``get_resource``,
+    which needs none), and ``get_token`` runs only at the first tool call, with ``if_taken =
+    "suffix"``, so a second live bridge of the same user becomes ``NAME-2`` instead of taking
+    the first one's session. :meth:`run` is the task that owns the :class:`AsyncClient` (a trio
+    nursery must be closed by the task that opened it); :meth:`call` asks it for a connection
+    when there is none.
+
+    Attributes:
+        requested: the configured instance id.
+        instance: the instance id held (or to claim again).
+        scopes: the session's scopes, once claimed.
+        notice: one sentence for the agent about its name, shown with the next tool result.
     """
 
     def __init__(self, socket_path: str, instance: str) -> None:
         self.socket_path = socket_path
-        self.instance = instance
+        self.requested = self.instance = instance
         self.scopes: list[str] = []
+        self.notice: str | None = None
         self._token: str | None = None  # never leaves this object
+        self._claimed = False  # the current connection is bound to our session
+        self._taken_over = False  # another process of our user took our session over
+        self._ended: str | None = None  # why our session was ended for good (revoked)
         self._client: AsyncClient | None = None
         self._wanted_send, self._wanted_recv = trio.open_memory_channel[
             trio.MemorySendChannel[AsyncClient | ParrotError]](0)
@@ -94,7 +123,7 @@ class BrokerLink:
             answered = False
             try:
                 async with AsyncClient(self.socket_path, timeout_s=CALL_TIMEOUT_S) as client:
-                    await self._login(client)
+                    await self._resume(client)
                     self._client = client
                     reply.send_nowait(client)
                     answered = True
@@ -115,20 +144,48 @@ class BrokerLink:
             finally:
                 self._client = None
 
-    async def _login(self, client: AsyncClient) -> None:
-        if self._token is not None:
-            try:
-                res = await client.authenticate(self._token)
-            except ParrotError as exc:
-                if isinstance(exc, BrokerUnavailable) or not exc.unauthenticated:
-                    raise
-                log.warning("the broker no longer accepts this bridge's session (%s); registering %s again",
-                            exc.reason, self.instance)
-            else:
-                self.instance, self.scopes = res.instance_id, list(res.scopes)
-                return
-        tok = await client.get_token(self.instance)
-        self._token = tok.token
+    async def _resume(self, client: AsyncClient) -> None:
+        """On a new connection: bind it to our session with the held token, if any. A token the
+        broker no longer takes is dropped: the next tool call claims the name again."""
+        self._claimed = False
+        if self._token is None:
+            return
+        try:
+            res = await client.authenticate(self._token)
+        except ParrotError as exc:
+            if isinstance(exc, BrokerUnavailable) or not exc.unauthenticated:
+                raise
+            log.warning("the broker no longer accepts this bridge's session (%s); registering %s again",
+                        exc.reason, self.instance)
+            self._token = None
+            return
+        self.instance, self.scopes, self._claimed = res.instance_id, list(res.scopes), True
+
+    async def _claim(self, client: AsyncClient) -> None:
+        """Take a session: the first time ``requested`` with ``if_taken = "suffix"``; after a
+        loss, ``instance`` again with ``if_taken = "fail"`` (never someone's live session).
+
+        Raises:
+            ToolError: the session was revoked for good, or taken over and the other holder
+                is still connected (in plain words for the agent).
+            ParrotError: any other refusal.
+        """
+        if self._ended is not None:
+            raise ToolError(ended_text(self.instance, self._ended))
+        first = self._token is None and not self._taken_over and self.instance == self.requested
+        try:
+            tok = await client.get_token(self.instance, if_taken="suffix" if first else "fail")
+        except ParrotError as exc:
+            if exc.reason != "instance_taken":
+                raise
+            self._taken_over = True
+            raise ToolError(taken_over_text(self.instance)) from None
+        if self._taken_over:
+            self.notice = (f"Note: your session as {tok.instance_id} had been taken over by another process of "
+                           f"your user; that process has disconnected, and you hold {tok.instance_id} again.")
+        elif tok.instance_id != self.requested:
+            self.notice = suffixed_text(self.requested, tok.instance_id)
+        self._token, self._claimed, self._taken_over = tok.token, True, False
         self.instance, self.scopes = tok.instance_id, list(tok.scopes)
 
     async def connect(self) -> AsyncClient:
@@ -146,11 +203,17 @@ class BrokerLink:
                 raise got
             return got
 
-    async def call(self, op: Callable[[AsyncClient], Awaitable[T]]) -> T:
-        """Run ``op`` on the connection; reconnect once if the broker went away, log in again
-        once if the session expired. Raises :class:`ParrotError` / :class:`BrokerUnavailable`."""
+    async def call(self, op: Callable[[AsyncClient], Awaitable[T]], *, claim: bool = True) -> T:
+        """Run ``op`` on the connection, first claiming the instance if ``claim`` and not yet
+        done; reconnect once if the broker went away, claim once more if the session was lost.
+
+        Raises :class:`ParrotError` / :class:`BrokerUnavailable`, or :class:`ToolError` (plain
+        words) when the session was taken over or revoked.
+        """
         for attempt in (1, 2):
             client = await self.connect()
+            if claim and not self._claimed:
+                await self._claim(client)
             try:
                 return await op(client)
             except BrokerUnavailable:
@@ -158,10 +221,25 @@ class BrokerLink:
                 if attempt == 2:
                     raise
             except ParrotError as exc:
-                if attempt == 2 or not exc.unauthenticated or exc.reason != "token_expired":
+                if attempt == 2 or not exc.unauthenticated:
                     raise
-                await self._login(client)
+                self._lost(exc)
         raise AssertionError("unreachable")
+
+    def _lost(self, exc: ParrotError) -> None:
+        """Our session is gone (``exc`` is the -32001 that said so): decide how to claim again.
+        ``token_revoked`` with ``why = "replaced"`` is a takeover (claim again only when the
+        other holder has disconnected); another ``why`` (revoked, released, no longer
+        admitted) ends it for good; an expired or unknown token is claimed again."""
+        self._claimed = False
+        if exc.reason != "token_revoked":
+            return
+        why = str(exc.data.get("why", "revoked"))
+        self._token = None
+        if why == "replaced":
+            self._taken_over = True
+        else:
+            self._ended = why
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -198,7 +276,7 @@ async def fetch_instructions(link: BrokerLink, cache: InstructionCache,
     or the digest is wrong. Fails closed."""
     try:
         with trio.fail_after(timeout_s):
-            res = await link.call(lambda c: c.get_resource(INSTRUCTIONS_RESOURCE))
+            res = await link.call(lambda c: c.get_resource(INSTRUCTIONS_RESOURCE), claim=False)
         return cache.accept(res), True
     except BrokerUnavailable as exc:
         why = f"{exc.message}. {start_hint(link.socket_path)}"
@@ -234,6 +312,9 @@ class Bridge:
             return _error(f"The broker refused {name}: {exc.message} (code {exc.code}, reason {exc.reason}).")
         except trio.TooSlowError:
             return _error(f"The broker did not answer {name} in time; try again.")
+        notice, self.link.notice = self.link.notice, None
+        if notice:
+            text = f"{notice}\n{text}"
         return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
                                     structured_content=structured)
 
@@ -284,8 +365,11 @@ class Bridge:
     async def _t_whoami(self, arguments: dict[str, Any] | None) -> tuple[str, Any]:
         check_args("whoami", arguments, {})
         me = await self.link.call(lambda c: c.whoami())
-        return (f"You are {me.instance_id} (the broker sees uid {me.uid}, gid {me.gid}, pid {me.pid}); "
-                f"scopes: {', '.join(me.scopes)}; session expires {me.expires_at}.", msgspec.to_builtins(me))
+        conf = self.link.requested
+        note = "" if me.instance_id == conf else f" (configured as {conf}, which another live agent of your user uses)"
+        return (f"You are {me.instance_id}{note} (the broker sees uid {me.uid}, gid {me.gid}, pid {me.pid}); "
+                f"scopes: {', '.join(me.scopes)}; session expires {me.expires_at}.",
+                {**msgspec.to_builtins(me), "configured_instance_id": conf})
 
 
 def _error(text: str) -> types.CallToolResult:
@@ -313,6 +397,7 @@ async def serve_bridge(instance: str, socket_path: str) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(link.run)
         instructions, protected = await fetch_instructions(link, InstructionCache())
+        instructions = f"{instructions}\n\n{name_text(instance)}"
         if protected:
             log.info("parrot-ipc mcp: serving %s with the broker's instructions", link.instance)
         server = build_server(Bridge(link), instructions)

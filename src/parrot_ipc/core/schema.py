@@ -18,7 +18,6 @@ from .policy import (
     SCOPE_LIST,
     SCOPE_RECEIVE,
     SCOPE_RENAME,
-    SCOPE_RESOURCES,
     SCOPE_SEND,
 )
 
