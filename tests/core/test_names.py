@@ -101,8 +101,9 @@ def test_ownership_is_refused_and_audited_whether_or_not_the_owner_is_online() -
     h = make()
     h.register("eve-a", uid=EVE)  # online
     _owned_error(h.connect(uid=MALLORY), "get_token", {"instance_id": "eve-a"})
-    refused = h.audit.named("name_refused")
+    refused = h.audit.named("token_refused")
     assert refused[-1]["owner_uid"] == EVE and refused[-1]["uid"] == MALLORY
+    assert refused[-1]["reason"] == "instance_owned_by_other_uid"
 
 
 # --------------------------------------------------------------------------- release

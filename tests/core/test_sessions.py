@@ -134,7 +134,7 @@ def test_get_token_for_an_instance_held_live_by_another_uid_conflicts(harness: H
     assert error["data"]["reason"] == "instance_owned_by_other_uid"
     assert intruder.conn.session is None
     assert holder.ok("whoami")["instance_id"] == "a"
-    (refused,) = harness.audit.named("name_refused")
+    (refused,) = harness.audit.named("token_refused")
     assert refused["uid"] == 0 and refused["instance"] == "a" and refused["owner_uid"] == BROKER_UID
 
 

@@ -55,7 +55,7 @@ def _mallory_takes(p: People, b: PolicyBroker, name: str) -> dict[str, Any]:
     doc = p.rpc(p.u3, b.socket, [["get_token", {"instance_id": name}], ["receive", None]])
     assert _error(doc["responses"][0]) == (-32006, "instance_owned_by_other_uid"), doc
     assert _error(doc["responses"][1]) == (-32001, "no_session")
-    ev = b.wait_event(lambda e: e["event"] == "name_refused" and e["uid"] == p.u3.uid and e["instance"] == name)
+    ev = b.wait_event(lambda e: e["event"] == "token_refused" and e["uid"] == p.u3.uid and e["instance"] == name)
     assert ev["owner_uid"] == p.u2.uid
     return doc
 
@@ -101,6 +101,8 @@ def test_rename_onto_mallory_cannot_rename_her_instance_onto_eves(people: People
                                            ["rename", {"new_id": "eve-f"}], ["receive", None]])
     assert _error(doc["responses"][1]) == (-32006, "instance_owned_by_other_uid")
     assert doc["responses"][2]["result"] == {"messages": []}
+    ev = b.wait_event(lambda e: e["event"] == "name_refused" and e["instance"] == "eve-f")
+    assert (ev["uid"], ev["owner_uid"], ev["method"]) == (people.u3.uid, people.u2.uid, "rename")
     assert _eve_reads(people, b, "eve-f") == ["for eve"]
 
 

@@ -43,8 +43,8 @@ class Names:
         config: ``name_idle_release_s``.
         clock: wall clock, seconds since the Unix epoch.
         bindings: which connections are bound now (a holder is "connected" if one is).
-        audit: the audit sink (``name_claimed``, ``name_refused``, ``name_released``,
-            ``instance_suffixed``).
+        audit: the audit sink (``name_claimed``, ``token_refused``, ``name_refused``,
+            ``name_released``, ``instance_suffixed``).
         kill: ends a session (:meth:`parrot_ipc.core.sessions.Sessions.kill`).
     """
 
@@ -60,17 +60,19 @@ class Names:
         Raises:
             RpcError: -32002 ``instance_name_not_allowed`` (the rule's ``names`` do not match);
                 -32006 ``instance_owned_by_other_uid`` (another UID owns the name). Both audited
-                as ``name_refused``.
+                as ``token_refused`` for ``get_token`` (the event protocol v1 used) and as
+                ``name_refused`` otherwise.
         """
         uid = conn.peer.uid
         fields = {"conn": conn.conn_id, "uid": uid, "instance": name, "method": method}
+        event = "token_refused" if method == "get_token" else "name_refused"
         if not conn.admission.may_claim(name):
-            self._audit("name_refused", {**fields, "reason": "instance_name_not_allowed", "rule": conn.admission.rule})
+            self._audit(event, {**fields, "reason": "instance_name_not_allowed", "rule": conn.admission.rule})
             raise RpcError(ErrorCode.FORBIDDEN, "instance_name_not_allowed",
                            f"This peer's rule does not allow the instance name {name!r}.", instance_id=name)
         owner = self._store.name_owner(name)
         if owner is not None and owner != uid:
-            self._audit("name_refused", {**fields, "reason": "instance_owned_by_other_uid", "owner_uid": owner})
+            self._audit(event, {**fields, "reason": "instance_owned_by_other_uid", "owner_uid": owner})
             raise RpcError(ErrorCode.CONFLICT, "instance_owned_by_other_uid",
                            f"The instance name {name!r} belongs to another user.", instance_id=name)
 
