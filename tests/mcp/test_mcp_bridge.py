@@ -173,6 +173,8 @@ async def test_two_bridges_exchange_a_message(broker, setup: Setup) -> None:
         ren = await call(gemini, "rename", {"new_id": "gemini-2"})
         assert ren.structured_content == {"instance_id": "gemini-2", "previous_id": "gemini-1"}
         assert "gemini-2 (you)" in text(await call(gemini, "list_instances", {}))
+        me2 = await call(gemini, "whoami", {})  # a rename is the agent's choice: no "configured as" note
+        assert me2.structured_content["instance_id"] == "gemini-2" and "configured as" not in text(me2)
 
 
 async def test_broker_errors_and_bad_arguments_are_tool_errors(broker, setup: Setup) -> None:

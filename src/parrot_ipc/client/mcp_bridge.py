@@ -358,7 +358,7 @@ class Bridge:
     async def _t_rename(self, arguments: dict[str, Any] | None) -> tuple[str, Any]:
         a = check_args("rename", arguments, {"new_id": (str, True)})
         res = await self.link.call(lambda c: c.rename(a["new_id"]))
-        self.link.instance = res.instance_id
+        self.link.instance = self.link.requested = res.instance_id  # the agent's own choice now
         return (f"Renamed {res.previous_id} -> {res.instance_id}; mail to {res.previous_id} is forwarded "
                 f"for a while.", msgspec.to_builtins(res))
 
