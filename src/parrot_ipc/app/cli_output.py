@@ -20,7 +20,7 @@ import typer
 
 from ..client.blocking import Client
 from ..client.wire import start_hint
-from ..errors import BrokerUnavailable, ParrotError, SessionFileError
+from ..errors import BrokerUnavailable, ParrotError, SessionFileError, UntrustedBroker
 from . import session_file
 
 SocketOpt = Annotated[
@@ -67,6 +67,10 @@ def errors(as_json: bool) -> Iterator[None]:
     """
     try:
         yield
+    except UntrustedBroker as exc:  # issue 13: someone else listens at the path
+        fail(as_json, exc.exit_code, str(exc.message), exc.hint,
+             {"code": 0, "reason": exc.reason, "message": exc.message, "socket": exc.socket_path,
+              "listener_uid": exc.listener_uid, "listener_pid": exc.listener_pid})
     except BrokerUnavailable as exc:
         fail(as_json, exc.exit_code, str(exc.message), start_hint(exc.socket_path),
              {"code": 0, "reason": exc.reason, "message": exc.message, "socket": exc.socket_path})

@@ -24,6 +24,7 @@ from msgspec import UNSET, Raw
 from ..errors import ErrorCode, RpcError
 from ..store import MemoryStore, Store
 from . import protocol as p
+from .attest import recheck_exe
 from .config import BrokerConfig
 from .connection import Bindings, Connection
 from .delivery import Delivery
@@ -245,7 +246,11 @@ class Broker:
 
     def _call(self, spec: MethodSpec, conn: Connection, params: Raw, rid: p.RequestId) -> Any:
         """Check what ``spec`` needs, decode its params, run its handler. Raises RpcError
-        (-32001/-32002 from the session check, -32602 ``invalid_params``, the handler's)."""
+        (-32001 ``peer_exe_changed`` from :func:`~.attest.recheck_exe` on a connection whose
+        admission pins the executable; -32001/-32002 from the session check; -32602
+        ``invalid_params``; the handler's)."""
+        if conn.admission.pins_exe:  # issue 13: the executable is checked before every request
+            recheck_exe(conn, self.sessions, self.audit)
         if not spec.public:
             self.sessions.require(conn, spec.scope)
         try:

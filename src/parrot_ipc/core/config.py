@@ -62,6 +62,11 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     #: Seconds after which a name nobody holds, with an empty mailbox and no forward, stops
     #: being owned by its UID (issue 13). 0: never (the default).
     name_idle_release_s: Annotated[float, Meta(ge=0)] = 0.0
+    #: The user the clients accept as the broker, besides root and themselves (issue 13): a
+    #: client reads SO_PEERCRED on its connection before sending anything and refuses any other
+    #: listener. Clients read it from this file's ``[server]`` table (or
+    #: ``$PARROT_IPC_BROKER_USER``); ignored if no such user exists.
+    broker_user: str = "parrot-mcp"
 
 
 Scope = Literal["send", "receive", "list", "rename", "broadcast", "admin", "resources"]

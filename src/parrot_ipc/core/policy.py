@@ -7,7 +7,7 @@ the OS layer at accept, before any byte. This module only decides; it does no I/
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Final, Literal, Protocol
 
@@ -30,6 +30,22 @@ DEFAULT_SCOPES: Final = frozenset(
 )
 
 
+class ProcessProbe(Protocol):
+    """The peer process as the OS layer pinned it at accept (its pidfd, see pidfd_send_signal(2)), so the
+    core can ask again, before a request, which program it runs now. Made by
+    :func:`parrot_ipc.os.peer.identify_peer`; the shell closes it when the connection ends."""
+
+    def exe(self) -> str | None:
+        """The target of ``/proc/<pid>/exe`` now (proc(5)), read while the pinned process is
+        proven alive; None if it cannot be read (the process exited, /proc is unreadable, or the
+        probe is closed): callers fail closed. Never raises."""
+        ...
+
+    def close(self) -> None:
+        """Release the pinned process (close its pidfd). Idempotent; :meth:`exe` is None after."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class PeerCredentials:
     """The kernel-attested identity of a connected peer.
@@ -42,7 +58,9 @@ class PeerCredentials:
     - ``exe``: the target of ``/proc/<pid>/exe``, read while the process was proven alive;
     - ``start_time``: field 22 of ``/proc/<pid>/stat`` (clock ticks since boot), which tells a
       process apart from a later one that reuses its PID;
-    - ``attest_error``: why ``exe``/``start_time`` could not be established, or None.
+    - ``attest_error``: why ``exe``/``start_time`` could not be established, or None;
+    - ``process``: the pinned process (:class:`ProcessProbe`) for re-checking ``exe`` before a
+      request (issue 13: attestation holds after exec), or None when nothing was pinned.
     """
 
     pid: int
@@ -53,6 +71,7 @@ class PeerCredentials:
     exe: str | None = None
     start_time: int | None = None
     attest_error: str | None = None
+    process: ProcessProbe | None = field(default=None, compare=False, repr=False)
 
     def in_group(self, gids: frozenset[int]) -> bool:
         """True if the primary ``gid`` or a supplementary group (SO_PEERGROUPS) is in ``gids``."""
@@ -68,6 +87,9 @@ class Admission:
     peer may claim with ``get_token`` or ``rename`` (``("*",)``: any), ``{user}`` already
     replaced by the peer's login name. ``bind`` is ``"uid"`` (a token works from any process
     of the UID) or ``"process"`` (only from the process, pid and start time, that got it).
+    ``pins_exe``: the admission rested on the peer's executable (the rule has ``executables``)
+    or binds to its process, so the executable is checked again before every request, and a
+    process that has exec'd another program loses its session (-32001 ``peer_exe_changed``).
     """
 
     allowed: bool
@@ -77,6 +99,7 @@ class Admission:
     may_send_to: tuple[str, ...] = ("*",)
     bind: Bind = "uid"
     names: tuple[str, ...] = ("*",)
+    pins_exe: bool = False
 
     def may_send(self, instance_id: str) -> bool:
         """True if ``instance_id`` matches a ``may_send_to`` pattern (fnmatch(3), case-sensitive)."""
@@ -157,7 +180,7 @@ class PeerRule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_admission", Admission(
             True, self.label, scopes=self.scopes, may_send_to=self.may_send_to, bind=self.bind,
-            names=self.names))
+            names=self.names, pins_exe=bool(self.executables) or self.bind == "process"))
 
     def admission_for(self, peer: PeerCredentials, user_names: UserNames | None) -> Admission:
         """The rule's admission for ``peer``: ``{user}`` in ``names`` becomes the peer's login
@@ -167,8 +190,7 @@ class PeerRule:
             return self._admission
         user = None if user_names is None else user_names(peer.uid)
         names = tuple(n.replace(USER_PLACEHOLDER, user) if user else "" for n in self.names)
-        return Admission(True, self.label, scopes=self.scopes, may_send_to=self.may_send_to,
-                         bind=self.bind, names=tuple(n for n in names if n) or ("",))
+        return replace(self._admission, names=tuple(n for n in names if n) or ("",))
 
     def matches_identity(self, peer: PeerCredentials) -> bool:
         """True if ``peer`` passes the rule's ``uids`` and ``gids`` filters (an empty filter passes)."""

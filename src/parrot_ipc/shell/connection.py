@@ -109,6 +109,7 @@ class PeerLink:
         self._held: list[bytes] | None = None  # pushes waiting while HOLDING (a list only while some are)
         self._read_scope: trio.CancelScope | None = None
         self._drained: trio.Event | None = None  # while queue() waits: set when under the bound
+        self._full_scope: trio.CancelScope | None = None  # while queue() waits for a full outbox
 
     # ------------------------------------------------------------------ state
     def on(self, event: LinkEvent) -> None:
@@ -129,6 +130,16 @@ class PeerLink:
                 self.push(frame)
         if new is Phase.DROPPED and old in _READING and self._read_scope is not None:
             self._read_scope.cancel()  # interrupt the pending read
+        if new is Phase.DROPPED and self._drained is not None:
+            self._drained.set()  # a response waiting for room is discarded (see queue())
+        if new is Phase.DROPPED and self._full_scope is not None:
+            self._full_scope.cancel()  # likewise one waiting for a full outbox
+
+    @property
+    def dropped(self) -> bool:
+        """True once the broker dropped the connection (:attr:`Phase.DROPPED`); it may become
+        true across any await."""
+        return self.phase is Phase.DROPPED
 
     def push(self, frame: bytes) -> None:
         """Send a pushed notification: held while HOLDING (never ahead of the response that
@@ -184,22 +195,34 @@ class PeerLink:
 
     async def queue(self, frame: bytes) -> None:
         """Put a response in the outbox; wait while unsent output is over ``max_pending_bytes``
-        (so the reader stops reading: backpressure).
+        (so the reader stops reading: backpressure). A connection dropped meanwhile (DROP)
+        stops waiting at once and the response is discarded.
 
         Raises:
             SlowReader: the peer read nothing for ``idle_timeout_s`` meanwhile.
         """
         cfg = self._host.config
+        if self.dropped:
+            return
         if self.queued_bytes >= cfg.max_pending_bytes:
             with trio.move_on_after(cfg.idle_timeout_s):
-                while self.queued_bytes >= cfg.max_pending_bytes:
+                while self.queued_bytes >= cfg.max_pending_bytes and not self.dropped:
                     ev = self._drained = trio.Event()
                     await ev.wait()
+            if self.dropped:
+                return  # the broker dropped it meanwhile: nothing more is sent
             if self.queued_bytes >= cfg.max_pending_bytes:
                 raise SlowReader(f"conn {self.conn.conn_id} left {self.queued_bytes} bytes unread "
                                  f"for {cfg.idle_timeout_s:g} s")
         self.queued_bytes += len(frame)
-        await self._outbox.send(frame)
+        try:
+            self._outbox.send_nowait(frame)
+        except trio.WouldBlock:  # the outbox is full: wait for room, unless the broker drops us
+            with trio.CancelScope() as self._full_scope:
+                await self._outbox.send(frame)
+            self._full_scope = None
+            return
+        await trio.lowlevel.checkpoint()  # as the await of send() would: others get their turn
 
     async def _writer(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         bound = self._host.config.max_pending_bytes
@@ -272,6 +295,8 @@ class PeerLink:
         if group is None:  # memory store: each response is queued at once, as it is made
             self.on(LinkEvent.ANSWER)
             for frame in frames:
+                if self.phase is Phase.DROPPED:
+                    return  # the rest of the chunk is not answered
                 out = host.broker.handle_frame(conn, frame)
                 if isinstance(out, WaitForMail):
                     out = await host.wait_for_mail(conn, out)
@@ -283,6 +308,8 @@ class PeerLink:
         since = group.written_seq
         self.on(LinkEvent.HOLD)
         for frame in frames:
+            if self.phase is Phase.DROPPED:
+                break  # the rest of the chunk is not answered
             out = host.broker.handle_frame(conn, frame)
             if isinstance(out, WaitForMail):
                 since = await self._flush(group, pending, since)  # earlier responses go first
