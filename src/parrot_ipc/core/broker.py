@@ -25,6 +25,7 @@ from ..errors import ErrorCode, RpcError
 from ..store import MemoryStore, Store
 from . import protocol as p
 from .attest import recheck_exe
+from .batch import handle_batch, is_batch, is_json
 from .config import BrokerConfig
 from .connection import Bindings, Connection
 from .delivery import Delivery
@@ -190,7 +191,9 @@ class Broker:
 
         Returns the response frame, a :class:`WaitForMail` for a long-poll that must wait, or
         None for a JSON-RPC notification (a request with no ``id``, JSON-RPC 2.0 section 4.1),
-        which gets no response, not even an error.
+        which gets no response, not even an error. A JSON array is a batch (JSON-RPC 2.0
+        section 6, :func:`.batch.handle_batch`): its response is one array frame, or None when
+        every member is a notification. Each request takes one token of the UID's rate limit.
         """
         bucket = conn.bucket
         if bucket is not None:
@@ -201,24 +204,35 @@ class Broker:
         req = self._decode(conn, frame)
         if isinstance(req, bytes):
             return req
+        if req is None:  # a batch: found only once the frame failed to decode as one request
+            if bucket is not None:
+                bucket.give_back()  # its members take the tokens
+            return handle_batch(self, conn, frame)
         notify = req.id is UNSET
-        rid = None if req.id is UNSET else req.id
+        rid: p.RequestId = None if req.id is UNSET else req.id
+        if rid.__class__ is float:  # echo a fractional id as its exact text (1.50 stays 1.50)
+            rid = p.exact_id(frame)
         out = self._dispatch(conn, req.method, req.params, rid)
         return None if notify else out
 
-    def _decode(self, conn: Connection, frame: bytes) -> p.Request | bytes:
-        """The request in ``frame``, or the error frame for one that is not a request:
-        -32700 (not UTF-8 JSON, or nested too deeply) or -32600 (JSON-RPC 2.0 section 5.1)."""
+    def _decode(self, conn: Connection, frame: bytes) -> p.Request | bytes | None:
+        """The request in ``frame``; None if it is a batch (a JSON array); or the error frame
+        for one that is not a request: -32700 (not UTF-8 JSON, or nested too deeply) or -32600
+        (valid JSON that is not a request object; JSON-RPC 2.0 section 5.1)."""
         try:
             # msgspec checks UTF-8 only inside the strings it decodes (and raises
             # UnicodeDecodeError there, not DecodeError), so check the whole frame first.
             if not frame.isascii():  # ASCII is valid UTF-8: skip the copy
                 frame.decode()
             return p.REQUEST_DECODER.decode(frame)
-        except msgspec.ValidationError as exc:
-            return self._bad(conn, p.salvage_id(frame), ErrorCode.INVALID_REQUEST, "invalid_request",
-                             f"Invalid request: {exc}.", None)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            if is_batch(frame):
+                return None
+            # Valid JSON that is not a request is -32600; msgspec stops at the first wrong type,
+            # so a truncated frame can fail as a ValidationError: check the whole frame.
+            if isinstance(exc, msgspec.DecodeError) and is_json(frame):
+                return self._bad(conn, p.salvage_id(frame), ErrorCode.INVALID_REQUEST, "invalid_request",
+                                 f"Invalid request: {exc}.", None)
             return self._bad(conn, None, ErrorCode.PARSE_ERROR, "parse_error",
                              "Parse error: the frame is not valid UTF-8 JSON.", None)
         except RecursionError:  # valid JSON nested deeper than msgspec will recurse
@@ -269,11 +283,13 @@ class Broker:
         try:
             req = p.REQUEST_DECODER.decode(frame)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            if is_batch(frame):  # each member is answered (or dropped) as rate limited
+                return handle_batch(self, conn, frame)
             rid: p.RequestId = p.salvage_id(frame)
         else:
             if req.id is UNSET:
                 return None  # a notification: dropped, and never answered
-            rid = req.id
+            rid = p.exact_id(frame) if isinstance(req.id, float) else req.id
         return p.encode_error(rid, ErrorCode.RATE_LIMITED,
                               f"Rate limited: at most {bucket.rate_per_s:g} requests/s per user.",
                               {"reason": "rate_limited", "retry_after_s": round(max(wait, 0.001), 3)})

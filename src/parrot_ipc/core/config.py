@@ -54,6 +54,9 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     rate_per_s: PositiveFloat = 2000.0
     burst: PositiveFloat = 4000.0
     push_window: PositiveInt = 100
+    #: Requests in one JSON-RPC batch (a JSON array frame), at most; past it, one -32600
+    #: ``batch_too_long`` (JSON-RPC 2.0 section 6; ``docs/protocol.md``, "Batches").
+    max_batch_length: PositiveInt = 100
     shutdown_grace_s: PositiveFloat = 5.0
     #: Directory of the files ``get_resource`` serves (one file per resource name). It and its
     #: files must be owned by root or the broker's user and not writable by group or others,

@@ -21,6 +21,7 @@ import trio
 
 from ..core import Broker, BrokerConfig, FrameBuffer
 from ..core import protocol as p
+from ..core.batch import BatchReply, each_failed, is_batch
 from ..core.broker import Connection, WaitForMail
 from ..errors import ErrorCode, FrameTooLarge, SlowReader
 from .commit import GroupCommit
@@ -110,6 +111,7 @@ class PeerLink:
         self._read_scope: trio.CancelScope | None = None
         self._drained: trio.Event | None = None  # while queue() waits: set when under the bound
         self._full_scope: trio.CancelScope | None = None  # while queue() waits for a full outbox
+        self._batched = 0  # responses beyond one per entry, of the batch replies in the outbox
 
     # ------------------------------------------------------------------ state
     def on(self, event: LinkEvent) -> None:
@@ -204,17 +206,19 @@ class PeerLink:
         cfg = self._host.config
         if self.dropped:
             return
-        if self.queued_bytes >= cfg.max_pending_bytes:
+        if self.queued_bytes >= cfg.max_pending_bytes or frame.__class__ is BatchReply:
             with trio.move_on_after(cfg.idle_timeout_s):
-                while self.queued_bytes >= cfg.max_pending_bytes and not self.dropped:
+                while self._full(frame) and not self.dropped:
                     ev = self._drained = trio.Event()
                     await ev.wait()
             if self.dropped:
                 return  # the broker dropped it meanwhile: nothing more is sent
-            if self.queued_bytes >= cfg.max_pending_bytes:
+            if self._full(frame):
                 raise SlowReader(f"conn {self.conn.conn_id} left {self.queued_bytes} bytes unread "
                                  f"for {cfg.idle_timeout_s:g} s")
         self.queued_bytes += len(frame)
+        if isinstance(frame, BatchReply):
+            self._batched += frame.responses - 1
         try:
             self._outbox.send_nowait(frame)
         except trio.WouldBlock:  # the outbox is full: wait for room, unless the broker drops us
@@ -223,6 +227,18 @@ class PeerLink:
             self._full_scope = None
             return
         await trio.lowlevel.checkpoint()  # as the await of send() would: others get their turn
+
+    def _full(self, frame: bytes) -> bool:
+        """True while ``frame`` must wait: unsent output is at ``max_pending_bytes``, or, for a
+        batch's reply, its responses would take the queue past ``max_pending_responses`` (a
+        batch counts like its members; one that is larger waits for an empty queue)."""
+        cfg = self._host.config
+        if self.queued_bytes >= cfg.max_pending_bytes:
+            return True
+        if not isinstance(frame, BatchReply):
+            return False
+        used = self._outbox.statistics().current_buffer_used + self._batched
+        return used > 0 and used + frame.responses > cfg.max_pending_responses
 
     async def _writer(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         bound = self._host.config.max_pending_bytes
@@ -236,6 +252,8 @@ class PeerLink:
                             batch.append(recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
+                    if self._batched:  # batch replies count as their responses until taken
+                        self._batched -= sum(f.responses - 1 for f in batch if isinstance(f, BatchReply))
                     data = b"".join(batch) if len(batch) > 1 else frame
                     await stream.send_all(data)
                     self.queued_bytes -= len(data)
@@ -248,6 +266,10 @@ class PeerLink:
 
     async def _reader(self, stream: trio.abc.Stream) -> bool:
         """Read and answer frames until EOF or a timeout (False) or a broker-side close (True).
+
+        EOF ends a last unterminated frame, which is answered. A timeout with part of a frame
+        buffered writes one -32600 ``frame_not_terminated`` line and counts as a broker-side
+        close (so the peer gets a linger and reads that line); one with nothing buffered is silent.
 
         One cancel scope serves the whole connection; its deadline is the handshake or idle
         deadline. Two scopes per read cost a slowloris burst of 1,000 one-byte reads about
@@ -266,7 +288,12 @@ class PeerLink:
                 data = await stream.receive_some(_RECV_BYTES)
                 if scope.cancel_called:  # a Drop, shutdown or the deadline came with the data
                     break
-                if not data:
+                if not data:  # EOF ends a last frame as "\n" would: answer it, then close
+                    last = framer.take_tail()
+                    if last is not None:
+                        scope.deadline = inf
+                        await self._handle_frames([last])
+                        self.on(LinkEvent.READ)
                     return False
                 try:
                     frames = framer.feed(bytes(data))  # no copy for bytes
@@ -282,12 +309,19 @@ class PeerLink:
                     scope.deadline = inf if self.conn.subscribed else trio.current_time() + cfg.idle_timeout_s
         if self.phase is Phase.DROPPED or host.closing:
             return True
-        # The deadline passed while reading: nothing is owed to the peer, so no linger.
+        # The deadline passed while reading. A peer that sent nothing is owed nothing (no linger);
+        # one with a frame buffered is told that it lacks its "\n" (a peer that forgot it waits).
         kind, timeout_s = (("handshake_timeout", cfg.handshake_timeout_s) if self.phase is Phase.HANDSHAKE
                            else ("idle_timeout", cfg.idle_timeout_s))
         c = self.conn
-        host.broker.audit(kind, {"conn": c.conn_id, "uid": c.peer.uid, "pid": c.peer.pid, "timeout_s": timeout_s})
-        return False
+        buffered = framer.buffered_bytes
+        host.broker.audit(kind, {"conn": c.conn_id, "uid": c.peer.uid, "pid": c.peer.pid, "timeout_s": timeout_s,
+                                 "buffered_bytes": buffered})
+        if not buffered:
+            return False
+        self.on(LinkEvent.ANSWER)
+        await self.queue(not_terminated(kind, timeout_s))
+        return True
 
     async def _handle_frames(self, frames: list[bytes]) -> None:
         """Answer the frames of one chunk; their responses leave after the commit they need."""
@@ -340,10 +374,22 @@ class PeerLink:
 
 
 def store_failed(request: bytes) -> bytes:
-    """The -32603 ``store_write_failed`` error response for ``request`` (its id salvaged)."""
-    return p.encode_error(p.salvage_id(request), ErrorCode.INTERNAL_ERROR,
-                          "Internal error: the store could not be written; retry the request.",
-                          {"reason": "store_write_failed"})
+    """The -32603 ``store_write_failed`` error response for ``request`` (its id salvaged; for a
+    batch, an array of them, one per member owed a response)."""
+    message = "Internal error: the store could not be written; retry the request."
+    if request[:1] != b"{" and is_batch(request):
+        return each_failed(request, ErrorCode.INTERNAL_ERROR, message, {"reason": "store_write_failed"})
+    return p.encode_error(p.salvage_id(request), ErrorCode.INTERNAL_ERROR, message, {"reason": "store_write_failed"})
+
+
+def not_terminated(kind: str, timeout_s: float) -> bytes:
+    """The -32600 ``frame_not_terminated`` line sent before closing a connection whose
+    ``kind`` timeout (``handshake_timeout`` or ``idle_timeout``, ``timeout_s`` seconds) passed
+    with part of a frame buffered: NDJSON needs a ``\n`` after every request."""
+    return p.encode_error(None, ErrorCode.INVALID_REQUEST,
+                          f"Invalid request: no complete frame within {timeout_s:g} s ({kind}_s); every "
+                          "request must end with a newline (\\n). Closing the connection.",
+                          {"reason": "frame_not_terminated"})
 
 
 async def linger_close(stream: trio.abc.Stream) -> None:
