@@ -1,7 +1,7 @@
 """One admitted peer: its reader, its writer, its outbox, and its state as one table.
 
 A connection is always in one :class:`Phase`; every change goes through
-:meth:`PeerLink.on` and the table :data:`TRANSITIONS` (as h11 keeps its state machine in one
+:meth:`PeerLink.on` and the table :data:`parrot_ipc.shell.phase.TRANSITIONS` (as h11 keeps its state machine in one
 table). Pushes held while a chunk's responses wait for their commit are decided in one place
 (:meth:`PeerLink.push`) and released in one place (leaving :attr:`Phase.HOLDING`).
 
@@ -13,7 +13,6 @@ the commit of the state it reports.
 
 from __future__ import annotations
 
-import enum
 import logging
 from typing import Protocol
 
@@ -25,6 +24,8 @@ from ..core.batch import BatchReply, each_failed, is_batch
 from ..core.broker import Connection, WaitForMail
 from ..errors import ErrorCode, FrameTooLarge, SlowReader
 from .commit import GroupCommit
+from .phase import READING as _READING
+from .phase import TRANSITIONS, LinkEvent, Phase
 
 log = logging.getLogger("parrot_ipc.server")
 _RECV_BYTES = 65536
@@ -33,37 +34,6 @@ LINGER_S = 1.0
 _LINGER_DRAIN_BYTES = 1 << 20
 
 
-class Phase(enum.Enum):
-    """Where one connection is. Only :attr:`HANDSHAKE` and :attr:`IDLE` await a read."""
-
-    HANDSHAKE = "handshake"  # reading; no complete frame yet (deadline: handshake_timeout_s after accept)
-    IDLE = "idle"  # reading between chunks (deadline: idle_timeout_s, none while subscribed)
-    ANSWERING = "answering"  # handling frames or a long poll; pushes go straight to the outbox
-    HOLDING = "holding"  # handling frames whose responses wait for a commit; pushes are held
-    DROPPED = "dropped"  # the broker closed it: no more reads, pushes are discarded
-
-
-class LinkEvent(enum.Enum):
-    """What moves a connection from one :class:`Phase` to another."""
-
-    ANSWER = "answer"  # start handling frames whose responses go out as made (memory store)
-    HOLD = "hold"  # start (or resume) handling frames whose responses need a commit
-    RELEASE = "release"  # responses so far are queued (e.g. before a long poll): send held pushes
-    READ = "read"  # the chunk is answered: read again
-    DROP = "drop"  # the broker (a Drop effect) or a slow subscriber closes it
-
-
-_P, _E = Phase, LinkEvent
-#: The whole state machine: (phase, event) -> next phase. DROPPED absorbs every event.
-TRANSITIONS: dict[tuple[Phase, LinkEvent], Phase] = {
-    (_P.HANDSHAKE, _E.ANSWER): _P.ANSWERING, (_P.IDLE, _E.ANSWER): _P.ANSWERING,
-    (_P.HANDSHAKE, _E.HOLD): _P.HOLDING, (_P.IDLE, _E.HOLD): _P.HOLDING, (_P.ANSWERING, _E.HOLD): _P.HOLDING,
-    (_P.HOLDING, _E.RELEASE): _P.ANSWERING, (_P.ANSWERING, _E.RELEASE): _P.ANSWERING,
-    (_P.ANSWERING, _E.READ): _P.IDLE, (_P.HOLDING, _E.READ): _P.IDLE,
-    **{(ph, _E.DROP): _P.DROPPED for ph in Phase},
-    **{(_P.DROPPED, ev): _P.DROPPED for ev in LinkEvent},
-}
-_READING = frozenset({Phase.HANDSHAKE, Phase.IDLE})
 
 
 class LinkHost(Protocol):
@@ -324,38 +294,42 @@ class PeerLink:
         return True
 
     async def _handle_frames(self, frames: list[bytes]) -> None:
-        """Answer the frames of one chunk; their responses leave after the commit they need."""
+        """Answer the frames of one chunk. With a memory store each response is queued as it is
+        made; with a journaled one the chunk's responses leave together after the commit they
+        need (pushes to this peer are held meanwhile)."""
         host, conn, group = self._host, self.conn, self._host.group
-        if group is None:  # memory store: each response is queued at once, as it is made
-            self.on(LinkEvent.ANSWER)
-            for frame in frames:
-                if self.phase is Phase.DROPPED:
-                    return  # the rest of the chunk is not answered
-                out = host.broker.handle_frame(conn, frame)
-                if isinstance(out, WaitForMail):
-                    out = await host.wait_for_mail(conn, out)
-                if out is not None:
-                    await self.queue(out)
-                host.apply_effects()
-            return
-        pending: list[tuple[bytes, bytes]] = []  # (request frame, response frame)
-        since = group.written_seq
-        self.on(LinkEvent.HOLD)
+        pending: list[tuple[bytes, bytes]] = []  # (request frame, response frame), journaled only
+        since = 0 if group is None else group.written_seq
+        self.on(LinkEvent.ANSWER if group is None else LinkEvent.HOLD)
         for frame in frames:
             if self.phase is Phase.DROPPED:
                 break  # the rest of the chunk is not answered
             out = host.broker.handle_frame(conn, frame)
             if isinstance(out, WaitForMail):
-                since = await self._flush(group, pending, since)  # earlier responses go first
-                self.on(LinkEvent.RELEASE)
-                out = await host.wait_for_mail(conn, out)
-                self.on(LinkEvent.HOLD)
+                out, since = await self._long_poll(out, group, pending, since)
             if out is not None:
-                pending.append((frame, out))
+                if group is None:
+                    await self.queue(out)
+                else:
+                    pending.append((frame, out))
             host.apply_effects()
-        await self._flush(group, pending, since)
-        self.on(LinkEvent.RELEASE)
-        group.kick()
+        if group is not None:
+            await self._flush(group, pending, since)
+            self.on(LinkEvent.RELEASE)
+            group.kick()
+
+    async def _long_poll(self, wait: WaitForMail, group: GroupCommit | None,
+                         pending: list[tuple[bytes, bytes]], since: int) -> tuple[bytes | None, int]:
+        """Wait for mail (up to ``wait.wait_s`` seconds); with a journaled store the responses
+        made so far go first, and pushes flow while waiting. Returns the response and the new
+        ``since`` seq."""
+        if group is not None:
+            since = await self._flush(group, pending, since)  # earlier responses go first
+            self.on(LinkEvent.RELEASE)
+        out = await self._host.wait_for_mail(self.conn, wait)
+        if group is not None:
+            self.on(LinkEvent.HOLD)
+        return out, since
 
     async def _flush(self, group: GroupCommit, pending: list[tuple[bytes, bytes]], since_seq: int) -> int:
         """Queue the responses of a chunk, once the store is durable up to what they saw.

@@ -29,7 +29,8 @@ from ..os import peer as os_peer
 from ..store import Journaled
 from ..store.committer import Committer
 from .commit import GroupCommit
-from .connection import LINGER_S, LinkEvent, PeerLink, linger_close
+from .connection import LINGER_S, PeerLink, linger_close
+from .phase import LinkEvent
 
 if TYPE_CHECKING:  # types only: the socket calls are the OS layer's and trio's
     import socket as stdsocket
