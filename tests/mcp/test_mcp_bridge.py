@@ -92,7 +92,7 @@ def _start(broker: Any, s: Setup, *extra: str) -> Any:
 async def test_initialize_returns_the_protected_instructions_when_admitted(broker, setup: Setup) -> None:
     b = _start(broker, setup)
     async with bridge(setup, b.socket_path, "claude-1") as (_, init):
-        assert init.instructions == PROTECTED
+        assert init.instructions.startswith(PROTECTED) and "your instance id is claude-1" in init.instructions
         assert init.server_info.name == "parrot-ipc"
     assert "resource_served" in b.log_text()
     assert "degraded" not in setup.stderr_text()
@@ -101,7 +101,7 @@ async def test_initialize_returns_the_protected_instructions_when_admitted(broke
 async def test_initialize_is_generic_and_warns_when_the_broker_is_down(setup: Setup, tmp_path: Path) -> None:
     sock = str(tmp_path / "no-broker" / "mcp.sock")
     async with bridge(setup, sock, "claude-1") as (session, init):
-        assert init.instructions == GENERIC_INSTRUCTIONS
+        assert init.instructions.startswith(GENERIC_INSTRUCTIONS)
         res = await call(session, "whoami", {})
     assert res.is_error
     assert "Start one with: parrot-ipc serve --socket" in text(res)
@@ -117,7 +117,7 @@ async def test_initialize_is_generic_without_the_resources_scope(broker, setup: 
         f'[[peers]]\nname = "agents"\nuids = [{os.geteuid()}]\nscopes = ["send", "receive", "list"]\n')
     b = _start(broker, setup)
     async with bridge(setup, b.socket_path, "claude-1") as (session, init):
-        assert init.instructions == GENERIC_INSTRUCTIONS
+        assert init.instructions.startswith(GENERIC_INSTRUCTIONS)
         sent = await call(session, "send", {"to": "claude-1", "content": "still works"})
         assert not sent.is_error, text(sent)
     err = setup.stderr_text()
@@ -173,6 +173,8 @@ async def test_two_bridges_exchange_a_message(broker, setup: Setup) -> None:
         ren = await call(gemini, "rename", {"new_id": "gemini-2"})
         assert ren.structured_content == {"instance_id": "gemini-2", "previous_id": "gemini-1"}
         assert "gemini-2 (you)" in text(await call(gemini, "list_instances", {}))
+        me2 = await call(gemini, "whoami", {})  # a rename is the agent's choice: no "configured as" note
+        assert me2.structured_content["instance_id"] == "gemini-2" and "configured as" not in text(me2)
 
 
 async def test_broker_errors_and_bad_arguments_are_tool_errors(broker, setup: Setup) -> None:

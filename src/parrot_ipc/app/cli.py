@@ -305,6 +305,17 @@ def logout(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
           f"logged out{' (session revoked)' if revoked else ' (the session was already invalid)'}; removed {path}")
 
 
+@app.command()
+def release(name: NameArg, socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
+    """Free the instance name NAME that your user owns (needs no session).
+
+    Its session ends and the mail left in it is deleted; then any admitted user may claim it.
+    """
+    with errors(as_json), Client(socket) as client:
+        res = client.release(name)
+        emit(as_json, res, f"released {res.instance_id} ({res.dropped} unread message(s) deleted)")
+
+
 app.add_typer(cli_admin.admin_app, name="admin")
 app.add_typer(cli_admin.resource_app, name="resource")
 

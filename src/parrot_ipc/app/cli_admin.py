@@ -92,6 +92,16 @@ def admin_revoke(name: Annotated[str, typer.Argument(help="The instance whose se
         emit(as_json, {"instance_id": name, "revoked": revoked}, f"revoked the session of {name}")
 
 
+@admin_app.command("release")
+def admin_release(name: Annotated[str, typer.Argument(help="The instance name to free, whoever owns it.")],
+                  socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
+    """Free instance name NAME whoever owns it: its session ends and its unread mail is deleted."""
+    with session(socket, as_json) as (client, _):
+        res = client.admin_release(name)
+        emit(as_json, res, f"released {res.instance_id} (owned by uid {res.owner_uid}; "
+                           f"{res.dropped} unread message(s) deleted)")
+
+
 # --------------------------------------------------------------------------- resources
 resource_app = typer.Typer(help="Protected resources the broker serves (the session needs the "
                            "'resources' scope).", no_args_is_help=True)

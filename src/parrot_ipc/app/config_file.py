@@ -87,7 +87,7 @@ def resolve_rule(rule: PeerRuleConfig, index: int, origin: str) -> PeerRule:
         label=rule.name or f"peers[{index}]",
         uids=frozenset(uids), gids=frozenset(gids),
         executables=tuple(rule.executables), scopes=frozenset(rule.scopes),
-        may_send_to=tuple(rule.may_send_to), bind=rule.bind,
+        may_send_to=tuple(rule.may_send_to), bind=rule.bind, names=tuple(rule.names),
     )
 
 
@@ -173,7 +173,7 @@ def load_config(path: Path | None = None, *, broker_uid: int | None = None,
         raise ConfigError(f"config {origin}: {exc}") from None
     server = cfg.server
     rules = None if cfg.peers is None else tuple(resolve_rule(r, i, origin) for i, r in enumerate(cfg.peers))
-    policy: Policy = DefaultPolicy(broker_uid) if rules is None else RulePolicy(rules)
+    policy: Policy = DefaultPolicy(broker_uid) if rules is None else RulePolicy(rules, users.user_name)
     socket_gid = None if server.socket_group is None else _gid_of(server.socket_group, f"{origin}: server.socket_group")
     secret = _read_secret(server.shared_secret_file, broker_uid)
     return LoadedConfig(used, server, rules, policy, socket_gid, secret)
@@ -196,7 +196,7 @@ def describe(cfg: LoadedConfig, broker_uid: int | None = None) -> dict[str, Any]
         rules = [
             {"rule": r.label, "uids": sorted(r.uids), "gids": sorted(r.gids),
              "executables": list(r.executables), "scopes": sorted(r.scopes),
-             "may_send_to": list(r.may_send_to), "bind": r.bind}
+             "may_send_to": list(r.may_send_to), "bind": r.bind, "names": list(r.names)}
             for r in cfg.rules
         ]
     return {"config": str(cfg.path) if cfg.path else None, "server": server,

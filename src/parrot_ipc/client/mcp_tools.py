@@ -138,3 +138,31 @@ def format_messages(instance: str, msgs: list[p.Message]) -> str:
         lines.append(f"text:\n{m.content}")
     lines.append("--- end of messages ---")
     return "\n".join(lines)
+
+
+def ended_text(instance: str, why: str) -> str:
+    """What the agent is told when its session was ended for good (``why``: the broker's word)."""
+    return (f"Your session as {instance} was ended by the broker ({why}). This bridge will not register "
+            f"again by itself: restart it (or ask the user) if you should keep exchanging messages.")
+
+
+def taken_over_text(instance: str) -> str:
+    """What the agent is told while another connected process of its user holds its name."""
+    return (f"Your session as {instance} was taken over by another process of your user that registered "
+            f"the same name (for example `parrot-ipc register {instance}` or another window). Mail for "
+            f"{instance} now goes to that process. This bridge takes {instance} back by itself once that "
+            f"process has disconnected; until then this tool cannot run.")
+
+
+def suffixed_text(requested: str, got: str) -> str:
+    """What the agent is told when its configured name was in use and it got ``got`` instead."""
+    return (f"Note: another live agent of your user already uses the name {requested}, so you are {got} "
+            f"for as long as this process runs. Other agents reach you at {got}.")
+
+
+def name_text(instance: str) -> str:
+    """The paragraph appended to the instructions: the agent's name, and what happens when
+    another live agent of the same user already uses it (``docs/protocol.md``)."""
+    return (f"parrot-ipc: your instance id is {instance}. If another live agent of your user already uses "
+            f"{instance}, you become {instance}-2 (or -3, ...) at your first tool call; that tool result and "
+            f"whoami say so.")

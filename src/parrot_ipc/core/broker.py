@@ -33,6 +33,7 @@ from .delivery import Delivery
 from .effects import AuditSink, Drop, Effect, Push, WaitForMail, Wake, discard_audit
 from .limits import ConnectionLimits, TokenBucket
 from .methods import METHOD_TABLE, METHODS, MethodSpec
+from .names import Names
 from .policy import SCOPE_RECEIVE, PeerCredentials, Policy
 from .sessions import Sessions, token_hash
 from .stats import Stats
@@ -122,6 +123,9 @@ class Broker:
         #: Session rules (tokens, scopes, rename, revoke).
         self.sessions = Sessions(store=store, config=config, clock=clock, token_bytes=token_bytes,
                                  bindings=self.bindings, audit=audit, shared_secret=shared_secret)
+        #: Name ownership (issue 13): who owns which instance name.
+        self.names = Names(store=store, config=config, clock=clock, bindings=self.bindings, audit=audit,
+                           kill=self.sessions.kill)
         #: Mail delivery, and the effects queue.
         self.delivery = Delivery(store=store, config=config, clock=clock, bindings=self.bindings,
                                  ids=self.ids, audit=audit)
@@ -346,12 +350,14 @@ class Broker:
     # ------------------------------------------------------------------ time
     def tick(self) -> None:
         """Time-driven work: re-queue expired leases (and push or wake for them); every
-        :data:`PURGE_INTERVAL_S`, purge expired state and unclaimed mail."""
+        :data:`PURGE_INTERVAL_S`, purge expired state and unclaimed mail, and free idle names
+        (``name_idle_release_s``)."""
         now = self.clock()
         self.delivery.release_expired(now)
         if now >= self._next_purge:
             self.store.purge(now)
             self.delivery.expire_unclaimed(now)
+            self.names.release_idle(now)
             self._next_purge = now + PURGE_INTERVAL_S
 
     def next_deadline(self) -> float:

@@ -22,6 +22,7 @@ from ..store import Session
 from . import protocol as p
 from .connection import Connection
 from .effects import WaitForMail, Wake
+from .policy import SCOPE_RESOURCES
 from .schema import METHOD_NEEDS, PUBLIC, SESSION
 from .timefmt import rfc3339
 
@@ -73,8 +74,13 @@ def ping(b: Broker, conn: Connection, _: p.NoParams, rid: p.RequestId) -> str:
 
 
 def get_token(b: Broker, conn: Connection, prm: p.GetTokenParams, rid: p.RequestId) -> p.TokenResult:
-    """``get_token``: a new session for ``instance_id``; mail waiting for it is delivered."""
-    token, s = b.sessions.get_token(conn, prm.instance_id, prm.shared_secret_proof)
+    """``get_token``: a new session for ``instance_id`` (or, with ``if_taken = "suffix"``, for
+    the name :meth:`~parrot_ipc.core.names.Names.pick` chose); the caller's UID owns the name
+    from now on; mail waiting for it is delivered. Raises the errors of ``Names.pick`` and
+    :meth:`~parrot_ipc.core.sessions.Sessions.get_token`."""
+    name = b.names.pick(conn, prm.instance_id, prm.if_taken)
+    token, s = b.sessions.get_token(conn, name, prm.shared_secret_proof)
+    b.names.claim(conn, name, "get_token")
     b.delivery.deliver(s.instance_id)
     return p.TokenResult(token=token, instance_id=s.instance_id, expires_at=rfc3339(s.expires_at),
                          scopes=sorted(s.scopes))
@@ -176,8 +182,11 @@ def list_instances(b: Broker, conn: Connection, _: p.NoParams, rid: p.RequestId)
 
 def rename(b: Broker, conn: Connection, prm: p.RenameParams, rid: p.RequestId) -> p.RenameResult:
     """``rename``: see :meth:`~parrot_ipc.core.sessions.Sessions.rename`; pollers on the old
-    name are woken and mail is delivered under the new one."""
+    name are woken and mail is delivered under the new one. The old name stays owned by this
+    UID; the new one must be free or this UID's (-32006 ``instance_owned_by_other_uid``)."""
+    b.names.check(conn, prm.new_id, "rename")
     old = b.sessions.rename(conn, _session(conn), prm.new_id)
+    b.names.claim(conn, prm.new_id, "rename")
     b.delivery.emit(Wake(old))
     b.delivery.deliver(prm.new_id)
     return p.RenameResult(instance_id=prm.new_id, previous_id=old)
@@ -205,7 +214,8 @@ def get_resource(b: Broker, conn: Connection, prm: p.GetResourceParams, rid: p.R
     and audited, not sent). See ``docs/protocol.md``, ``get_resource``.
     """
     name = prm.name
-    fields = {"conn": conn.conn_id, "uid": conn.peer.uid, "instance": _session(conn).instance_id, "name": name}
+    fields = {"conn": conn.conn_id, "uid": conn.peer.uid, "instance": conn.instance_id, "name": name}
+    _require_resources(b, conn)
     if not p.valid_resource_name(name):
         raise RpcError(ErrorCode.INVALID_PARAMS, "bad_resource_name",
                        "A resource name is 1-64 of A-Z a-z 0-9 _ . -, starts alphanumeric, and has no '..'.")
@@ -226,7 +236,34 @@ def get_resource(b: Broker, conn: Connection, prm: p.GetResourceParams, rid: p.R
     return p.ResourceResult(name=name, content=content, sha256=digest)
 
 
+def _require_resources(b: Broker, conn: Connection) -> None:
+    """``get_resource`` needs the scope ``resources``: in the session and the admission when
+    the connection has a session, else in the admission alone (issue 13: a bridge reads its
+    instructions before it claims a name). Raises -32002 ``scope_missing`` (audited) or the
+    session's -32001."""
+    if conn.session is not None:
+        b.sessions.require(conn, SCOPE_RESOURCES)
+        return
+    if SCOPE_RESOURCES not in conn.admission.scopes:
+        b.audit("scope_denied", {"conn": conn.conn_id, "uid": conn.peer.uid, "instance": None,
+                                 "scope": SCOPE_RESOURCES})
+        raise RpcError(ErrorCode.FORBIDDEN, "scope_missing",
+                       f"This peer lacks the scope {SCOPE_RESOURCES!r}.", scope=SCOPE_RESOURCES)
+
+
+def release(b: Broker, conn: Connection, prm: p.ReleaseParams, rid: p.RequestId) -> p.ReleaseResult:
+    """``release``: the owner's UID frees a name (its session ends, its mail is deleted); see
+    :meth:`~parrot_ipc.core.names.Names.release`."""
+    return b.names.release(conn, prm.instance_id, admin=False)
+
+
 # ------------------------------------------------------------------ admin
+def admin_release(b: Broker, conn: Connection, prm: p.ReleaseParams, rid: p.RequestId) -> p.ReleaseResult:
+    """``admin_release`` (admin): free a name whoever owns it; see
+    :meth:`~parrot_ipc.core.names.Names.release`."""
+    return b.names.release(conn, prm.instance_id, admin=True)
+
+
 def list_sessions(b: Broker, conn: Connection, _: p.NoParams, rid: p.RequestId) -> p.ListSessionsResult:
     """``list_sessions`` (admin): every live session, never its token or hash."""
     now = b.clock()
@@ -278,7 +315,8 @@ def _spec(name: str, handler: Handler, params: type, result: type) -> MethodSpec
 
 
 #: Every method of protocol v1 this broker serves, by JSON-RPC method name
-#: (``docs/protocol.md``, "Methods"; ``list_sessions`` and ``revoke_session`` are admin).
+#: (``docs/protocol.md``, "Methods"; ``list_sessions``, ``revoke_session`` and
+#: ``admin_release`` are admin).
 METHOD_TABLE: Final[dict[str, MethodSpec]] = {m.name: m for m in (
     _spec("ping", ping, p.NoParams, str),
     _spec("get_token", get_token, p.GetTokenParams, p.TokenResult),
@@ -296,6 +334,8 @@ METHOD_TABLE: Final[dict[str, MethodSpec]] = {m.name: m for m in (
     _spec("list_sessions", list_sessions, p.NoParams, p.ListSessionsResult),
     _spec("revoke_session", revoke_session, p.RevokeSessionParams, p.RevokeResult),
     _spec("admin_stats", admin_stats, p.AdminStatsParams, p.AdminStatsResult),
+    _spec("release", release, p.ReleaseParams, p.ReleaseResult),
+    _spec("admin_release", admin_release, p.ReleaseParams, p.ReleaseResult),
 )}
 
 #: The method names of protocol v1 this broker serves, in table order.

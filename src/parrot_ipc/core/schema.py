@@ -18,7 +18,6 @@ from .policy import (
     SCOPE_LIST,
     SCOPE_RECEIVE,
     SCOPE_RENAME,
-    SCOPE_RESOURCES,
     SCOPE_SEND,
 )
 
@@ -39,6 +38,7 @@ __all__ = [
     "BroadcastResult",
     "GetResourceParams",
     "GetTokenParams",
+    "IfTaken",
     "InstanceId",
     "InstanceInfo",
     "ListInstancesResult",
@@ -47,6 +47,8 @@ __all__ = [
     "NoParams",
     "ReceiveParams",
     "ReceiveResult",
+    "ReleaseParams",
+    "ReleaseResult",
     "RenameParams",
     "RenameResult",
     "ResourceName",
@@ -79,13 +81,22 @@ class NoParams(_Params):
     """The params of a method that takes none: ``{}`` or left out; any member is -32602."""
 
 
+#: What ``get_token`` does when a live session of the caller's own UID, with a connection
+#: bound, holds the name (``docs/protocol.md``, "Sessions of one owner"): ``"replace"`` takes
+#: it over (protocol v1, the default); ``"suffix"`` takes the first free ``NAME-2`` ..
+#: ``NAME-32`` instead; ``"fail"`` answers -32006 ``instance_taken``.
+IfTaken = Literal["replace", "suffix", "fail"]
+
+
 class GetTokenParams(_Params):
     """``get_token``: the instance to take (:data:`INSTANCE_ID_PATTERN`), and, in claude-ipc
     compatibility mode, ``shared_secret_proof`` = hex HMAC-SHA256(secret, instance_id), at most
-    128 characters (``docs/protocol.md``, Semantics)."""
+    128 characters (``docs/protocol.md``, Semantics). ``if_taken`` (:data:`IfTaken`, added by
+    issue 13) says what to do when a connected session of the same UID holds the name."""
 
     instance_id: InstanceId
     shared_secret_proof: Annotated[str, Meta(max_length=128)] | None = None
+    if_taken: IfTaken = "replace"
 
 
 class AuthenticateParams(_Params):
@@ -145,6 +156,10 @@ class AdminStatsParams(_Params):
     """``admin_stats`` (admin): how many recent audit events to return (0-100, default 20)."""
 
     max_events: Annotated[int, Meta(ge=0, le=100)] = 20
+class ReleaseParams(_Params):
+    """``release`` and ``admin_release``: the name to free (:data:`INSTANCE_ID_PATTERN`)."""
+
+    instance_id: InstanceId
 
 
 class GetResourceParams(_Params):
@@ -260,6 +275,15 @@ class RevokeResult(Struct, kw_only=True):
     revoked: bool
 
 
+class ReleaseResult(Struct, kw_only=True):
+    """``release`` and ``admin_release``: the name freed, the UID that owned it, and how many
+    messages left in its mailbox were deleted (never handed to the next owner)."""
+
+    instance_id: str
+    owner_uid: int
+    dropped: int
+
+
 class ResourceResult(Struct, kw_only=True):
     """``get_resource``: the resource's text (UTF-8) and the hex SHA-256 of its bytes."""
 
@@ -368,8 +392,12 @@ METHOD_NEEDS: Final[dict[str, str]] = {
     "rename": SCOPE_RENAME,
     "subscribe": SCOPE_RECEIVE,
     "revoke": SESSION,
-    "get_resource": SCOPE_RESOURCES,
+    # Issue 13: an admitted peer whose rule grants ``resources`` reads without a session (the
+    # handler checks the scope), so a bridge fetches its instructions without claiming a name.
+    "get_resource": PUBLIC,
     "list_sessions": SCOPE_ADMIN,
     "revoke_session": SCOPE_ADMIN,
     "admin_stats": SCOPE_ADMIN,
+    "release": PUBLIC,
+    "admin_release": SCOPE_ADMIN,
 }

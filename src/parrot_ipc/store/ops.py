@@ -127,6 +127,20 @@ class DeleteInstance(Op, frozen=True, gc=False):
     instance_id: str
 
 
+class PutNameOwner(Op, frozen=True, gc=False):
+    """Record that ``uid`` owns the name ``instance_id`` since ``claimed_at`` (seconds)."""
+
+    instance_id: str
+    uid: int
+    claimed_at: float
+
+
+class DeleteNameOwner(Op, frozen=True, gc=False):
+    """Free the name ``instance_id``."""
+
+    instance_id: str
+
+
 class PutForward(Op, frozen=True, gc=False):
     """Forward mail for ``old`` to ``new`` until ``until`` (seconds since the epoch)."""
 
@@ -211,6 +225,8 @@ SQL: Final[Mapping[type[Op], tuple[Write, ...]]] = {
     TouchInstances: (Write("INSERT OR REPLACE INTO instances (instance_id, last_seen) VALUES (?, ?)",
                            _seen_rows),),
     DeleteInstance: (Write("DELETE FROM instances WHERE instance_id = ?"),),
+    PutNameOwner: (Write("INSERT OR REPLACE INTO names (instance_id, uid, claimed_at) VALUES (?, ?, ?)"),),
+    DeleteNameOwner: (Write("DELETE FROM names WHERE instance_id = ?"),),
     PutForward: (Write("INSERT OR REPLACE INTO forwards (old, new, until) VALUES (?, ?, ?)"),),
     DeleteForward: (Write("DELETE FROM forwards WHERE old = ?"),),
     PutIdempotent: (Write("INSERT OR REPLACE INTO idempotency (sender, key, id, recipient, status, until) "
