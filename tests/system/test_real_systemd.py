@@ -94,6 +94,30 @@ def test_socket_and_directory_exist_before_any_connection(box: Container, log: T
     assert s == "parrot-mcp:parrot-mcp 600 socket"
 
 
+def test_socket_user_alone_leaves_a_root_directory_and_doctor_says_why(box: Container, log: Transcript) -> None:
+    """Bug 1, shown and fixed: without the socket unit's ExecStartPre= (a drop-in empties it)
+    systemd makes /run/parrot-mcp root:root 0700, parrot-mcp cannot connect, and doctor's
+    runtime-dir row names the cause; the shipped unit puts it right."""
+    drop_in = "/run/systemd/system/parrot-ipc.socket.d"
+    box.run(f"systemctl stop parrot-ipc.socket parrot-ipc.service && rm -r /run/parrot-mcp && mkdir -p {drop_in} && "
+            f"printf '[Socket]\\nExecStartPre=\\n' > {drop_in}/no-pre.conf && systemctl daemon-reload && "
+            "systemctl start parrot-ipc.socket")
+    try:
+        d = stat_line(box, "/run/parrot-mcp")
+        denied = box.run(f"{CLI} ping --socket {SOCK}", user="parrot-mcp", check=False)
+        doctor = box.run(f"{CLI} doctor --socket {SOCK}", check=False)
+        row = next((" ".join(ln.split()) for ln in doctor.stdout.splitlines() if ln.startswith("runtime dir")), "")
+    finally:
+        box.run(f"systemctl stop parrot-ipc.socket parrot-ipc.service && rm -r {drop_in} && systemctl daemon-reload && "
+                "systemctl start parrot-ipc.socket")
+    fixed = stat_line(box, "/run/parrot-mcp")
+    log.note("SocketUser= alone (ExecStartPre= emptied)", f"/run/parrot-mcp {d}; parrot-mcp's ping rc {denied.returncode} "
+             f"{denied.stderr.strip()[-40:]!r}; doctor rc {doctor.returncode}: {row}; shipped unit again: {fixed}")
+    assert d == "root:root 700 directory" and denied.returncode != 0 and "ermission denied" in denied.stderr
+    assert doctor.returncode == 1 and "but the socket by parrot-mcp" in row
+    assert fixed == "parrot-mcp:parrot-mcp 700 directory"
+
+
 def test_first_connection_starts_the_service_with_its_notify_status(box: Container, log: Transcript) -> None:
     pong = box.out(f"{CLI} ping --socket {SOCK}")
     assert pong.startswith("pong")

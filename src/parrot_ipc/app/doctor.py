@@ -91,13 +91,30 @@ def _failed(name: str, problem: str, st: os.stat_result | None, fixable: bool, f
 
 
 # --------------------------------------------------------------------------- checks
+def _owner_mismatch(path: str, socket_path: str, owner: int, owners: Sequence[int]) -> Check | None:
+    """A FAIL row if the socket belongs to another allowed owner than its directory: what
+    ``SocketUser=`` alone gives (systemd makes the directory root's; systemd.socket(5)), where
+    the socket's owner cannot reach its own socket."""
+    st = _lstat(socket_path)
+    if st is None or files.kind_of(st) != "socket" or st.st_uid == owner or st.st_uid not in owners:
+        return None
+    return Check("runtime dir", "FAIL",
+                 f"{path}: directory owned by {_user(owner)} but the socket by {_user(st.st_uid)}, whose "
+                 "processes cannot reach it (SocketUser= sets the socket's owner only)",
+                 f"chown {st.st_uid}:{st.st_gid} {path}; for the system unit, install systemd/parrot-ipc.socket "
+                 "(its ExecStartPre= makes the directory parrot-mcp's)")
+
+
 def check_runtime_dir(socket_path: str, euid: int) -> Check:
-    """The socket's directory: a real directory, mode 0700, owned by us or the service user."""
+    """The socket's directory: a real directory, mode 0700, owned by us or the service user, and
+    by the socket's owner."""
     path = os.path.dirname(os.path.abspath(socket_path))
-    owner = _expected_owner(path, _allowed_owners(euid))
+    owners = _allowed_owners(euid)
+    owner = _expected_owner(path, owners)
     problem = os_paths.runtime_dir_problem(path, owner)
     if problem is None:
-        return Check("runtime dir", "PASS", f"{path}: directory owned by {_user(owner)}, mode 0700")
+        mismatch = _owner_mismatch(path, socket_path, owner, owners)
+        return mismatch or Check("runtime dir", "PASS", f"{path}: directory owned by {_user(owner)}, mode 0700")
     st = _lstat(path)
     return _failed("runtime dir", problem, st, st is not None and files.kind_of(st) == "directory",
                    f"chown {owner} {path} && chmod 0700 {path}",
