@@ -112,7 +112,7 @@ def test_socket_user_alone_leaves_a_root_directory_and_doctor_says_why(box: Cont
                 "systemctl start parrot-ipc.socket")
     fixed = stat_line(box, "/run/parrot-mcp")
     log.note("SocketUser= alone (ExecStartPre= emptied)", f"/run/parrot-mcp {d}; parrot-mcp's ping rc {denied.returncode} "
-             f"{denied.stderr.strip()[-40:]!r}; doctor rc {doctor.returncode}: {row}; shipped unit again: {fixed}")
+             f"{[ln for ln in denied.stderr.splitlines() if 'ermission' in ln][:1]}; doctor rc {doctor.returncode}: {row}; shipped unit again: {fixed}")
     assert d == "root:root 700 directory" and denied.returncode != 0 and "ermission denied" in denied.stderr
     assert doctor.returncode == 1 and "but the socket by parrot-mcp" in row
     assert fixed == "parrot-mcp:parrot-mcp 700 directory"
@@ -322,7 +322,8 @@ USER_SOCK_DIR = "/run/user/{uid}/parrot-mcp"
 
 
 def as_user(box: Container, cmd: str, *, check: bool = True) -> str:
-    """``cmd`` in a real login of the user (``machinectl shell USER@.host``), with the pip settings."""
+    """``cmd`` in a real login of the user (``machinectl shell USER@.host``), with the pip
+    settings; its output, ending ``rc=N`` unless ``check`` (then N must be 0)."""
     env = " ".join(f"-E {k}={v!r}" for k, v in {**box.env, "SYSTEMD_PAGER": "cat"}.items())
     script = cmd.replace("'", "'\\''")
     res = box.run(f"machinectl shell -q {env} {OTHER}@.host /bin/sh -c '{script}; echo \"rc=$?\"'",
@@ -332,12 +333,17 @@ def as_user(box: Container, cmd: str, *, check: bool = True) -> str:
     assert m, f"machinectl shell gave no exit code:\n{out}\n{res.stderr}"
     if check:
         assert m.group(1) == "0", f"as {OTHER}: {cmd}\n{out}"
-    return out[: m.start()].strip()
+        return out[: m.start()].strip()
+    return out.strip()
 
 
 def test_user_units(box: Container, log: Transcript) -> None:
     uid = box.out(f"id -u {OTHER}")
+    own = as_user(box, "loginctl enable-linger", check=False)  # the docs: it needs root
     box.run(f"loginctl enable-linger {OTHER}")  # as root, as the docs say
+    linger = box.out(f"ls /var/lib/systemd/linger/{OTHER}")
+    log.note("enable-linger", f"as {OTHER}: {' '.join(own.split())!r}; as root: ok, {linger}")
+    assert not own.endswith("rc=0") and linger == f"/var/lib/systemd/linger/{OTHER}"
     wait_for(box, f"systemctl is-active user@{uid}.service", "active", timeout_s=60, line=True)
     manager = show(box, f"user@{uid}.service", "ActiveState", "MainPID")
     log.note("user manager", f"loginctl enable-linger {OTHER} (as root): user@{uid}.service {manager}")
