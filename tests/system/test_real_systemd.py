@@ -324,7 +324,7 @@ USER_SOCK_DIR = "/run/user/{uid}/parrot-mcp"
 def as_user(box: Container, cmd: str, *, check: bool = True) -> str:
     """``cmd`` in a real login of the user (``machinectl shell USER@.host``), with the pip
     settings; its output, ending ``rc=N`` unless ``check`` (then N must be 0)."""
-    env = " ".join(f"-E {k}={v!r}" for k, v in {**box.env, "SYSTEMD_PAGER": "cat"}.items())
+    env = " ".join(f"-E {k}={v!r}" for k, v in {**box.env, "SYSTEMD_PAGER": "cat", "SYSTEMD_COLORS": "0"}.items())
     script = cmd.replace("'", "'\\''")
     res = box.run(f"machinectl shell -q {env} {OTHER}@.host /bin/sh -c '{script}; echo \"rc=$?\"'",
                   timeout_s=600 if "install" in cmd else 60)
