@@ -31,13 +31,20 @@ def load_config(path: Path | None) -> BrokerConfig:
 
 def check_config(
     file: Annotated[Path, typer.Argument(help="The TOML config file to check.")],
+    broker_user: Annotated[Optional[str], typer.Option(help="The user the broker runs as, to judge which rules can match. Default: parrot-mcp if you are root and it exists, else you.")] = None,  # noqa: UP045
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate a config file and print the effective policy. Exit 0 if valid, 2 if not."""
+    """Validate a config file and print the effective policy. Exit 0 if valid, 2 if not (also
+    when a rule can never match: docs/configuration.md, 'Which peers can be attested')."""
     try:
         loaded = config_file.load_config(file)
+        never = config_file.unmatchable_rules(loaded, broker_user)
     except ConfigError as exc:
         fail(as_json, exc.exit_code, str(exc), error={"reason": "invalid_config", "message": str(exc)})
+    if never:
+        msg = f"config {file}: a rule can never match: " + "; ".join(never)
+        fail(as_json, ConfigError.exit_code, msg, "see docs/configuration.md, 'Which peers can be attested'",
+             error={"reason": "rule_never_matches", "message": msg, "rules": never})
     desc = config_file.describe(loaded)
     if as_json:
         emit(True, desc)
@@ -63,7 +70,8 @@ def doctor(
     from . import doctor as doc
 
     rows = doc.run_checks(socket or default_socket_path(), state_dir=None if state_dir is None else str(state_dir),
-                          config=config, load_config=load_config)
+                          config=config, load_config=load_config,
+                          load_rules=lambda p: config_file.load_config(p, explicit=p is not None).rules)
     emit(as_json, doc.as_dict(rows), doc.render(rows))
     raise typer.Exit(EXIT_REFUSED if doc.failed(rows) else EXIT_OK)
 
