@@ -127,20 +127,6 @@ class DeleteInstance(Op, frozen=True, gc=False):
     instance_id: str
 
 
-class PutNameOwner(Op, frozen=True, gc=False):
-    """Record that ``uid`` owns the name ``instance_id`` since ``claimed_at`` (seconds)."""
-
-    instance_id: str
-    uid: int
-    claimed_at: float
-
-
-class DeleteNameOwner(Op, frozen=True, gc=False):
-    """Free the name ``instance_id``."""
-
-    instance_id: str
-
-
 class PutForward(Op, frozen=True, gc=False):
     """Forward mail for ``old`` to ``new`` until ``until`` (seconds since the epoch)."""
 
@@ -171,6 +157,22 @@ class PutIdempotent(Op, frozen=True, gc=False):
         """The op that keeps ``result`` for ``(sender, key)`` until ``until``."""
         return cls(sender, key, result.id, result.to, result.status, until)
 
+
+class PutNameOwner(Op, frozen=True, gc=False):
+    """Record that ``uid`` owns the name ``instance_id`` since ``claimed_at`` (seconds)."""
+
+    instance_id: str
+    uid: int
+    claimed_at: float
+
+
+class DeleteNameOwner(Op, frozen=True, gc=False):
+    """Free the name ``instance_id`` from ``uid``, its owner when the op was made. The delete
+    matches both, so a replayed or reordered op can never free a claim made since by another
+    UID."""
+
+    instance_id: str
+    uid: int
 
 class Purge(Op, frozen=True, gc=False):
     """Delete the sessions, forwards and idempotency keys that expired by ``now`` (seconds).
@@ -226,7 +228,7 @@ SQL: Final[Mapping[type[Op], tuple[Write, ...]]] = {
                            _seen_rows),),
     DeleteInstance: (Write("DELETE FROM instances WHERE instance_id = ?"),),
     PutNameOwner: (Write("INSERT OR REPLACE INTO names (instance_id, uid, claimed_at) VALUES (?, ?, ?)"),),
-    DeleteNameOwner: (Write("DELETE FROM names WHERE instance_id = ?"),),
+    DeleteNameOwner: (Write("DELETE FROM names WHERE instance_id = ? AND uid = ?"),),
     PutForward: (Write("INSERT OR REPLACE INTO forwards (old, new, until) VALUES (?, ?, ?)"),),
     DeleteForward: (Write("DELETE FROM forwards WHERE old = ?"),),
     PutIdempotent: (Write("INSERT OR REPLACE INTO idempotency (sender, key, id, recipient, status, until) "

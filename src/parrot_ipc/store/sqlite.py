@@ -284,9 +284,13 @@ class SqliteStore:
         self._journal(PutNameOwner(instance_id, uid, now))
 
     def delete_name_owner(self, instance_id: str) -> None:
-        """Mirror, then journal :class:`~parrot_ipc.store.ops.DeleteNameOwner`."""
+        """Mirror, then journal :class:`~parrot_ipc.store.ops.DeleteNameOwner` (with the owner
+        it frees; nothing is journaled when nobody owns the name)."""
+        owner = self._mirror.name_owner(instance_id)
+        if owner is None:
+            return
         self._mirror.delete_name_owner(instance_id)
-        self._journal(DeleteNameOwner(instance_id))
+        self._journal(DeleteNameOwner(instance_id, owner))
 
     def name_owners(self) -> Iterable[tuple[str, int]]:
         """Read from the mirror (:meth:`MemoryStore.name_owners`)."""
