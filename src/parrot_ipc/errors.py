@@ -180,6 +180,26 @@ class BrokerUnavailable(ParrotError):
         self.cause = cause
 
 
+class UntrustedBroker(BrokerUnavailable):
+    """The process listening at ``socket_path`` is not a broker this client trusts: its UID
+    (SO_PEERCRED, read before anything is sent) is not root, the client's own, nor the expected
+    broker user. Nothing was sent to it. CLI exit code 3.
+
+    Attributes:
+        listener_uid, listener_pid: who was listening (SO_PEERCRED; unix(7)).
+        hint: what to run next (``parrot-ipc doctor``).
+    """
+
+    def __init__(self, socket_path: str, listener_uid: int, listener_pid: int, cause: str) -> None:
+        ParrotError.__init__(self, 0, "broker_not_trusted", f"refusing the broker at {socket_path}: {cause}",
+                             {"reason": "broker_not_trusted", "listener_uid": listener_uid,
+                              "listener_pid": listener_pid})
+        self.socket_path, self.cause = socket_path, cause
+        self.listener_uid, self.listener_pid = listener_uid, listener_pid
+        self.hint = ("Run 'parrot-ipc doctor' to see who owns the socket. If that user really runs your "
+                     "broker, name it in PARROT_IPC_BROKER_USER or [server] broker_user.")
+
+
 class SessionFileError(ParrotIpcError):
     """The session file is missing, unreadable or unsafe; ``str(exc)`` says what to do."""
 

@@ -43,6 +43,23 @@ class FakeClock:
         self.now += seconds
 
 
+class FakeProcess:
+    """A :class:`parrot_ipc.core.policy.ProcessProbe` the test moves: set ``exe`` to what the
+    process runs now (None: it cannot be read), as an exec(2) would change it."""
+
+    def __init__(self, exe: str | None) -> None:
+        self.now: str | None = exe
+        self.calls = 0
+        self.closed = False
+
+    def exe(self) -> str | None:
+        self.calls += 1
+        return None if self.closed else self.now
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class AuditLog(list[tuple[str, dict[str, Any]]]):
     """An audit sink that records every ``(event, fields)`` pair."""
 

@@ -45,6 +45,12 @@ def error_of(out: Any) -> tuple[Any, dict[str, Any]]:
         pytest.param(b'{"jsonrpc":"2.0","id":1,"method":"ping\x00"}', id="raw-nul-in-string"),
         pytest.param(b'{"jsonrpc":"2.0",\x00"id":1,"method":"ping"}', id="raw-nul-between-members"),
         pytest.param(b'{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}', id="lone-surrogate-escape"),
+        # Invalid JSON is -32700 even when a member before the fault has a wrong type (issue 16).
+        pytest.param(b'{"jsonrpc":"2.0","method":1,"id":', id="issue-16-truncated-with-bad-method"),
+        pytest.param(b'{"jsonrpc":"2.0","method":1,"id":1', id="unclosed-object-with-bad-method"),
+        pytest.param(b'{"jsonrpc":"1.0","id":1,"method":"ping"', id="wrong-version-then-truncated"),
+        pytest.param(b'{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]', id="spec-7-invalid-json"),
+        pytest.param(b'{"id":true,"method":"ping",}', id="bad-id-then-trailing-comma"),
     ],
 )
 def test_unparseable_frames_get_parse_error_with_null_id(peer: Peer, frame: bytes) -> None:
@@ -78,7 +84,6 @@ def test_deeply_nested_json_is_refused_not_raised(peer: Peer, where: str) -> Non
 @pytest.mark.parametrize(
     ("obj", "expected_id"),
     [
-        pytest.param([{"jsonrpc": "2.0", "id": 1, "method": "ping"}], None, id="batch-array"),
         pytest.param([], None, id="empty-batch"),
         pytest.param("ping", None, id="json-string"),
         pytest.param(42, None, id="json-number"),
@@ -89,7 +94,6 @@ def test_deeply_nested_json_is_refused_not_raised(peer: Peer, where: str) -> Non
         pytest.param({"jsonrpc": "2.0", "id": "abc"}, "abc", id="missing-method"),
         pytest.param({"jsonrpc": "2.0", "id": 10, "method": 5}, 10, id="method-not-a-string"),
         pytest.param({"jsonrpc": "2.0", "id": True, "method": "ping"}, None, id="bool-id"),
-        pytest.param({"jsonrpc": "2.0", "id": 1.5, "method": "ping"}, None, id="float-id"),
         pytest.param({"jsonrpc": "2.0", "id": [1], "method": "ping"}, None, id="array-id"),
         pytest.param({"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}, None, id="object-id"),
         pytest.param({"jsonrpc": "2.0", "id": False, "method": 3}, None, id="bool-id-and-bad-method"),

@@ -134,3 +134,13 @@ def test_chunking_never_changes_the_frames_and_never_buffers_over_the_limit(
         assert not too_large
         assert got == frames
         assert buf.buffered_bytes == 0
+
+
+def test_take_tail_hands_over_the_unterminated_last_frame_once() -> None:
+    fb = FrameBuffer(100)
+    assert fb.feed(b'{"a":1}\n{"b":') == [b'{"a":1}']
+    assert fb.feed(b"2}") == []
+    assert fb.take_tail() == b'{"b":2}'
+    assert fb.buffered_bytes == 0 and fb.take_tail() is None
+    fb.feed(b"  \t")
+    assert fb.take_tail() is None  # only whitespace: no frame

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 import pytest
-from core_harness import BROKER_UID, Harness, Peer, decode
+from core_harness import BROKER_UID, FakeProcess, Harness, Peer, decode
 
 from parrot_ipc.core import (
     Admission,
@@ -34,7 +34,8 @@ SECRET = b"s3cret"
 def creds(uid: int = BROKER_UID, gid: int | None = None, *, pid: int = 10, groups: tuple[int, ...] = (),
           exe: str | None = PY, start_time: int | None = 111, attest_error: str | None = None) -> PeerCredentials:
     return PeerCredentials(pid=pid, uid=uid, gid=uid if gid is None else gid, groups=groups, exe=exe,
-                           start_time=start_time, attest_error=attest_error)
+                           start_time=start_time, attest_error=attest_error,
+                           process=None if exe is None else FakeProcess(exe))
 
 
 def attach(h: Harness, cred: PeerCredentials) -> Peer:

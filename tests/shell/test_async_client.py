@@ -132,5 +132,6 @@ def test_one_client_spec_covers_every_method_the_broker_serves() -> None:
         assert method.name == name
         assert getattr(Client, name) is method and getattr(AsyncClient, name) is method
         # The relay's methods check the admission's 'relay' scope, not a session (issue 18).
-        no_session = {"ping", "get_token", "authenticate", "relay_take", "relay_ack", "relay_deliver"}
+        no_session = {"ping", "get_token", "authenticate", "get_resource", "release", "relay_take", "relay_ack",
+                      "relay_deliver"}
         assert isinstance(method, Method) and method.session == (name not in no_session)

@@ -216,3 +216,27 @@ async def test_connections_past_max_connections_are_closed_at_once_and_a_closed_
         make_harness: Callable[..., object]) -> None:
     h: Harness = await make_harness(max_connections=3)  # type: ignore[misc]
     await _fill_then_refuse_then_free(h, 3, "server_full", lambda: h.server._streams >= 3)
+
+
+async def test_a_reload_that_drops_the_peer_closes_a_back_pressured_connection_at_once(
+        make_harness: Callable[..., object]) -> None:
+    """Issue 13, finding 6: every connection of a dropped peer closes at once, including one the
+    broker is waiting to write to (before: it stayed until ``idle_timeout_s``)."""
+    from parrot_ipc.core.policy import PeerRule, RulePolicy
+
+    h: Harness = await make_harness(max_pending_bytes=64 * 1024, max_pending_responses=16,  # type: ignore[misc]
+                                    rate_per_s=1e9, burst=1e9, idle_timeout_s=120.0)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.connect(h.path)
+    pings = b"".join(b'{"jsonrpc":"2.0","id":%d,"method":"ping"}\n' % i for i in range(100_000))
+    assert await _send_until_blocked(sock, pings) < len(pings)  # the broker waits to write
+    h.server.reload_policy(RulePolicy([PeerRule("others", uids=frozenset({4242}))]), "test")
+    with trio.fail_after(10):  # far less than idle_timeout_s, and the peer reads nothing
+        while h.server._links:
+            await trio.sleep(0.01)
+    hog = trio.SocketStream(sock)
+    with trio.fail_after(10):
+        while await hog.receive_some(1 << 20):
+            pass  # what was written before the drop, then EOF
+    await hog.aclose()
+    h.server.shutdown()

@@ -125,7 +125,9 @@ async def test_the_handshake_timeout_closes_a_slow_connection_at_the_mock_deadli
     c = await r.listener.connect()
     t0 = trio.current_time()
     await c.send_all(b'{"jsonrpc":')  # never a complete frame
-    assert await _until_eof(c) == b""
+    # Bytes were buffered: one -32600 frame_not_terminated line, then EOF (issue 16).
+    (line,) = (await _until_eof(c)).splitlines()
+    assert json.loads(line)["error"]["data"]["reason"] == "frame_not_terminated"
     assert trio.current_time() - t0 == pytest.approx(7.0, abs=1e-6)
     assert [e for e, _ in r.audit if e.endswith("_timeout")] == ["handshake_timeout"]
     r.server.shutdown()
@@ -191,3 +193,26 @@ async def test_shutdown_finishes_a_long_poll_and_closes_every_connection(rig: Ri
     (resp,) = await _lines(c, 1)
     assert (resp["id"], resp["result"]["messages"]) == (2, [])
     assert await _until_eof(c) == b""
+
+
+async def test_a_reload_that_drops_the_peer_closes_all_its_connections_at_once_long_polls_included(
+        rig: Rig, autojump_clock: trio.testing.MockClock) -> None:
+    """Issue 13, finding 6: before, the long poll stayed open until its wait_s (300 s here) ran out."""
+    from parrot_ipc.core.policy import PeerRule, RulePolicy
+
+    poller, idle, fresh = [await rig.listener.connect() for _ in range(3)]
+    await _call(poller, 1, "get_token", instance_id="dropped")
+    await _call(idle, 1, "authenticate", token=(await _call(poller, 2, "get_token", instance_id="dropped"))
+                ["result"]["token"])
+    await poller.send_all(_req(3, "receive", wait_s=300.0))
+    await trio.sleep(5.0)  # mock time: the long poll is parked
+    t0 = trio.current_time()
+    rig.server.reload_policy(RulePolicy([PeerRule("others", uids=frozenset({os.geteuid() + 4242}))]), "test")
+    got = [await _until_eof(stream) for stream in (poller, idle, fresh)]
+    assert got[1:] == [b"", b""]
+    if got[0]:  # the poll may be answered -32001 on its way out, never with mail or an empty list
+        (last,) = [json.loads(line) for line in got[0].splitlines()]
+        assert (last["id"], last["error"]["code"]) == (3, -32001)
+    assert trio.current_time() - t0 < 1.0  # at once, not after wait_s
+    (ev,) = [f for e, f in rig.audit if e == "config_reloaded"]
+    assert ev["dropped"] == 3

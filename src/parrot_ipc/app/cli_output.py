@@ -10,6 +10,7 @@ or unsafe (:class:`SessionFileError`).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ import typer
 
 from ..client.blocking import Client
 from ..client.wire import start_hint
-from ..errors import BrokerUnavailable, ParrotError, SessionFileError
+from ..errors import BrokerUnavailable, ParrotError, SessionFileError, UntrustedBroker
 from . import session_file
 
 SocketOpt = Annotated[
@@ -28,10 +29,46 @@ SocketOpt = Annotated[
     typer.Option(
         "--socket", "-s", envvar="PARROT_IPC_SOCKET", show_default=False,
         help="Broker socket path. Default: $PARROT_IPC_DIR/mcp.sock; else, for a non-root user, "
-        "$XDG_RUNTIME_DIR/parrot-mcp/mcp.sock; else /run/parrot-mcp/mcp.sock.",
+        "$XDG_RUNTIME_DIR/parrot-mcp/mcp.sock, or /tmp/parrot-ipc-UID/mcp.sock without it; for root "
+        "/run/parrot-mcp/mcp.sock.",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, for scripts.")]
+
+
+def _version(value: bool) -> None:
+    """``--version``: print ``parrot-ipc VERSION`` and exit 0."""
+    if value:
+        from .. import __version__
+
+        typer.echo(f"parrot-ipc {__version__}")
+        raise typer.Exit(0)
+
+
+def _defaults_for(command: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """A click ``default_map`` giving ``values`` to ``command`` and every command under it."""
+    subs = getattr(command, "commands", {})
+    return {**values, **{name: _defaults_for(sub, values) for name, sub in subs.items()}}
+
+
+def global_options(
+    ctx: typer.Context,
+    socket: SocketOpt = None,
+    as_json: JsonOpt = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Options before the command (``parrot-ipc --socket PATH --json ping``) count as if given
+    after it; an option given after the command wins.
+
+    ``--socket`` is passed on as ``$PARROT_IPC_SOCKET`` (the option's own environment variable,
+    read when the command's options are parsed, which click does after this callback); ``--json``
+    through click's ``default_map``.
+    """
+    if socket is not None:
+        os.environ["PARROT_IPC_SOCKET"] = socket
+    if as_json:
+        ctx.default_map = _defaults_for(ctx.command, {"as_json": True})
 
 
 def emit(as_json: bool, obj: Any, human: str | None = None) -> None:
@@ -67,6 +104,10 @@ def errors(as_json: bool) -> Iterator[None]:
     """
     try:
         yield
+    except UntrustedBroker as exc:  # issue 13: someone else listens at the path
+        fail(as_json, exc.exit_code, str(exc.message), exc.hint,
+             {"code": 0, "reason": exc.reason, "message": exc.message, "socket": exc.socket_path,
+              "listener_uid": exc.listener_uid, "listener_pid": exc.listener_pid})
     except BrokerUnavailable as exc:
         fail(as_json, exc.exit_code, str(exc.message), start_hint(exc.socket_path),
              {"code": 0, "reason": exc.reason, "message": exc.message, "socket": exc.socket_path})

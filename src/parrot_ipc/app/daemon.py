@@ -108,6 +108,10 @@ def _acquire_listener(socket_path: str, group_gid: int | None = None) -> tuple[s
         name = activated.getsockname()
         where = f"{name or '(unnamed)'} (fd {systemd.SD_LISTEN_FDS_START}, socket-activated)"
         return activated, where, lambda: None
+    if os_paths.is_fallback_path(socket_path):
+        log.info("XDG_RUNTIME_DIR is unset: using the per-user directory %s (mode 0700, owner and mode "
+                 "checked as tmux checks /tmp/tmux-UID); this user's clients find it by the same rule",
+                 os.path.dirname(os.path.abspath(socket_path)))
     os_paths.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)), group_gid=group_gid)
     listener, inode = os_paths.bind_listener(socket_path, group_gid=group_gid)
     return listener, socket_path, lambda: os_paths.remove_socket(socket_path, inode)
@@ -121,11 +125,21 @@ def _load(config: BrokerConfig | LoadedConfig | None) -> LoadedConfig:
                         loaded.socket_gid, loaded.shared_secret)
 
 
-def config_reloader(server: BrokerServer, config_path: str | None) -> Callable[[], None]:
-    """The SIGHUP callback: re-read the config (``config_path``, or the default location) and
-    apply its policy; a bad file is logged and audited (``config_reload_failed``) and the
-    current policy kept."""
+def open_resources(resources: ResourceDir) -> None:
+    """Open (or reopen, on SIGHUP) and pin the resources directory; log why it is refused."""
+    why = resources.reopen()
+    if why is not None:
+        log.warning("get_resource will refuse every name until this is fixed and SIGHUP sent: %s", why)
+
+
+def config_reloader(server: BrokerServer, config_path: str | None,
+                    resources: ResourceDir | None = None) -> Callable[[], None]:
+    """The SIGHUP callback: reopen and check ``resources`` (see :func:`open_resources`), re-read
+    the config (``config_path``, or the default location) and apply its policy; a bad file is
+    logged and audited (``config_reload_failed``) and the current policy kept."""
     def reload() -> None:
+        if resources is not None:
+            open_resources(resources)
         path = None if config_path is None else Path(config_path)
         try:
             fresh = load_config(path, explicit=config_path is not None)
@@ -183,9 +197,11 @@ def _serve(socket_path: str, loaded: LoadedConfig, st: Store, config_path: str |
     listener, where, release = _acquire_listener(socket_path, loaded.socket_gid)
     _fit_nofile_limit(loaded.server.max_connections)
     clock = trio_wall_clock()
+    resources = ResourceDir(loaded.server.resources_dir)
+    open_resources(resources)
     broker = Broker(config=loaded.server, policy=loaded.policy, clock=clock, audit=audit_sink,
                     shared_secret=loaded.shared_secret, store=st, id_floor=getattr(st, "max_id", None),
-                    resources=ResourceDir(loaded.server.resources_dir))
+                    resources=resources)
     supervisor = Supervisor.from_env()
 
     def on_listener_closed() -> None:
@@ -198,7 +214,7 @@ def _serve(socket_path: str, loaded: LoadedConfig, st: Store, config_path: str |
              os.getpid(),
              "default" if loaded.rules is None else f"{len(loaded.rules)} rule(s) from {loaded.path}")
     try:
-        run_until_signal(server, supervisor, config_reloader(server, config_path), clock)
+        run_until_signal(server, supervisor, config_reloader(server, config_path, resources), clock)
     finally:
         release()
         listener.close()

@@ -16,10 +16,11 @@ from collections import deque
 from typing import Any, TypeVar
 
 from ..core import protocol as p
-from ..errors import BrokerUnavailable
+from ..errors import BrokerUnavailable, UntrustedBroker
 from ..os.paths import default_socket_path
 from .spec import BlockingCalls, Call, raw_call
-from .wire import RECV_BYTES, Wire, error_of, unreachable
+from .trust import verify_broker
+from .wire import RECV_BYTES, Wire, check_socket_dir, error_of, unreachable
 
 R = TypeVar("R")
 class Client(BlockingCalls):
@@ -29,26 +30,36 @@ class Client(BlockingCalls):
         socket_path: the broker's socket (default: :func:`parrot_ipc.os.paths.default_socket_path`).
         timeout_s: how long to wait for each response, in seconds (a long-poll ``receive``
             adds its ``wait_s``).
+        broker_user: the user trusted as the broker besides root and ourselves (default: see
+            :mod:`parrot_ipc.client.trust`).
 
     Raises:
         BrokerUnavailable: on connect, if the socket is missing, refuses, or denies access.
+        UntrustedBroker: on connect, if the listener is not root, us or the broker user
+            (SO_PEERCRED, checked before anything is sent).
 
     Use as a context manager, or call :meth:`close`. The protocol's methods (``ping``,
     ``get_token``, ``send``, ... and the admin ``list_sessions``, ``revoke_session``) come from
     :class:`parrot_ipc.client.spec.Methods`; each blocks until its response.
     """
 
-    def __init__(self, socket_path: str | None = None, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, socket_path: str | None = None, *, timeout_s: float = 30.0,
+                 broker_user: str | None = None) -> None:
         self.socket_path = socket_path or default_socket_path()
         self.timeout_s = timeout_s
         self._wire = Wire()
+        check_socket_dir(self.socket_path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout_s)
         try:
             self._sock.connect(self.socket_path)
+            verify_broker(self._sock, self.socket_path, broker_user)  # before a byte is sent
         except OSError as exc:
             self._sock.close()
             raise unreachable(self.socket_path, exc) from None
+        except UntrustedBroker:
+            self._sock.close()
+            raise
         self._pending: deque[p.Incoming] = deque()
         self._timeout: float | None = timeout_s  # what the socket is set to now
         self._out = bytearray()  # the request being written, reused

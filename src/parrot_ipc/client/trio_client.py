@@ -11,15 +11,19 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
 
 from ..core import protocol as p
-from ..errors import BrokerUnavailable, ParrotError
+from ..errors import BrokerUnavailable, ParrotError, UntrustedBroker
 from ..os.paths import default_socket_path
 from .spec import Call, TrioCalls, raw_call
-from .wire import RECV_BYTES, Wire, error_of, unreachable
+from .trust import verify_broker
+
+if TYPE_CHECKING:  # types only: the socket is trio's
+    import socket
+from .wire import RECV_BYTES, Wire, check_socket_dir, error_of, unreachable
 
 __all__ = ["AsyncClient", "BrokerUnavailable", "ParrotError"]
 R = TypeVar("R")
@@ -67,6 +71,8 @@ class AsyncClient(TrioCalls):
         socket_path: the broker's socket (default: :func:`parrot_ipc.os.paths.default_socket_path`).
         timeout_s: how long to wait for each response, in seconds (a long-poll ``receive``
             adds its ``wait_s``); also how long one write may wait for the broker to read.
+        broker_user: the user trusted as the broker besides root and ourselves (default: see
+            :mod:`parrot_ipc.client.trust`).
 
     Use ``async with AsyncClient(path) as client:``. A background task reads responses and
     routes each to its caller; ``message`` notifications go to :meth:`messages`. The protocol's
@@ -76,10 +82,14 @@ class AsyncClient(TrioCalls):
     Raises:
         BrokerUnavailable: on enter, if the broker cannot be reached; from a call if the
             connection breaks.
+        UntrustedBroker: on enter, if the listener is not root, us or the broker user
+            (SO_PEERCRED, checked before anything is sent).
     """
 
-    def __init__(self, socket_path: str | None = None, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, socket_path: str | None = None, *, timeout_s: float = 30.0,
+                 broker_user: str | None = None) -> None:
         self.socket_path = socket_path or default_socket_path()
+        self._broker_user = broker_user
         self.timeout_s = timeout_s
         self._wire = Wire()
         self._waiting: dict[int, _Waiter] = {}
@@ -92,10 +102,19 @@ class AsyncClient(TrioCalls):
         self._writing = False  # a task is in _write_out: frames appended meanwhile go out with it
 
     async def __aenter__(self) -> AsyncClient:
+        check_socket_dir(self.socket_path)
         try:
-            self._stream = await trio.open_unix_socket(self.socket_path)
+            self._stream = stream = await trio.open_unix_socket(self.socket_path)
         except OSError as exc:
             raise unreachable(self.socket_path, exc) from None
+        try:  # a trio socket has the stdlib getsockopt(), the only method verify_broker calls
+            verify_broker(cast("socket.socket", stream.socket), self.socket_path, self._broker_user)
+        except (OSError, UntrustedBroker) as exc:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            if isinstance(exc, OSError):
+                raise unreachable(self.socket_path, exc) from None
+            raise
         self._nursery_cm = trio.open_nursery()
         self._nursery = nursery = await self._nursery_cm.__aenter__()
         nursery.start_soon(self._read_loop)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -24,14 +25,18 @@ from msgspec import UNSET, Raw
 from ..errors import ErrorCode, RpcError
 from ..store import MemoryStore, Store
 from . import protocol as p
+from .attest import recheck_exe
+from .batch import handle_batch, is_batch, is_json
 from .config import BrokerConfig
 from .connection import Bindings, Connection
 from .delivery import Delivery
 from .effects import AuditSink, Drop, Effect, Push, WaitForMail, Wake, discard_audit
 from .limits import ConnectionLimits, TokenBucket
 from .methods import METHOD_TABLE, METHODS, MethodSpec
+from .names import Names
 from .policy import SCOPE_RECEIVE, PeerCredentials, Policy
 from .sessions import Sessions, token_hash
+from .stats import Stats
 from .timefmt import IdGenerator
 
 # Re-exported: these moved out of this module, and callers import them from here.
@@ -104,6 +109,9 @@ class Broker:
         self.store: Store = store
         #: The wall clock (epoch seconds), for the method handlers.
         self.clock = clock
+        #: Counters and recent audit events for ``admin_stats``; it sees every audit event.
+        self.stats = Stats(clock)
+        audit = self.stats.tee(audit)
         #: The audit sink; also for the shell's own events (timeouts, drops).
         self.audit = audit
         #: The reader behind ``get_resource``, or None.
@@ -115,6 +123,9 @@ class Broker:
         #: Session rules (tokens, scopes, rename, revoke).
         self.sessions = Sessions(store=store, config=config, clock=clock, token_bytes=token_bytes,
                                  bindings=self.bindings, audit=audit, shared_secret=shared_secret)
+        #: Name ownership (issue 13): who owns which instance name.
+        self.names = Names(store=store, config=config, clock=clock, bindings=self.bindings, audit=audit,
+                           kill=self.sessions.kill)
         #: Mail delivery, and the effects queue.
         self.delivery = Delivery(store=store, config=config, clock=clock, bindings=self.bindings,
                                  ids=self.ids, audit=audit)
@@ -185,7 +196,9 @@ class Broker:
 
         Returns the response frame, a :class:`WaitForMail` for a long-poll that must wait, or
         None for a JSON-RPC notification (a request with no ``id``, JSON-RPC 2.0 section 4.1),
-        which gets no response, not even an error.
+        which gets no response, not even an error. A JSON array is a batch (JSON-RPC 2.0
+        section 6, :func:`.batch.handle_batch`): its response is one array frame, or None when
+        every member is a notification. Each request takes one token of the UID's rate limit.
         """
         bucket = conn.bucket
         if bucket is not None:
@@ -196,24 +209,35 @@ class Broker:
         req = self._decode(conn, frame)
         if isinstance(req, bytes):
             return req
+        if req is None:  # a batch: found only once the frame failed to decode as one request
+            if bucket is not None:
+                bucket.give_back()  # its members take the tokens
+            return handle_batch(self, conn, frame)
         notify = req.id is UNSET
-        rid = None if req.id is UNSET else req.id
+        rid: p.RequestId = None if req.id is UNSET else req.id
+        if rid.__class__ is float:  # echo a fractional id as its exact text (1.50 stays 1.50)
+            rid = p.exact_id(frame)
         out = self._dispatch(conn, req.method, req.params, rid)
         return None if notify else out
 
-    def _decode(self, conn: Connection, frame: bytes) -> p.Request | bytes:
-        """The request in ``frame``, or the error frame for one that is not a request:
-        -32700 (not UTF-8 JSON, or nested too deeply) or -32600 (JSON-RPC 2.0 section 5.1)."""
+    def _decode(self, conn: Connection, frame: bytes) -> p.Request | bytes | None:
+        """The request in ``frame``; None if it is a batch (a JSON array); or the error frame
+        for one that is not a request: -32700 (not UTF-8 JSON, or nested too deeply) or -32600
+        (valid JSON that is not a request object; JSON-RPC 2.0 section 5.1)."""
         try:
             # msgspec checks UTF-8 only inside the strings it decodes (and raises
             # UnicodeDecodeError there, not DecodeError), so check the whole frame first.
             if not frame.isascii():  # ASCII is valid UTF-8: skip the copy
                 frame.decode()
             return p.REQUEST_DECODER.decode(frame)
-        except msgspec.ValidationError as exc:
-            return self._bad(conn, p.salvage_id(frame), ErrorCode.INVALID_REQUEST, "invalid_request",
-                             f"Invalid request: {exc}.", None)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            if is_batch(frame):
+                return None
+            # Valid JSON that is not a request is -32600; msgspec stops at the first wrong type,
+            # so a truncated frame can fail as a ValidationError: check the whole frame.
+            if isinstance(exc, msgspec.DecodeError) and is_json(frame):
+                return self._bad(conn, p.salvage_id(frame), ErrorCode.INVALID_REQUEST, "invalid_request",
+                                 f"Invalid request: {exc}.", None)
             return self._bad(conn, None, ErrorCode.PARSE_ERROR, "parse_error",
                              "Parse error: the frame is not valid UTF-8 JSON.", None)
         except RecursionError:  # valid JSON nested deeper than msgspec will recurse
@@ -241,7 +265,11 @@ class Broker:
 
     def _call(self, spec: MethodSpec, conn: Connection, params: Raw, rid: p.RequestId) -> Any:
         """Check what ``spec`` needs, decode its params, run its handler. Raises RpcError
-        (-32001/-32002 from the session check, -32602 ``invalid_params``, the handler's)."""
+        (-32001 ``peer_exe_changed`` from :func:`~.attest.recheck_exe` on a connection whose
+        admission pins the executable; -32001/-32002 from the session check; -32602
+        ``invalid_params``; the handler's)."""
+        if conn.admission.pins_exe:  # issue 13: the executable is checked before every request
+            recheck_exe(conn, self.sessions, self.audit)
         if not spec.public:
             self.sessions.require(conn, spec.scope)
         try:
@@ -260,11 +288,13 @@ class Broker:
         try:
             req = p.REQUEST_DECODER.decode(frame)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            if is_batch(frame):  # each member is answered (or dropped) as rate limited
+                return handle_batch(self, conn, frame)
             rid: p.RequestId = p.salvage_id(frame)
         else:
             if req.id is UNSET:
                 return None  # a notification: dropped, and never answered
-            rid = req.id
+            rid = p.exact_id(frame) if isinstance(req.id, float) else req.id
         return p.encode_error(rid, ErrorCode.RATE_LIMITED,
                               f"Rate limited: at most {bucket.rate_per_s:g} requests/s per user.",
                               {"reason": "rate_limited", "retry_after_s": round(max(wait, 0.001), 3)})
@@ -320,12 +350,14 @@ class Broker:
     # ------------------------------------------------------------------ time
     def tick(self) -> None:
         """Time-driven work: re-queue expired leases (and push or wake for them); every
-        :data:`PURGE_INTERVAL_S`, purge expired state and unclaimed mail."""
+        :data:`PURGE_INTERVAL_S`, purge expired state and unclaimed mail, and free idle names
+        (``name_idle_release_s``)."""
         now = self.clock()
         self.delivery.release_expired(now)
         if now >= self._next_purge:
             self.store.purge(now)
             self.delivery.expire_unclaimed(now)
+            self.names.release_idle(now)
             self._next_purge = now + PURGE_INTERVAL_S
 
     def next_deadline(self) -> float:
@@ -337,6 +369,10 @@ class Broker:
     def online_instances(self) -> Iterable[str]:
         """Instance ids with at least one connection bound to a live session."""
         return self.bindings.names()
+
+    def connections_by_uid(self) -> dict[int, int]:
+        """Open connections per peer UID (``admin_stats``)."""
+        return dict(Counter(c.peer.uid for c in self._conns))
 
     def live_sessions(self) -> int:
         """How many sessions have at least one connection bound now (one per online instance).

@@ -54,11 +54,22 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     rate_per_s: PositiveFloat = 2000.0
     burst: PositiveFloat = 4000.0
     push_window: PositiveInt = 100
+    #: Requests in one JSON-RPC batch (a JSON array frame), at most; past it, one -32600
+    #: ``batch_too_long`` (JSON-RPC 2.0 section 6; ``docs/protocol.md``, "Batches").
+    max_batch_length: PositiveInt = 100
     shutdown_grace_s: PositiveFloat = 5.0
     #: Directory of the files ``get_resource`` serves (one file per resource name). It and its
     #: files must be owned by root or the broker's user and not writable by group or others,
     #: like the config file. Read at start; the files are read on each request.
     resources_dir: str = "/etc/parrot-ipc/resources"
+    #: Seconds after which a name nobody holds, with an empty mailbox and no forward, stops
+    #: being owned by its UID (issue 13). 0: never (the default).
+    name_idle_release_s: Annotated[float, Meta(ge=0)] = 0.0
+    #: The user the clients accept as the broker, besides root and themselves (issue 13): a
+    #: client reads SO_PEERCRED on its connection before sending anything and refuses any other
+    #: listener. Clients read it from this file's ``[server]`` table (or
+    #: ``$PARROT_IPC_BROKER_USER``); ignored if no such user exists.
+    broker_user: str = "parrot-mcp"
     #: This broker's node name, the ``host`` of ``name@host`` addresses (docs/federation.md).
     #: None: federation is off and a send to ``name@host`` is -32602 ``federation_off``.
     node: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")] | None = None
@@ -86,6 +97,9 @@ class PeerRuleConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
         default_factory=lambda: ["send", "receive", "list", "rename", "broadcast", "resources"])
     may_send_to: list[InstancePattern] = field(default_factory=lambda: ["*"])
     bind: Literal["uid", "process"] = "uid"
+    #: fnmatch(3) patterns of the instance ids this rule's peers may claim; ``{user}`` is the
+    #: peer's login name (``["{user}-*"]``). Default: any name.
+    names: list[InstancePattern] = field(default_factory=lambda: ["*"])
 
 
 class RemoteRuleConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):

@@ -43,6 +43,13 @@ class FrameBuffer:
         """Bytes held for a frame whose ``\\n`` has not arrived yet."""
         return len(self._buf)
 
+    def take_tail(self) -> bytes | None:
+        """At EOF: the unterminated last frame held (now cleared), or None if it is empty or
+        only whitespace. EOF ends a last frame as ``\n`` would (``docs/protocol.md``)."""
+        tail = bytes(self._buf)
+        self._buf.clear()
+        return tail if tail and not tail.isspace() else None
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return the frames it completes, each without its ``\\n``.
 

@@ -55,6 +55,11 @@ class TokenBucket:
         self.tokens = tokens
         return (1.0 - tokens) / self.rate_per_s
 
+    def give_back(self) -> None:
+        """Return the token the last successful :meth:`take` spent (a batch frame's: its
+        members take theirs; ``docs/protocol.md``, "Batches"). Never above ``burst``."""
+        self.tokens = min(self.burst, self.tokens + 1.0)
+
 
 class ConnectionLimits:
     """Per-UID connection caps and token buckets (``max_connections_per_uid``,

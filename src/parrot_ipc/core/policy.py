@@ -6,8 +6,8 @@ the OS layer at accept, before any byte. This module only decides; it does no I/
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Final, Literal, Protocol
 
@@ -38,6 +38,22 @@ DEFAULT_SCOPES: Final = frozenset(
 )
 
 
+class ProcessProbe(Protocol):
+    """The peer process as the OS layer pinned it at accept (its pidfd, see pidfd_send_signal(2)), so the
+    core can ask again, before a request, which program it runs now. Made by
+    :func:`parrot_ipc.os.peer.identify_peer`; the shell closes it when the connection ends."""
+
+    def exe(self) -> str | None:
+        """The target of ``/proc/<pid>/exe`` now (proc(5)), read while the pinned process is
+        proven alive; None if it cannot be read (the process exited, /proc is unreadable, or the
+        probe is closed): callers fail closed. Never raises."""
+        ...
+
+    def close(self) -> None:
+        """Release the pinned process (close its pidfd). Idempotent; :meth:`exe` is None after."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class PeerCredentials:
     """The kernel-attested identity of a connected peer.
@@ -50,7 +66,9 @@ class PeerCredentials:
     - ``exe``: the target of ``/proc/<pid>/exe``, read while the process was proven alive;
     - ``start_time``: field 22 of ``/proc/<pid>/stat`` (clock ticks since boot), which tells a
       process apart from a later one that reuses its PID;
-    - ``attest_error``: why ``exe``/``start_time`` could not be established, or None.
+    - ``attest_error``: why ``exe``/``start_time`` could not be established, or None;
+    - ``process``: the pinned process (:class:`ProcessProbe`) for re-checking ``exe`` before a
+      request (issue 13: attestation holds after exec), or None when nothing was pinned.
     """
 
     pid: int
@@ -61,6 +79,7 @@ class PeerCredentials:
     exe: str | None = None
     start_time: int | None = None
     attest_error: str | None = None
+    process: ProcessProbe | None = field(default=None, compare=False, repr=False)
 
     def in_group(self, gids: frozenset[int]) -> bool:
         """True if the primary ``gid`` or a supplementary group (SO_PEERGROUPS) is in ``gids``."""
@@ -72,8 +91,13 @@ class Admission:
     """A policy decision. ``rule`` names the rule that matched (for the audit log).
 
     ``may_send_to`` holds fnmatch(3)-style patterns of instance ids this peer may message
-    (``("*",)``: anyone). ``bind`` is ``"uid"`` (a token works from any process of the UID)
-    or ``"process"`` (only from the process, pid and start time, that got it).
+    (``("*",)``: anyone). ``names`` holds fnmatch(3)-style patterns of the instance ids this
+    peer may claim with ``get_token`` or ``rename`` (``("*",)``: any), ``{user}`` already
+    replaced by the peer's login name. ``bind`` is ``"uid"`` (a token works from any process
+    of the UID) or ``"process"`` (only from the process, pid and start time, that got it).
+    ``pins_exe``: the admission rested on the peer's executable (the rule has ``executables``)
+    or binds to its process, so the executable is checked again before every request, and a
+    process that has exec'd another program loses its session (-32001 ``peer_exe_changed``).
     """
 
     allowed: bool
@@ -82,12 +106,30 @@ class Admission:
     scopes: frozenset[str] = frozenset()
     may_send_to: tuple[str, ...] = ("*",)
     bind: Bind = "uid"
+    names: tuple[str, ...] = ("*",)
+    pins_exe: bool = False
 
     def may_send(self, instance_id: str) -> bool:
         """True if ``instance_id`` matches a ``may_send_to`` pattern (fnmatch(3), case-sensitive)."""
-        if self.may_send_to == ("*",):
-            return True
-        return any(p == "*" or fnmatchcase(instance_id, p) for p in self.may_send_to)
+        return _matches(instance_id, self.may_send_to)
+
+    def may_claim(self, instance_id: str) -> bool:
+        """True if ``instance_id`` matches a ``names`` pattern (fnmatch(3), case-sensitive)."""
+        return _matches(instance_id, self.names)
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """True if ``name`` matches one of the fnmatch(3) ``patterns`` (``"*"`` matches all)."""
+    if patterns == ("*",):
+        return True
+    return any(p == "*" or fnmatchcase(name, p) for p in patterns)
+
+
+#: The placeholder in a rule's ``names`` patterns for the peer's login name (issue 13).
+USER_PLACEHOLDER: Final = "{user}"
+#: Looks up the login name of a UID (getpwuid(3)); None if no user has it. Injected by the
+#: app layer: the core does no I/O.
+UserNames = Callable[[int], str | None]
 
 
 class Policy(Protocol):
@@ -173,7 +215,8 @@ class PeerRule:
 
     A peer matches when its UID is in ``uids`` (if any are given) and its primary or a
     supplementary GID is in ``gids`` (if any are given), and, if ``executables`` is non-empty,
-    its attested executable matches one of those fnmatch(3) patterns.
+    its attested executable matches one of those fnmatch(3) patterns. ``names`` limits the
+    instance ids the peer may claim (fnmatch(3); ``{user}`` is the peer's login name).
     """
 
     label: str
@@ -183,11 +226,23 @@ class PeerRule:
     scopes: frozenset[str] = DEFAULT_SCOPES
     may_send_to: tuple[str, ...] = ("*",)
     bind: Bind = "uid"
+    names: tuple[str, ...] = ("*",)
     _admission: Admission = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_admission", Admission(
-            True, self.label, scopes=self.scopes, may_send_to=self.may_send_to, bind=self.bind))
+            True, self.label, scopes=self.scopes, may_send_to=self.may_send_to, bind=self.bind,
+            names=self.names, pins_exe=bool(self.executables) or self.bind == "process"))
+
+    def admission_for(self, peer: PeerCredentials, user_names: UserNames | None) -> Admission:
+        """The rule's admission for ``peer``: ``{user}`` in ``names`` becomes the peer's login
+        name (``user_names(peer.uid)``); a pattern with ``{user}`` matches nothing when the UID
+        has no name or no lookup is given (fail closed)."""
+        if not any(USER_PLACEHOLDER in n for n in self.names):
+            return self._admission
+        user = None if user_names is None else user_names(peer.uid)
+        names = tuple(n.replace(USER_PLACEHOLDER, user) if user else "" for n in self.names)
+        return replace(self._admission, names=tuple(n for n in names if n) or ("",))
 
     def matches_identity(self, peer: PeerCredentials) -> bool:
         """True if ``peer`` passes the rule's ``uids`` and ``gids`` filters (an empty filter passes)."""
@@ -205,6 +260,7 @@ class RulePolicy:
 
     Args:
         rules: the rules in file order.
+        user_names: the login name of a UID (for ``{user}`` in ``names``), or None.
 
     Refusal reasons (``error.data.reason``): ``peer_not_allowed`` when no rule matches;
     ``peer_attestation_failed`` when a rule matching the peer's UID/GID needs its executable
@@ -212,8 +268,10 @@ class RulePolicy:
     ``/proc`` could not be read): fail closed.
     """
 
-    def __init__(self, rules: Sequence[PeerRule], remote: RemoteRules | None = None) -> None:
+    def __init__(self, rules: Sequence[PeerRule], user_names: UserNames | None = None,
+                 remote: RemoteRules | None = None) -> None:
         self.rules = tuple(rules)
+        self._user_names = user_names
         #: The ``[[remote]]`` rules (docs/federation.md); none: every remote node is refused.
         self.remote = remote or RemoteRules(())
 
@@ -229,5 +287,5 @@ class RulePolicy:
                     return Admission(False, rule.label, reason="peer_attestation_failed")
                 if not rule.matches_exe(peer.exe):
                     continue
-            return rule._admission
+            return rule.admission_for(peer, self._user_names)
         return Admission(False, "no_rule", reason="peer_not_allowed")

@@ -29,9 +29,14 @@ from .schema import *  # noqa: F403
 
 PROTOCOL_VERSION: Final = 1
 
-RequestId = int | str | None
+#: An id as a request may carry it (JSON-RPC 2.0 section 4: a string, a number or null).
+WireId = int | str | float | None
+#: An id as the broker echoes it: a :data:`WireId`, or the id's exact text (:class:`msgspec.Raw`)
+#: for a fractional number, so ``1.50`` comes back as ``1.50`` (``docs/protocol.md``, "Ids").
+RequestId = int | str | float | Raw | None
 _EMPTY_OBJECT: Final = Raw(b"{}")
 _ABSENT: Final = Raw(b"")
+_NULL: Final = Raw(b"null")
 
 
 # --------------------------------------------------------------------------- envelope
@@ -45,12 +50,16 @@ class Request(Struct, kw_only=True):
 
     jsonrpc: Literal["2.0"]
     method: str
-    id: RequestId | UnsetType = UNSET
+    id: WireId | UnsetType = UNSET
     params: Raw = field(default_factory=lambda: _EMPTY_OBJECT)
 
 
 class _IdOnly(Struct):
     id: Any = None
+
+
+class _RawIdOnly(Struct):
+    id: Raw = field(default_factory=lambda: _NULL)
 
 
 class ErrorObject(Struct, omit_defaults=True):
@@ -92,7 +101,7 @@ class Notification(_JsonRpc, kw_only=True):
 class Incoming(_JsonRpc, kw_only=True):
     """What a *client* reads: a response (``id`` + ``result`` or ``error``) or a notification."""
 
-    id: RequestId = None
+    id: WireId = None
     result: Raw = field(default_factory=lambda: _ABSENT)
     error: ErrorObject | None = None
     method: str | None = None
@@ -107,6 +116,9 @@ class Incoming(_JsonRpc, kw_only=True):
 # --------------------------------------------------------------------------- codecs
 REQUEST_DECODER: Final = msgspec.json.Decoder(Request)
 _ID_DECODER: Final = msgspec.json.Decoder(_IdOnly)
+_RAW_ID_DECODER: Final = msgspec.json.Decoder(_RawIdOnly)
+#: Checks that a frame is well-formed JSON (RFC 8259) without building any object.
+JSON_CHECK: Final = msgspec.json.Decoder(Raw)
 INCOMING_DECODER: Final = msgspec.json.Decoder(Incoming)
 _ENCODER: Final = msgspec.json.Encoder()
 
@@ -176,6 +188,19 @@ def salvage_id(frame: bytes) -> RequestId:
         rid = _ID_DECODER.decode(frame).id
     except (msgspec.DecodeError, RecursionError):
         return None
-    if isinstance(rid, bool) or not isinstance(rid, (int, str)):
+    if isinstance(rid, bool) or not isinstance(rid, (int, str, float)):
         return None
-    return rid
+    return exact_id(frame) if isinstance(rid, float) else rid
+
+
+def exact_id(frame: bytes) -> RequestId:
+    """The ``id`` of ``frame`` (a request whose id decoded as a fractional number) as its exact
+    JSON text, a :class:`msgspec.Raw` that encodes back byte for byte (``1.50`` stays ``1.50``).
+
+    JSON-RPC 2.0 section 5: the response id MUST be the same as the request's. None if the
+    frame has no usable id.
+    """
+    try:
+        return _RAW_ID_DECODER.decode(frame).id
+    except (msgspec.DecodeError, RecursionError):
+        return None

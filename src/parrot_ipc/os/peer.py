@@ -104,24 +104,79 @@ def attest_process(pid: int, pidfd: int | None) -> tuple[str | None, int | None,
     return exe, start, None
 
 
+class PinnedProcess:
+    """The peer process pinned at accept, for re-reading its executable before each request
+    (:class:`parrot_ipc.core.policy.ProcessProbe`; issue 13, attestation holds after exec).
+
+    Args:
+        pid: the peer's pid (SO_PEERCRED).
+        pidfd: its pidfd (SO_PEERPIDFD), owned from now on; None on kernels without one.
+        start_time: its start time read at accept (field 22 of ``/proc/<pid>/stat``).
+
+    With a pidfd, :meth:`exe` is one readlink(2) of ``/proc/<pid>/exe`` and one
+    pidfd_send_signal(2) with signal 0: the pidfd names the process that connected, so a live
+    one means the pid was not recycled. Without one, the start time is read before and after
+    and must equal ``start_time`` (see :func:`attest_process`).
+    """
+
+    __slots__ = ("_pidfd", "_start_time", "closed", "pid")
+
+    def __init__(self, pid: int, pidfd: int | None, start_time: int) -> None:
+        self.pid = pid
+        self._pidfd = pidfd
+        self._start_time = start_time
+        self.closed = False
+
+    def exe(self) -> str | None:
+        """The process's executable now, or None (it exited, /proc is unreadable, its pid was
+        reused, or the probe is closed): callers fail closed. Never raises."""
+        if self.closed:
+            return None
+        if self._pidfd is None:
+            exe, start, _ = attest_process(self.pid, None)
+            return exe if start == self._start_time else None
+        try:
+            exe = os.readlink(f"/proc/{self.pid}/exe")
+            with contextlib.suppress(PermissionError):  # EPERM: it exists; we may not signal it
+                signal.pidfd_send_signal(self._pidfd, 0)
+        except OSError:  # ProcessLookupError (ESRCH) included: the process that connected is gone
+            return None
+        return exe
+
+    def close(self) -> None:
+        """Close the pidfd (idempotent); :meth:`exe` answers None from now on."""
+        if not self.closed:
+            self.closed = True
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+
+
 def identify_peer(sock: socket.socket) -> PeerCredentials:
     """Everything the policy may ask about a freshly accepted peer, before any byte is read.
 
     SO_PEERCRED, SO_PEERGROUPS, then SO_PEERPIDFD-backed attestation of ``/proc/<pid>/exe``
-    and start time (see :func:`attest_process`). The pidfd is closed before returning.
+    and start time (see :func:`attest_process`). When attestation succeeds the pidfd stays
+    open in ``process`` (a :class:`PinnedProcess`), which the caller must close when the
+    connection ends; otherwise it is closed before returning.
     Raises OSError only if SO_PEERCRED itself fails.
     """
     cred = peer_credentials(sock)
+    groups = tuple(g for g in peer_groups(sock) if g != cred.gid)
     try:
         pidfd = peer_pidfd(sock)
     except PeerGone:
-        return PeerCredentials(cred.pid, cred.uid, cred.gid, groups=tuple(g for g in peer_groups(sock) if g != cred.gid),
+        return PeerCredentials(cred.pid, cred.uid, cred.gid, groups=groups,
                                attest_error="the peer exited before attestation")
     try:
         exe, start, error = attest_process(cred.pid, pidfd)
-    finally:
+    except BaseException:
         if pidfd is not None:
             os.close(pidfd)
-    return PeerCredentials(cred.pid, cred.uid, cred.gid, has_pidfd=pidfd is not None,
-                           groups=tuple(g for g in peer_groups(sock) if g != cred.gid),
-                           exe=exe, start_time=start, attest_error=error)
+        raise
+    pinned = None
+    if start is not None:
+        pinned = PinnedProcess(cred.pid, pidfd, start)
+    elif pidfd is not None:
+        os.close(pidfd)
+    return PeerCredentials(cred.pid, cred.uid, cred.gid, has_pidfd=pidfd is not None, groups=groups,
+                           exe=exe, start_time=start, attest_error=error, process=pinned)

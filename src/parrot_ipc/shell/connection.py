@@ -1,7 +1,7 @@
 """One admitted peer: its reader, its writer, its outbox, and its state as one table.
 
 A connection is always in one :class:`Phase`; every change goes through
-:meth:`PeerLink.on` and the table :data:`TRANSITIONS` (as h11 keeps its state machine in one
+:meth:`PeerLink.on` and the table :data:`parrot_ipc.shell.phase.TRANSITIONS` (as h11 keeps its state machine in one
 table). Pushes held while a chunk's responses wait for their commit are decided in one place
 (:meth:`PeerLink.push`) and released in one place (leaving :attr:`Phase.HOLDING`).
 
@@ -13,7 +13,6 @@ the commit of the state it reports.
 
 from __future__ import annotations
 
-import enum
 import logging
 from typing import Protocol
 
@@ -21,9 +20,12 @@ import trio
 
 from ..core import Broker, BrokerConfig, FrameBuffer
 from ..core import protocol as p
+from ..core.batch import BatchReply, each_failed, is_batch
 from ..core.broker import Connection, WaitForMail
 from ..errors import ErrorCode, FrameTooLarge, SlowReader
 from .commit import GroupCommit
+from .phase import READING as _READING
+from .phase import TRANSITIONS, LinkEvent, Phase
 
 log = logging.getLogger("parrot_ipc.server")
 _RECV_BYTES = 65536
@@ -32,37 +34,6 @@ LINGER_S = 1.0
 _LINGER_DRAIN_BYTES = 1 << 20
 
 
-class Phase(enum.Enum):
-    """Where one connection is. Only :attr:`HANDSHAKE` and :attr:`IDLE` await a read."""
-
-    HANDSHAKE = "handshake"  # reading; no complete frame yet (deadline: handshake_timeout_s after accept)
-    IDLE = "idle"  # reading between chunks (deadline: idle_timeout_s, none while subscribed)
-    ANSWERING = "answering"  # handling frames or a long poll; pushes go straight to the outbox
-    HOLDING = "holding"  # handling frames whose responses wait for a commit; pushes are held
-    DROPPED = "dropped"  # the broker closed it: no more reads, pushes are discarded
-
-
-class LinkEvent(enum.Enum):
-    """What moves a connection from one :class:`Phase` to another."""
-
-    ANSWER = "answer"  # start handling frames whose responses go out as made (memory store)
-    HOLD = "hold"  # start (or resume) handling frames whose responses need a commit
-    RELEASE = "release"  # responses so far are queued (e.g. before a long poll): send held pushes
-    READ = "read"  # the chunk is answered: read again
-    DROP = "drop"  # the broker (a Drop effect) or a slow subscriber closes it
-
-
-_P, _E = Phase, LinkEvent
-#: The whole state machine: (phase, event) -> next phase. DROPPED absorbs every event.
-TRANSITIONS: dict[tuple[Phase, LinkEvent], Phase] = {
-    (_P.HANDSHAKE, _E.ANSWER): _P.ANSWERING, (_P.IDLE, _E.ANSWER): _P.ANSWERING,
-    (_P.HANDSHAKE, _E.HOLD): _P.HOLDING, (_P.IDLE, _E.HOLD): _P.HOLDING, (_P.ANSWERING, _E.HOLD): _P.HOLDING,
-    (_P.HOLDING, _E.RELEASE): _P.ANSWERING, (_P.ANSWERING, _E.RELEASE): _P.ANSWERING,
-    (_P.ANSWERING, _E.READ): _P.IDLE, (_P.HOLDING, _E.READ): _P.IDLE,
-    **{(ph, _E.DROP): _P.DROPPED for ph in Phase},
-    **{(_P.DROPPED, ev): _P.DROPPED for ev in LinkEvent},
-}
-_READING = frozenset({Phase.HANDSHAKE, Phase.IDLE})
 
 
 class LinkHost(Protocol):
@@ -109,6 +80,8 @@ class PeerLink:
         self._held: list[bytes] | None = None  # pushes waiting while HOLDING (a list only while some are)
         self._read_scope: trio.CancelScope | None = None
         self._drained: trio.Event | None = None  # while queue() waits: set when under the bound
+        self._full_scope: trio.CancelScope | None = None  # while queue() waits for a full outbox
+        self._batched = 0  # responses beyond one per entry, of the batch replies in the outbox
 
     # ------------------------------------------------------------------ state
     def on(self, event: LinkEvent) -> None:
@@ -129,6 +102,16 @@ class PeerLink:
                 self.push(frame)
         if new is Phase.DROPPED and old in _READING and self._read_scope is not None:
             self._read_scope.cancel()  # interrupt the pending read
+        if new is Phase.DROPPED and self._drained is not None:
+            self._drained.set()  # a response waiting for room is discarded (see queue())
+        if new is Phase.DROPPED and self._full_scope is not None:
+            self._full_scope.cancel()  # likewise one waiting for a full outbox
+
+    @property
+    def dropped(self) -> bool:
+        """True once the broker dropped the connection (:attr:`Phase.DROPPED`); it may become
+        true across any await."""
+        return self.phase is Phase.DROPPED
 
     def push(self, frame: bytes) -> None:
         """Send a pushed notification: held while HOLDING (never ahead of the response that
@@ -189,22 +172,48 @@ class PeerLink:
 
     async def queue(self, frame: bytes) -> None:
         """Put a response in the outbox; wait while unsent output is over ``max_pending_bytes``
-        (so the reader stops reading: backpressure).
+        (so the reader stops reading: backpressure). A connection dropped meanwhile (DROP)
+        stops waiting at once and the response is discarded.
 
         Raises:
             SlowReader: the peer read nothing for ``idle_timeout_s`` meanwhile.
         """
         cfg = self._host.config
-        if self.queued_bytes >= cfg.max_pending_bytes:
+        if self.dropped:
+            return
+        if self.queued_bytes >= cfg.max_pending_bytes or frame.__class__ is BatchReply:
             with trio.move_on_after(cfg.idle_timeout_s):
-                while self.queued_bytes >= cfg.max_pending_bytes:
+                while self._full(frame) and not self.dropped:
                     ev = self._drained = trio.Event()
                     await ev.wait()
-            if self.queued_bytes >= cfg.max_pending_bytes:
+            if self.dropped:
+                return  # the broker dropped it meanwhile: nothing more is sent
+            if self._full(frame):
                 raise SlowReader(f"conn {self.conn.conn_id} left {self.queued_bytes} bytes unread "
                                  f"for {cfg.idle_timeout_s:g} s")
         self.queued_bytes += len(frame)
-        await self._outbox.send(frame)
+        if isinstance(frame, BatchReply):
+            self._batched += frame.responses - 1
+        try:
+            self._outbox.send_nowait(frame)
+        except trio.WouldBlock:  # the outbox is full: wait for room, unless the broker drops us
+            with trio.CancelScope() as self._full_scope:
+                await self._outbox.send(frame)
+            self._full_scope = None
+            return
+        await trio.lowlevel.checkpoint()  # as the await of send() would: others get their turn
+
+    def _full(self, frame: bytes) -> bool:
+        """True while ``frame`` must wait: unsent output is at ``max_pending_bytes``, or, for a
+        batch's reply, its responses would take the queue past ``max_pending_responses`` (a
+        batch counts like its members; one that is larger waits for an empty queue)."""
+        cfg = self._host.config
+        if self.queued_bytes >= cfg.max_pending_bytes:
+            return True
+        if not isinstance(frame, BatchReply):
+            return False
+        used = self._outbox.statistics().current_buffer_used + self._batched
+        return used > 0 and used + frame.responses > cfg.max_pending_responses
 
     async def _writer(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         bound = self._host.config.max_pending_bytes
@@ -218,6 +227,8 @@ class PeerLink:
                             batch.append(recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
+                    if self._batched:  # batch replies count as their responses until taken
+                        self._batched -= sum(f.responses - 1 for f in batch if isinstance(f, BatchReply))
                     data = b"".join(batch) if len(batch) > 1 else frame
                     await stream.send_all(data)
                     self.queued_bytes -= len(data)
@@ -230,6 +241,10 @@ class PeerLink:
 
     async def _reader(self, stream: trio.abc.Stream) -> bool:
         """Read and answer frames until EOF or a timeout (False) or a broker-side close (True).
+
+        EOF ends a last unterminated frame, which is answered. A timeout with part of a frame
+        buffered writes one -32600 ``frame_not_terminated`` line and counts as a broker-side
+        close (so the peer gets a linger and reads that line); one with nothing buffered is silent.
 
         One cancel scope serves the whole connection; its deadline is the handshake or idle
         deadline. Two scopes per read cost a slowloris burst of 1,000 one-byte reads about
@@ -248,7 +263,12 @@ class PeerLink:
                 data = await stream.receive_some(_RECV_BYTES)
                 if scope.cancel_called:  # a Drop, shutdown or the deadline came with the data
                     break
-                if not data:
+                if not data:  # EOF ends a last frame as "\n" would: answer it, then close
+                    last = framer.take_tail()
+                    if last is not None:
+                        scope.deadline = inf
+                        await self._handle_frames([last])
+                        self.on(LinkEvent.READ)
                     return False
                 try:
                     frames = framer.feed(bytes(data))  # no copy for bytes
@@ -264,42 +284,57 @@ class PeerLink:
                     scope.deadline = inf if self.conn.subscribed else trio.current_time() + cfg.idle_timeout_s
         if self.phase is Phase.DROPPED or host.closing:
             return True
-        # The deadline passed while reading: nothing is owed to the peer, so no linger.
+        # The deadline passed while reading. A peer that sent nothing is owed nothing (no linger);
+        # one with a frame buffered is told that it lacks its "\n" (a peer that forgot it waits).
         kind, timeout_s = (("handshake_timeout", cfg.handshake_timeout_s) if self.phase is Phase.HANDSHAKE
                            else ("idle_timeout", cfg.idle_timeout_s))
         c = self.conn
-        host.broker.audit(kind, {"conn": c.conn_id, "uid": c.peer.uid, "pid": c.peer.pid, "timeout_s": timeout_s})
-        return False
+        buffered = framer.buffered_bytes
+        host.broker.audit(kind, {"conn": c.conn_id, "uid": c.peer.uid, "pid": c.peer.pid, "timeout_s": timeout_s,
+                                 "buffered_bytes": buffered})
+        if not buffered:
+            return False
+        self.on(LinkEvent.ANSWER)
+        await self.queue(not_terminated(kind, timeout_s))
+        return True
 
     async def _handle_frames(self, frames: list[bytes]) -> None:
-        """Answer the frames of one chunk; their responses leave after the commit they need."""
+        """Answer the frames of one chunk. With a memory store each response is queued as it is
+        made; with a journaled one the chunk's responses leave together after the commit they
+        need (pushes to this peer are held meanwhile)."""
         host, conn, group = self._host, self.conn, self._host.group
-        if group is None:  # memory store: each response is queued at once, as it is made
-            self.on(LinkEvent.ANSWER)
-            for frame in frames:
-                out = host.broker.handle_frame(conn, frame)
-                if isinstance(out, WaitForMail):
-                    out = await host.wait_for_mail(conn, out)
-                if out is not None:
-                    await self.queue(out)
-                host.apply_effects()
-            return
-        pending: list[tuple[bytes, bytes]] = []  # (request frame, response frame)
-        since = group.written_seq
-        self.on(LinkEvent.HOLD)
+        pending: list[tuple[bytes, bytes]] = []  # (request frame, response frame), journaled only
+        since = 0 if group is None else group.written_seq
+        self.on(LinkEvent.ANSWER if group is None else LinkEvent.HOLD)
         for frame in frames:
+            if self.phase is Phase.DROPPED:
+                break  # the rest of the chunk is not answered
             out = host.broker.handle_frame(conn, frame)
             if isinstance(out, WaitForMail):
-                since = await self._flush(group, pending, since)  # earlier responses go first
-                self.on(LinkEvent.RELEASE)
-                out = await host.wait_for_mail(conn, out)
-                self.on(LinkEvent.HOLD)
+                out, since = await self._long_poll(out, group, pending, since)
             if out is not None:
-                pending.append((frame, out))
+                if group is None:
+                    await self.queue(out)
+                else:
+                    pending.append((frame, out))
             host.apply_effects()
-        await self._flush(group, pending, since)
-        self.on(LinkEvent.RELEASE)
-        group.kick()
+        if group is not None:
+            await self._flush(group, pending, since)
+            self.on(LinkEvent.RELEASE)
+            group.kick()
+
+    async def _long_poll(self, wait: WaitForMail, group: GroupCommit | None,
+                         pending: list[tuple[bytes, bytes]], since: int) -> tuple[bytes | None, int]:
+        """Wait for mail (up to ``wait.wait_s`` seconds); with a journaled store the responses
+        made so far go first, and pushes flow while waiting. Returns the response and the new
+        ``since`` seq."""
+        if group is not None:
+            since = await self._flush(group, pending, since)  # earlier responses go first
+            self.on(LinkEvent.RELEASE)
+        out = await self._host.wait_for_mail(self.conn, wait)
+        if group is not None:
+            self.on(LinkEvent.HOLD)
+        return out, since
 
     async def _flush(self, group: GroupCommit, pending: list[tuple[bytes, bytes]], since_seq: int) -> int:
         """Queue the responses of a chunk, once the store is durable up to what they saw.
@@ -318,10 +353,22 @@ class PeerLink:
 
 
 def store_failed(request: bytes) -> bytes:
-    """The -32603 ``store_write_failed`` error response for ``request`` (its id salvaged)."""
-    return p.encode_error(p.salvage_id(request), ErrorCode.INTERNAL_ERROR,
-                          "Internal error: the store could not be written; retry the request.",
-                          {"reason": "store_write_failed"})
+    """The -32603 ``store_write_failed`` error response for ``request`` (its id salvaged; for a
+    batch, an array of them, one per member owed a response)."""
+    message = "Internal error: the store could not be written; retry the request."
+    if request[:1] != b"{" and is_batch(request):
+        return each_failed(request, ErrorCode.INTERNAL_ERROR, message, {"reason": "store_write_failed"})
+    return p.encode_error(p.salvage_id(request), ErrorCode.INTERNAL_ERROR, message, {"reason": "store_write_failed"})
+
+
+def not_terminated(kind: str, timeout_s: float) -> bytes:
+    """The -32600 ``frame_not_terminated`` line sent before closing a connection whose
+    ``kind`` timeout (``handshake_timeout`` or ``idle_timeout``, ``timeout_s`` seconds) passed
+    with part of a frame buffered: NDJSON needs a ``\n`` after every request."""
+    return p.encode_error(None, ErrorCode.INVALID_REQUEST,
+                          f"Invalid request: no complete frame within {timeout_s:g} s ({kind}_s); every "
+                          "request must end with a newline (\\n). Closing the connection.",
+                          {"reason": "frame_not_terminated"})
 
 
 async def linger_close(stream: trio.abc.Stream) -> None:

@@ -29,7 +29,8 @@ from ..os import peer as os_peer
 from ..store import Journaled
 from ..store.committer import Committer
 from .commit import GroupCommit
-from .connection import LINGER_S, LinkEvent, PeerLink, linger_close
+from .connection import LINGER_S, PeerLink, linger_close
+from .phase import LinkEvent
 
 if TYPE_CHECKING:  # types only: the socket calls are the OS layer's and trio's
     import socket as stdsocket
@@ -94,6 +95,7 @@ class BrokerServer:
         self._streams = 0  # accepted streams still open (max_connections)
         self._last_full_warning = float("-inf")
         self._waiters: dict[str, trio.Event] = {}
+        self._polling: dict[Connection, str] = {}  # a long poll's connection -> the name it waits on
         self._closing = False
         self._shutdown = trio.Event()
         self._deferred: list[tuple[int, Push]] = []  # pushes waiting for their commit
@@ -200,19 +202,11 @@ class BrokerServer:
             except OSError as exc:
                 log.warning("cannot read peer credentials (%s); closing", exc)
                 return
-            admitted = self.broker.accept(peer)
-            if isinstance(admitted, bytes):
-                with trio.move_on_after(LINGER_S):
-                    await stream.send_all(admitted)
-                await linger_close(stream)
-                return
-            link = self._links[admitted] = PeerLink(admitted, self)
             try:
-                broker_closed = await link.run(stream)
+                await self._serve_peer(stream, peer)
             finally:
-                del self._links[admitted]
-            if broker_closed:
-                await linger_close(stream)
+                if peer.process is not None:
+                    peer.process.close()  # the pinned pidfd lives as long as the connection
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except SlowReader as exc:
@@ -221,6 +215,25 @@ class BrokerServer:
             self._streams -= 1
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+    async def _serve_peer(self, stream: trio.abc.Stream, peer: PeerCredentials) -> None:
+        """Admit ``peer`` (or write its one refusal line) and serve it until it closes."""
+        admitted = self.broker.accept(peer)
+        if isinstance(admitted, bytes):
+            with trio.move_on_after(LINGER_S):
+                await stream.send_all(admitted)
+            await linger_close(stream)
+            return
+        if peer.process is not None and not admitted.admission.pins_exe:
+            peer.process.close()  # nothing will ask again: free the pidfd now (a reload that
+            # later pins the executable finds it closed, and fails closed)
+        link = self._links[admitted] = PeerLink(admitted, self)
+        try:
+            broker_closed = await link.run(stream)
+        finally:
+            del self._links[admitted]
+        if broker_closed:
+            await linger_close(stream)
 
     async def wait_for_mail(self, conn: Connection, wait: WaitForMail) -> bytes:
         """Answer a long-poll ``receive``: wait (up to ``wait.wait_s`` seconds, trio time) for
@@ -232,17 +245,31 @@ class BrokerServer:
                 ev = self._waiters.get(name)
                 if ev is None:
                     ev = self._waiters[name] = trio.Event()
-                with trio.move_on_at(deadline):
-                    await ev.wait()
+                self._polling[conn] = name
+                try:
+                    with trio.move_on_at(deadline):
+                        await ev.wait()
+                finally:
+                    self._polling.pop(conn, None)
             final = self._closing or name is None or trio.current_time() >= deadline
             out = self.broker.poll_receive(conn, wait, final=final)
             if out is not None:
                 return out
 
+    def _wake_poll(self, conn: Connection) -> None:
+        """End the long poll of ``conn`` now, if it has one (its connection is being dropped).
+
+        Wakes every poll on that name; the others find no mail and wait again.
+        """
+        name = self._polling.pop(conn, None)
+        ev = None if name is None else self._waiters.pop(name, None)
+        if ev is not None:
+            ev.set()
+
     # ------------------------------------------------------------------ effects
     def apply_effects(self) -> None:
         """Carry out the effects the core queued: Push (after the commit of its state), Wake
-        (a long poll), Drop (stop reading that connection)."""
+        (a long poll), Drop (stop reading that connection, and end its long poll)."""
         for eff in self.broker.take_effects():
             if isinstance(eff, Push):
                 self._push(eff)
@@ -254,6 +281,7 @@ class BrokerServer:
                 link = self._links.get(eff.conn)
                 if link is not None:
                     link.on(LinkEvent.DROP)
+                self._wake_poll(eff.conn)  # a long poll of a dropped peer ends now, not at wait_s
 
     def _push(self, eff: Push) -> None:
         group = self.group
