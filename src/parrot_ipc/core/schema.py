@@ -46,17 +46,11 @@ __all__ = [
     "InstanceId",
     "InstanceInfo",
     "ListInstancesResult",
-    "ListNodesResult",
     "ListSessionsResult",
     "Message",
     "NoParams",
-    "NodeInfo",
     "ReceiveParams",
     "ReceiveResult",
-    "RelayAckParams",
-    "RelayDeliverParams",
-    "RelayDeliverResult",
-    "RelayTakeParams",
     "ReleaseParams",
     "ReleaseResult",
     "RenameParams",
@@ -184,33 +178,6 @@ class GetResourceParams(_Params):
     name: ResourceName
 
 
-class RelayTakeParams(_Params):
-    """``relay_take`` (relay): lease up to ``max`` (1-1000, default 100) outbox messages."""
-
-    max: Annotated[int, Meta(ge=1, le=1000)] = 100
-
-
-class RelayAckParams(_Params):
-    """``relay_ack`` (relay): up to 1000 outbox message ids that the remote side has taken."""
-
-    ids: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=1000)]
-
-
-class RelayDeliverParams(_Params):
-    """``relay_deliver`` (relay): one message from node ``node``: its id there (the
-    idempotency key here), the bare sender ``from`` and local recipient ``to``, ``content``,
-    optional ``data``, ``sent_at`` (RFC 3339) and ``bounce`` (a refusal coming back)."""
-
-    id: Annotated[str, Meta(min_length=1, max_length=64)]
-    node: Node
-    from_: InstanceId = field(name="from")
-    to: InstanceId
-    content: str
-    data: dict[str, Any] | None = None
-    sent_at: Annotated[str, Meta(max_length=64)] = ""
-    bounce: bool = False
-
-
 # --------------------------------------------------------------------------- results
 class Message(Struct, kw_only=True, omit_defaults=True):
     """One message. ``id`` sorts by arrival; ``sent_at`` is RFC 3339 UTC."""
@@ -275,32 +242,6 @@ class ReceiveResult(Struct, kw_only=True):
     """``receive``: the leased messages, oldest first (possibly none)."""
 
     messages: list[Message]
-
-
-class RelayDeliverResult(Struct, kw_only=True):
-    """``relay_deliver``: ``"delivered"`` (queued here under ``id``), ``"duplicate"`` (this
-    remote id was delivered before), ``"bounced"`` (refused; a bounce is in the outbox) or
-    ``"refused"`` (refused, no bounce: it was a bounce itself); ``reason`` says why."""
-
-    status: Literal["delivered", "duplicate", "bounced", "refused"]
-    id: str = ""
-    reason: str = ""
-
-
-class NodeInfo(Struct, kw_only=True):
-    """One row of ``list_nodes``: a remote node this broker had mail from since it started,
-    when (RFC 3339 UTC), and how many of its messages were delivered and refused."""
-
-    node: str
-    last_seen: str
-    delivered: int
-    refused: int
-
-
-class ListNodesResult(Struct, kw_only=True):
-    """``list_nodes``: the remote nodes seen since the broker started, most recent first."""
-
-    nodes: list[NodeInfo]
 
 
 class AckResult(Struct, kw_only=True):
