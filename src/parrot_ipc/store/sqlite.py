@@ -340,6 +340,10 @@ class SqliteStore:
         """Read from the mirror (:meth:`MemoryStore.mailbox_names`)."""
         return self._mirror.mailbox_names()
 
+    def queued(self, mailbox: str) -> list[StoredMessage]:
+        """Read from the mirror (:meth:`MemoryStore.queued`)."""
+        return self._mirror.queued(mailbox)
+
     def expire_mail(self, mailbox: str, before_id: str) -> list[str]:
         """Mirror, then journal :class:`~parrot_ipc.store.ops.DeleteMessages` for those deleted."""
         gone = self._mirror.expire_mail(mailbox, before_id)
