@@ -28,6 +28,8 @@ max_connections_per_uid = 12000
 max_mailbox_messages = 10000000
 max_mailbox_bytes = 17179869184
 max_unclaimed_mailboxes = 100000
+max_sender_queued_messages = 100000000
+max_sender_queued_bytes = 1099511627776
 handshake_timeout_s = 600.0
 idle_timeout_s = 3600.0
 """

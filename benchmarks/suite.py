@@ -28,22 +28,29 @@ from pathlib import Path
 from typing import Any
 
 from . import federated
+from .memory import MemorySizes, memory, parse_sizes
 from .scenarios import FULL, QUICK, SCENARIOS, Sizes, redis_lpush
 from .servers import HERE, RedisServer, make_server
 
 ORDER = ["seq_send", "redis", "pipelined_send", "deliver", "get_token", "idle", "deep_mailbox", "scaling",
-         "federated"]
+         "federated", "memory"]
+#: Scenarios run only when named in ``--only`` (slow: minutes, and GBs of disk at 500k x 4 KiB).
+OPT_IN = {"memory"}
 
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
-def run_once(sz: Sizes, only: set[str], log: Any) -> dict[str, Any]:
-    """One run of every selected scenario: ``{scenario: {"parrot": {...}, "floor": {...}, ...}}``."""
+def run_once(sz: Sizes, only: set[str], log: Any, ms: MemorySizes | None = None) -> dict[str, Any]:
+    """One run of every selected scenario: ``{scenario: {"parrot": {...}, "floor": {...}, ...}}``
+    (``memory`` has no floor: ``{"memory": {"parrot": {...}}}``)."""
     res: dict[str, Any] = {}
     for name in ORDER:
         if name not in only:
+            continue
+        if name == "memory":
+            res["memory"] = {"parrot": memory(ms or MemorySizes(), log)}
             continue
         if name == "redis":
             why = RedisServer.available()
@@ -122,6 +129,8 @@ def targets(agg: dict[str, Any], sz: Sizes) -> list[dict[str, Any]]:
         (f"idle <= 16 KiB per connection at {big:,}", ("idle", "parrot", f"rss_per_conn_bytes_{big}"), "<=", 16384),
         (f"idle ping p99 <= 10 ms at {big:,}", ("idle", "parrot", f"ping_p99_ms_{big}"), "<=", 10),
         ("deep_mailbox p50 at deep <= 2 x at 100", ("deep_mailbox", "parrot", "deep_over_shallow"), "<=", 2.0),
+        ("memory: RSS growth per idempotency key < 16 B", ("memory", "parrot", "rss_per_key_bytes"), "<=", 16),
+        ("memory: deep receive p50 <= 2 x at 100", ("memory", "parrot", "deep_over_shallow"), "<=", 2.0),
     ]
     out = []
     for label, path, op, bound in rows:
@@ -162,6 +171,9 @@ def _rows(agg: dict[str, Any]) -> list[tuple[str, str, Any, Any, Any]]:
                 rows.append(("redis", "seq_send rt/s / LPUSH rt/s", "", "", entry["seq_send_over_redis"]))
             continue
         for k in entry["parrot"]:
+            if "floor" not in entry:
+                rows.append((name, k, entry["parrot"][k], "", ""))
+                continue
             rows.append((name, k, entry["parrot"][k], entry["floor"].get(k), entry["ratio_to_floor"].get(k)))
     return rows
 
@@ -265,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "latest.json"), help="the JSON results")
     ap.add_argument("--png", default=None, help="the plot (default: --out with .png)")
     ap.add_argument("--only", default=None, help="comma-separated scenarios (default: all)")
+    ap.add_argument("--memory-depths", default=None,
+                    help="memory: comma-separated queue depths (default 0,10000,100000)")
+    ap.add_argument("--memory-keys", type=int, default=None, help="memory: unique-key sends (default 100000)")
+    ap.add_argument("--memory-deep", type=int, default=None, help="memory: deep receive depth (default 100000)")
     ap.add_argument("--markdown", metavar="JSON", default=None,
                     help="print an earlier results file as Markdown tables, and run nothing")
     args = ap.parse_args(argv)
@@ -273,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sz = QUICK if args.quick else FULL
     runs = 1 if args.quick else args.runs
-    only = set(ORDER) if args.only is None else set(args.only.split(","))
+    only = set(ORDER) - OPT_IN if args.only is None else set(args.only.split(","))
+    ms = parse_sizes(args.memory_depths, args.memory_keys, args.memory_deep, args.quick)
     unknown = only - set(ORDER)
     if unknown:
         ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
@@ -285,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     for i in range(runs):
         log(f"run {i + 1}/{runs}")
-        per_run.append(run_once(sz, only, log))
+        per_run.append(run_once(sz, only, log, ms))
     agg = aggregate(per_run)
     tg = targets(agg, sz)
     out = Path(args.out)

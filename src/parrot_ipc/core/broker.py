@@ -35,6 +35,7 @@ from .limits import ConnectionLimits, TokenBucket
 from .methods import METHOD_TABLE, METHODS, MethodSpec
 from .names import Names
 from .policy import SCOPE_RECEIVE, PeerCredentials, Policy
+from .quota import SenderQuota
 from .sessions import Sessions, token_hash
 from .stats import Stats
 from .timefmt import IdGenerator
@@ -123,12 +124,15 @@ class Broker:
         #: Session rules (tokens, scopes, rename, revoke).
         self.sessions = Sessions(store=store, config=config, clock=clock, token_bytes=token_bytes,
                                  bindings=self.bindings, audit=audit, shared_secret=shared_secret)
+        #: Per-sender-UID charges of queued mail (issue 14), rebuilt from the store.
+        self.quota = SenderQuota(config, audit)
+        self.quota.rebuild(store)
         #: Name ownership (issue 13): who owns which instance name.
         self.names = Names(store=store, config=config, clock=clock, bindings=self.bindings, audit=audit,
-                           kill=self.sessions.kill)
+                           kill=self.sessions.kill, dropped=self.quota.uncharge)
         #: Mail delivery, and the effects queue.
         self.delivery = Delivery(store=store, config=config, clock=clock, bindings=self.bindings,
-                                 ids=self.ids, audit=audit)
+                                 ids=self.ids, audit=audit, quota=self.quota)
         self._limits = ConnectionLimits(config)
         self._conns: set[Connection] = set()
         self._next_conn_id = 1

@@ -34,6 +34,11 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     idle_timeout_s: PositiveFloat = 300.0
     max_mailbox_messages: PositiveInt = 10_000
     max_mailbox_bytes: PositiveInt = 64 * 1024 * 1024
+    #: Sender quota (issue 14; dbus-broker's ``user_charge``): messages and bytes one sending
+    #: UID may have queued in mailboxes other than its own, in all; -32007
+    #: ``sender_quota_exceeded`` beyond.
+    max_sender_queued_messages: PositiveInt = 50_000
+    max_sender_queued_bytes: PositiveInt = 256 * 1024 * 1024
     #: Mailboxes for names nobody holds (no live session), at most; -32007 beyond.
     max_unclaimed_mailboxes: PositiveInt = 1000
     #: Unread mail to a name nobody holds is deleted this many seconds after it was sent.

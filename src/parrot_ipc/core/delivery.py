@@ -20,6 +20,7 @@ from .config import BrokerConfig
 from .connection import Bindings, Connection
 from .effects import AuditSink, Effect, Push, Wake
 from .limits import check_mailbox, check_unclaimed, message_size
+from .quota import SenderQuota
 from .timefmt import IdGenerator, rfc3339
 
 #: The outbox's mailbox (core/federation.py re-exports it): not an instance id, so no
@@ -40,15 +41,19 @@ class Delivery:
         bindings: which connections act as which instance (and their push windows).
         ids: the message id generator (ids sort by arrival).
         audit: the audit sink (``mail_expired``).
+        quota: the sender quota (issue 14); default a fresh one with ``config``'s bounds.
     """
 
-    __slots__ = ("_audit", "_bindings", "_clock", "_config", "_effects", "_ids", "_store")
+    __slots__ = ("_audit", "_bindings", "_clock", "_config", "_effects", "_ids", "_store", "quota")
 
     def __init__(self, *, store: Store, config: BrokerConfig, clock: Callable[[], float],
-                 bindings: Bindings, ids: IdGenerator, audit: AuditSink) -> None:
+                 bindings: Bindings, ids: IdGenerator, audit: AuditSink,
+                 quota: SenderQuota | None = None) -> None:
         self._store, self._config, self._clock = store, config, clock
         self._bindings, self._ids, self._audit = bindings, ids, audit
         self._effects: list[Effect] = []
+        #: The per-sender-UID charges of queued mail (issue 14).
+        self.quota = quota if quota is not None else SenderQuota(config, audit)
 
     # ------------------------------------------------------------------ effects
     def emit(self, effect: Effect) -> None:
@@ -84,12 +89,15 @@ class Delivery:
         return name, forwarded
 
     def enqueue(self, sender: str, target: str, content: str, data: dict[str, Any] | None,
-                now: float, *, to: str | None = None) -> p.Message:
+                now: float, *, to: str | None = None, sender_uid: int | None = None) -> p.Message:
         """Queue one message from ``sender`` in ``target``'s mailbox (not yet delivered: see
         :meth:`deliver`). Returns the stored message, with a fresh id and ``sent_at``; its
-        ``to`` is ``to`` if given (a ``name@node`` queued in the outbox), else ``target``.
+        ``to`` is ``to`` if given (a ``name@node`` queued in the outbox), else ``target``. With
+        ``sender_uid``, mail to another name is charged to that UID (:class:`SenderQuota`).
 
         Raises:
+            RpcError: -32007 ``sender_quota_exceeded`` past ``max_sender_queued_messages`` or
+                ``max_sender_queued_bytes`` of ``sender_uid``;
             RpcError: -32007 ``mailbox_full`` past ``max_mailbox_messages`` or
                 ``max_mailbox_bytes``; -32007 ``too_many_unclaimed_mailboxes`` when this would
                 open a mailbox for an unheld name past ``max_unclaimed_mailboxes``.
@@ -97,11 +105,16 @@ class Delivery:
         size = message_size(content, data)
         count, used = self._store.mailbox_usage(target)
         check_mailbox(self._config, target, size, count, used)
+        payer = sender_uid if target != sender else None
+        if payer is not None:
+            self.quota.check(payer, size, target)
         if count == 0 and not self.held(target, now):
             check_unclaimed(self._config, target, self._unclaimed(now))
         msg = p.Message(id=self._ids.next(now), from_=sender, to=to or target, content=content,
                         data=UNSET if data is None else data, sent_at=rfc3339(now))
         self._store.enqueue(StoredMessage(msg, target, size))
+        if payer is not None:
+            self.quota.charge(payer, msg.id, size)
         return msg
 
     def _unclaimed(self, now: float) -> int:
@@ -144,6 +157,7 @@ class Delivery:
         """Delete the messages ``ids`` leased to ``instance_id``; push more into the freed
         window. Returns how many were deleted."""
         done = self._store.ack(instance_id, ids)
+        self.quota.uncharge(done)
         self._bindings.settle(done)
         self.deliver(instance_id, wake=False)
         return len(done)
@@ -168,6 +182,7 @@ class Delivery:
             if self.held(name, now):
                 continue
             gone = self._store.expire_mail(name, before)
+            self.quota.uncharge(gone)
             self._bindings.settle(gone)
             if gone:
                 self._audit("mail_expired", {"instance": name, "count": len(gone)})

@@ -124,7 +124,7 @@ def send(b: Broker, conn: Connection, prm: p.SendParams, rid: p.RequestId) -> p.
                                 "to": prm.to, "rule": adm.rule})
         raise RpcError(ErrorCode.FORBIDDEN, "recipient_not_allowed",
                        f"This peer may not send to {prm.to!r}.", to=prm.to)
-    msg = b.delivery.enqueue(sender, target, prm.content, prm.data, now)
+    msg = b.delivery.enqueue(sender, target, prm.content, prm.data, now, sender_uid=conn.peer.uid)
     b.stats.count(queued=1)
     result = p.SendResult(id=msg.id, to=target, status="forwarded" if forwarded else "queued")
     if key is not None:
@@ -154,7 +154,7 @@ def broadcast(b: Broker, conn: Connection, prm: p.BroadcastParams, rid: p.Reques
         if name == sender or not delivery.held(name, now) or not conn.admission.may_send(name):
             continue
         try:
-            delivery.enqueue(sender, name, prm.content, prm.data, now)
+            delivery.enqueue(sender, name, prm.content, prm.data, now, sender_uid=conn.peer.uid)
         except RpcError:
             continue
         recipients.append(name)

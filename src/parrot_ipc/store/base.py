@@ -192,6 +192,11 @@ class Store(Protocol):
         """A snapshot of the names that have at least one queued message."""
         ...
 
+    def queued(self, mailbox: str) -> list[StoredMessage]:
+        """A snapshot of the messages queued in ``mailbox`` (leased ones included), in id
+        order; empty for an unknown mailbox. O(messages in it): for start-up, not requests."""
+        ...
+
     def expire_mail(self, mailbox: str, before_id: str) -> list[str]:
         """Delete the messages of ``mailbox`` whose id sorts before ``before_id``, leased or
         not (ids sort by arrival time: ``core/timefmt.py``). Returns the deleted ids."""

@@ -206,6 +206,11 @@ class MemoryStore:
         least one queued message."""
         return list(self._boxes)
 
+    def queued(self, mailbox: str) -> list[StoredMessage]:
+        """:meth:`~parrot_ipc.store.base.Store.queued`: a list, O(n) for n messages in it."""
+        box = self._boxes.get(mailbox)
+        return list(box.msgs.values()) if box else []
+
     def expire_mail(self, mailbox: str, before_id: str) -> list[str]:
         """:meth:`~parrot_ipc.store.base.Store.expire_mail`: delete the messages of ``mailbox``
         whose id sorts before ``before_id``, leased or not, through :meth:`ack`.

@@ -120,7 +120,7 @@ def connect(path: str, durability: Literal["normal", "fsync"], now: float) -> sq
     what expired by ``now`` (seconds since the epoch). Pragmas: https://sqlite.org/pragma.html.
 
     Raises:
-        StartupError: the database cannot use WAL mode.
+        StartupError: the database cannot use WAL mode, or fails :func:`check_integrity`.
         sqlite3.Error: the file is not a database, is corrupt, or cannot be written.
         ValueError: the schema is newer than this broker's.
     """
@@ -135,6 +135,7 @@ def connect(path: str, durability: Literal["normal", "fsync"], now: float) -> sq
         # checkpoint fsyncs the database. The shell calls checkpoint() in its worker thread
         # when checkpoint_due() says so (https://sqlite.org/wal.html#ckpt).
         db.execute("PRAGMA wal_autocheckpoint = 0")
+        check_integrity(db, path)
         migrate(db)
         db.execute("BEGIN IMMEDIATE")  # proves the file is writable now
         write(db, [Purge(now)])
@@ -143,6 +144,28 @@ def connect(path: str, durability: Literal["normal", "fsync"], now: float) -> sq
         db.close()
         raise
     return db
+
+
+#: The fix named in every refusal for a damaged database (docs/durability.md, "Backups").
+RESTORE_HINT: Final = ("stop the broker and restore parrot.db from a backup (docs/durability.md), or move "
+                       "it aside to start with an empty store")
+
+
+def check_integrity(db: sqlite3.Connection, path: str) -> None:
+    """``PRAGMA quick_check`` on the open database, before anything is written to it
+    (https://sqlite.org/pragma.html#pragma_quick_check: the b-tree structure of every table
+    and index page, O(database size), without integrity_check's index-content cross-check).
+    Its cost is in docs/durability.md ("Integrity at start").
+
+    Raises:
+        StartupError: one line naming ``path``, the first findings, and the fix.
+        sqlite3.Error: the check itself could not run (the caller turns it into one line).
+    """
+    rows = [str(r[0]) for r in db.execute("PRAGMA quick_check").fetchall()]
+    if rows != ["ok"]:
+        # A finding may span lines ("*** in database main ***\nOn tree page 5 ..."): one line.
+        found = "; ".join(" ".join(r.replace("*** in database main ***", "").split()) for r in rows[:3])[:200]
+        raise refuse(f"state database {path} is corrupt (quick_check: {found}); {RESTORE_HINT}")
 
 
 def load(db: sqlite3.Connection, mirror: MemoryStore) -> str | None:

@@ -56,7 +56,7 @@ from .ops import (
     TouchInstances,
     write,
 )
-from .schema import MIGRATIONS, SCHEMA_VERSION, connect, load, migrate
+from .schema import MIGRATIONS, RESTORE_HINT, SCHEMA_VERSION, connect, load, migrate
 from .statedir import (
     DB_NAME,
     LOCK_NAME,
@@ -340,6 +340,10 @@ class SqliteStore:
         """Read from the mirror (:meth:`MemoryStore.mailbox_names`)."""
         return self._mirror.mailbox_names()
 
+    def queued(self, mailbox: str) -> list[StoredMessage]:
+        """Read from the mirror (:meth:`MemoryStore.queued`)."""
+        return self._mirror.queued(mailbox)
+
     def expire_mail(self, mailbox: str, before_id: str) -> list[str]:
         """Mirror, then journal :class:`~parrot_ipc.store.ops.DeleteMessages` for those deleted."""
         gone = self._mirror.expire_mail(mailbox, before_id)
@@ -389,9 +393,14 @@ def _startup_error(path: str, exc: BaseException) -> BaseException:
         return exc
     if isinstance(exc, sqlite3.DatabaseError):
         text = str(exc)
-        what = ("is corrupt or not a database" if "not a database" in text or "malformed" in text
-                else "cannot be used")
-        return refuse(f"state database {path} {what}: {exc}")
+        if "not a database" in text or "malformed" in text:
+            return refuse(f"state database {path} is corrupt or not a database: {exc}; {RESTORE_HINT}")
+        return refuse(f"state database {path} cannot be used: {exc}")
     if isinstance(exc, ValueError | OSError | msgspec.MsgspecError):  # newer schema, bad rows, I/O
         return refuse(f"state database {path}: {exc}")
+    if isinstance(exc, TypeError | KeyError | IndexError | AttributeError):
+        # A row whose values have the wrong types (a damaged page that quick_check let
+        # through): one line, never a traceback (issue 14).
+        line = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return refuse(f"state database {path} has a row this broker cannot read ({line}); {RESTORE_HINT}")
     return exc
