@@ -179,6 +179,7 @@ def send(
     message: MessageArg,
     data: Annotated[Optional[str], typer.Option(help="Structured data: a JSON object.")] = None,  # noqa: UP045
     idempotency_key: Annotated[Optional[str], typer.Option(help="Repeat-safe key: a resend with the same key queues nothing new.")] = None,  # noqa: UP045
+    reply_to: Annotated[Optional[str], typer.Option(help="The id of the message this answers (see 'recv').")] = None,  # noqa: UP045
     socket: SocketOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -194,7 +195,7 @@ def send(
             typer.echo("error: --data must be a JSON object", err=True)
             raise typer.Exit(EXIT_USAGE)
     with session(socket, as_json) as (client, _):
-        res = client.send(to, content, data=payload, idempotency_key=idempotency_key)
+        res = client.send(to, content, data=payload, idempotency_key=idempotency_key, reply_to=reply_to)
         emit(as_json, res, f"sent {res.id} to {res.to} ({res.status})")
 
 
@@ -217,7 +218,9 @@ def recv(
             return
         for m in msgs:
             extra = "" if m.data is msgspec.UNSET else f"  data={msgspec.json.encode(m.data).decode()}"
-            typer.echo(f"[{m.sent_at}] {m.from_} -> {m.to}: {m.content}{extra}")
+            if m.reply_to is not msgspec.UNSET:
+                extra += f"  reply_to={m.reply_to}"
+            typer.echo(f"[{m.sent_at}] {m.from_} -> {m.to}: {m.content}{extra}  id={m.id}")
         client.ack([m.id for m in msgs])
 
 

@@ -238,8 +238,8 @@ class Bridge:
                                     structured_content=structured)
 
     async def _t_send(self, arguments: dict[str, Any] | None) -> tuple[str, Any]:
-        a = check_args("send", arguments, {"to": (str, True), "content": (str, True)})
-        res = await self.link.call(lambda c: c.send(a["to"], a["content"]))
+        a = check_args("send", arguments, {"to": (str, True), "content": (str, True), "reply_to": (str, False)})
+        res = await self.link.call(lambda c: c.send(a["to"], a["content"], reply_to=a.get("reply_to")))
         note = " (forwarded: that name was renamed)" if res.status == "forwarded" else ""
         return f"Sent message {res.id} to {res.to}{note}.", msgspec.to_builtins(res)
 

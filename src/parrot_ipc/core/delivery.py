@@ -76,9 +76,9 @@ class Delivery:
         return name, forwarded
 
     def enqueue(self, sender: str, target: str, content: str, data: dict[str, Any] | None,
-                now: float) -> p.Message:
+                now: float, reply_to: str | None = None) -> p.Message:
         """Queue one message from ``sender`` in ``target``'s mailbox (not yet delivered: see
-        :meth:`deliver`). Returns the stored message, with a fresh id and ``sent_at``.
+        :meth:`deliver`), answering message ``reply_to`` if given. Returns the stored message, with a fresh id and ``sent_at``.
 
         Raises:
             RpcError: -32007 ``mailbox_full`` past ``max_mailbox_messages`` or
@@ -91,7 +91,8 @@ class Delivery:
         if count == 0 and not self.held(target, now):
             check_unclaimed(self._config, target, self._unclaimed(now))
         msg = p.Message(id=self._ids.next(now), from_=sender, to=target, content=content,
-                        data=UNSET if data is None else data, sent_at=rfc3339(now))
+                        data=UNSET if data is None else data, sent_at=rfc3339(now),
+                        reply_to=UNSET if reply_to is None else reply_to)
         self._store.enqueue(StoredMessage(msg, target, size))
         return msg
 

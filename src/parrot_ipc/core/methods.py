@@ -115,7 +115,7 @@ def send(b: Broker, conn: Connection, prm: p.SendParams, rid: p.RequestId) -> p.
                                 "to": prm.to, "rule": adm.rule})
         raise RpcError(ErrorCode.FORBIDDEN, "recipient_not_allowed",
                        f"This peer may not send to {prm.to!r}.", to=prm.to)
-    msg = b.delivery.enqueue(sender, target, prm.content, prm.data, now)
+    msg = b.delivery.enqueue(sender, target, prm.content, prm.data, now, prm.reply_to)
     result = p.SendResult(id=msg.id, to=target, status="forwarded" if forwarded else "queued")
     if key is not None:
         store.put_idempotent(sender, key, result, now + b.config.idempotency_ttl_s)

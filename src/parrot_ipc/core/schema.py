@@ -92,13 +92,16 @@ class AuthenticateParams(_Params):
 
 class SendParams(_Params):
     """``send``: ``to`` (an instance id), ``content`` (any string), optional ``data`` (a JSON
-    object) and ``idempotency_key`` (1-128 characters; a repeat within ``idempotency_ttl_s`` from
+    object), ``reply_to`` (a message id, 1-64 characters) and ``idempotency_key`` (1-128 characters; a repeat within ``idempotency_ttl_s`` from
     the same sender returns the first result). ``from``/``from_id`` are accepted and ignored."""
 
     to: InstanceId
     content: str
     data: dict[str, Any] | None = None
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    #: The id of the message this one answers (1-64 characters; not checked to exist: the
+    #: message may be acked already). Added in protocol v1.1; stored and shown with the message.
+    reply_to: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
     # Accepted and ignored: the sender is always the session (claude-ipc compatibility).
     from_: Any = field(default=None, name="from")
     from_id: Any = None
@@ -145,7 +148,8 @@ class GetResourceParams(_Params):
 
 # --------------------------------------------------------------------------- results
 class Message(Struct, kw_only=True, omit_defaults=True):
-    """One message. ``id`` sorts by arrival; ``sent_at`` is RFC 3339 UTC."""
+    """One message. ``id`` sorts by arrival; ``sent_at`` is RFC 3339 UTC; ``reply_to`` (left
+    out when unset) is the id of the message it answers, as the sender gave it."""
 
     id: str
     from_: str = field(name="from")
@@ -153,6 +157,7 @@ class Message(Struct, kw_only=True, omit_defaults=True):
     content: str
     data: dict[str, Any] | UnsetType = UNSET
     sent_at: str
+    reply_to: str | UnsetType = UNSET
 
 
 class TokenResult(Struct, kw_only=True):
