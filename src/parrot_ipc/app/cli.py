@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import os
 import re
 import sys
 import time
@@ -32,7 +33,7 @@ from ..client.blocking import Client
 from ..core.protocol import INSTANCE_ID_PATTERN
 from ..errors import EXIT_USAGE, BrokerUnavailable, ConfigError, ParrotError, StartupError
 from ..os.paths import default_socket_path
-from . import cli_admin, config_file, session_file
+from . import cli_admin, cli_agents, config_file, session_file
 from .cli_admin import load_config as load_config
 from .cli_output import JsonOpt, SocketOpt, emit, emit_table, errors, session
 
@@ -296,9 +297,10 @@ app.add_typer(cli_admin.resource_app, name="resource")
 @app.command("mcp")
 def mcp_(
     instance: Annotated[str, typer.Option("--instance", "-i", help="The instance id this agent registers as, "
-                                          "e.g. claude-1.")],
+                                          "e.g. claude-1.")] = "",
     socket: SocketOpt = None,
     log_level: Annotated[str, typer.Option(help="Log level on stderr: DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
+    instance_auto: Annotated[Optional[str], typer.Option("--instance-auto", help="Instead of --instance: name it TOOL-<this directory>-<hash4>, stable per project (written by 'parrot-ipc setup').")] = None,  # noqa: UP045
 ) -> None:
     """Run an MCP server on stdin/stdout that gives an AI agent the broker as tools.
 
@@ -308,6 +310,10 @@ def mcp_(
     broker's resource 'instructions' (generic ones, and a warning on stderr, if the broker is
     unreachable or refuses). Needs the optional 'mcp' extra of parrot-ipc (the MCP Python SDK).
     """
+    if instance_auto is not None and not instance:
+        from .setup import default_instance
+
+        instance = default_instance(instance_auto, os.path.abspath("."))
     if not valid_instance_id(instance):
         typer.echo(f"error: bad instance id {instance!r}: 1-64 of A-Z a-z 0-9 _ . -, starting "
                    "with a letter or digit", err=True)
@@ -327,6 +333,8 @@ def valid_instance_id(name: str) -> bool:
 
 
 app.command()(cli_admin.audit)
+app.command()(cli_agents.hook)
+app.command()(cli_agents.setup)
 
 
 def main() -> None:

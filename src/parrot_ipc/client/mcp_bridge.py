@@ -43,6 +43,7 @@ from mcp.server.stdio import stdio_server
 from ..core import protocol as p
 from ..errors import BrokerUnavailable, ParrotError, ToolError
 from ..os.paths import default_socket_path
+from .mcp_channel import start_hook_service
 from .mcp_tools import TOOLS, check_args, format_messages
 from .trio_client import AsyncClient
 from .wire import start_hint
@@ -316,6 +317,7 @@ async def serve_bridge(instance: str, socket_path: str) -> None:
         if protected:
             log.info("parrot-ipc mcp: serving %s with the broker's instructions", link.instance)
         server = build_server(Bridge(link), instructions)
+        await start_hook_service(nursery, link)  # issue 15: parrot-ipc hook, client/mcp_channel.py
         async with stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
         nursery.cancel_scope.cancel()
