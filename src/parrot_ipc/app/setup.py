@@ -187,7 +187,7 @@ def run_setup(tool: str, scope: str, instance: str | None, *, dry_run: bool = Fa
             continue
         old = _dump(before) if exists(path) else ""
         diffs.append("".join(difflib.unified_diff(old.splitlines(True), _dump(after).splitlines(True),
-                                                  f"a/{path}", f"b/{path}")))
+                                                  f"{path} (now)", f"{path} (after setup)")))
         if not dry_run:
             st = lstat_or_none(path)
             make_dirs(os.path.dirname(path))
