@@ -92,7 +92,7 @@ def _start(broker: Any, s: Setup, *extra: str) -> Any:
 async def test_initialize_returns_the_protected_instructions_when_admitted(broker, setup: Setup) -> None:
     b = _start(broker, setup)
     async with bridge(setup, b.socket_path, "claude-1") as (_, init):
-        assert init.instructions == PROTECTED
+        assert init.instructions.startswith(PROTECTED)  # then the channel paragraph (issue 15)
         assert init.server_info.name == "parrot-ipc"
     assert "resource_served" in b.log_text()
     assert "degraded" not in setup.stderr_text()
@@ -101,7 +101,7 @@ async def test_initialize_returns_the_protected_instructions_when_admitted(broke
 async def test_initialize_is_generic_and_warns_when_the_broker_is_down(setup: Setup, tmp_path: Path) -> None:
     sock = str(tmp_path / "no-broker" / "mcp.sock")
     async with bridge(setup, sock, "claude-1") as (session, init):
-        assert init.instructions == GENERIC_INSTRUCTIONS
+        assert init.instructions.startswith(GENERIC_INSTRUCTIONS)
         res = await call(session, "whoami", {})
     assert res.is_error
     assert "Start one with: parrot-ipc serve --socket" in text(res)
@@ -117,7 +117,7 @@ async def test_initialize_is_generic_without_the_resources_scope(broker, setup: 
         f'[[peers]]\nname = "agents"\nuids = [{os.geteuid()}]\nscopes = ["send", "receive", "list"]\n')
     b = _start(broker, setup)
     async with bridge(setup, b.socket_path, "claude-1") as (session, init):
-        assert init.instructions == GENERIC_INSTRUCTIONS
+        assert init.instructions.startswith(GENERIC_INSTRUCTIONS)
         sent = await call(session, "send", {"to": "claude-1", "content": "still works"})
         assert not sent.is_error, text(sent)
     err = setup.stderr_text()

@@ -38,12 +38,11 @@ import mcp_types as types
 import msgspec
 import trio
 from mcp.server.lowlevel import Server
-from mcp.server.stdio import stdio_server
 
 from ..core import protocol as p
 from ..errors import BrokerUnavailable, ParrotError, ToolError
 from ..os.paths import default_socket_path
-from .mcp_channel import start_hook_service
+from .mcp_channel import CHANNEL_CAPABILITY, channel_stdio, start_hook_service, with_channel_instructions
 from .mcp_tools import TOOLS, check_args, format_messages
 from .trio_client import AsyncClient
 from .wire import start_hint
@@ -316,10 +315,11 @@ async def serve_bridge(instance: str, socket_path: str) -> None:
         instructions, protected = await fetch_instructions(link, InstructionCache())
         if protected:
             log.info("parrot-ipc mcp: serving %s with the broker's instructions", link.instance)
-        server = build_server(Bridge(link), instructions)
-        await start_hook_service(nursery, link)  # issue 15: parrot-ipc hook, client/mcp_channel.py
-        async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+        server = build_server(Bridge(link), with_channel_instructions(instructions))
+        await start_hook_service(nursery, link)  # issue 15: hooks and channels, client/mcp_channel.py
+        async with channel_stdio(link) as (read_stream, write_stream):
+            await server.run(read_stream, write_stream,
+                             server.create_initialization_options(experimental_capabilities=CHANNEL_CAPABILITY))
         nursery.cancel_scope.cancel()
 
 
