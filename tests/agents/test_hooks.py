@@ -187,3 +187,31 @@ def test_garbage_input_exits_0_empty(work: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "parrot_ipc", "hook", "claude"], input="not json",
                          capture_output=True, text=True, env=_env(work), timeout=TIMEOUT_S)
     assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
+
+
+async def test_the_hook_socket_refuses_a_process_outside_the_agent(broker, work: Path) -> None:
+    """An orphan (reparented away from this 'agent' process) of the same uid gets no answer."""
+    b = broker()
+    async with bridge(work, b.socket_path, "claude-1"):
+        await _wait_for_socket(work)
+        path = hook_socket_path(os.getpid(), hooks_dir(env={"XDG_RUNTIME_DIR": str(work)}))
+        with _sender(b.socket_path) as alice:
+            alice.send("claude-1", "secret mail")
+        out = work / "orphan.out"
+        probe = (f"from parrot_ipc.client.hook_link import ask\n"
+                 f"import time, os\n"
+                 f"import sys\n"
+                 f"while os.getppid() == int(sys.argv[1]): time.sleep(0.01)\n"  # the shell has exited
+                 f"try:\n    r = repr(ask({str(path)!r}, {{'op': 'take', 'max': 5}}, 5))\n"
+                 f"except Exception as e:\n    r = 'refused: ' + type(e).__name__\n"
+                 f"open({str(out)!r} + '.tmp', 'w').write(r); os.rename({str(out)!r} + '.tmp', {str(out)!r})\n")
+        # setsid + a shell that exits at once: the probe is no descendant of this process
+        subprocess.run(["setsid", "sh", "-c", f'"{sys.executable}" -c "$0" $$ >/dev/null 2>&1 &', probe],
+                       env=_env(work), timeout=TIMEOUT_S)
+        with trio.fail_after(TIMEOUT_S):
+            while not out.exists():
+                await trio.sleep(0.05)
+        assert out.read_text().startswith("refused"), out.read_text()
+        assert "hook socket: refused pid" in (work / "bridge-claude-1.stderr").read_text()
+        text = _context(hook(work, "claude", CLAUDE["UserPromptSubmit"])[0], "UserPromptSubmit")
+        assert "secret mail" in text  # the mail is still there for the real agent session
