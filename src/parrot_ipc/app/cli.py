@@ -221,7 +221,7 @@ def recv(
             extra = "" if m.data is msgspec.UNSET else f"  data={msgspec.json.encode(m.data).decode()}"
             if m.reply_to is not msgspec.UNSET:
                 extra += f"  reply_to={m.reply_to}"
-            typer.echo(f"[{m.sent_at}] {m.from_} -> {m.to}: {m.content}{extra}  id={m.id}")
+            typer.echo(f"[{m.sent_at}] {m.from_} -> {m.to}: {m.content}{extra}")
         client.ack([m.id for m in msgs])
 
 
