@@ -17,7 +17,6 @@ from typing import Any
 
 import anyio
 import mcp_types as types
-import pytest
 import trio
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -74,13 +73,6 @@ async def bridge(work: Path, sock: str, instance: str, rate: str | None = "20") 
                         init = await session.initialize()
                     yield session, tap, init
                 nursery.cancel_scope.cancel()
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    w = tmp_path / "w"
-    w.mkdir(mode=0o700)
-    return w
 
 
 def _queued(sock: str, name: str) -> int:

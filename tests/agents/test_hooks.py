@@ -87,13 +87,6 @@ async def _wait_for_socket(work: Path) -> None:
             await trio.sleep(0.02)
 
 
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    w = tmp_path / "w"
-    w.mkdir(mode=0o700)
-    return w
-
-
 def _context(out: str, event: str) -> str:
     doc = json.loads(out)
     assert doc["hookSpecificOutput"]["hookEventName"] == event
