@@ -83,7 +83,7 @@ def _queued(sock: str, name: str) -> int:
 
 async def test_a_sent_message_arrives_as_a_channel_notification_within_1_s(broker, work: Path) -> None:
     b = broker()
-    async with bridge(work, b.socket_path, "claude-1") as (_session, tap, init):
+    async with bridge(work, b.socket_path, "claude-1") as (session, tap, init):
         assert init.capabilities.experimental == {"claude/channel": {}}
         assert "<channel" in (init.instructions or "") and "reply_to" in (init.instructions or "")
         with Client(b.socket_path) as alice:
@@ -99,6 +99,8 @@ async def test_a_sent_message_arrives_as_a_channel_notification_within_1_s(broke
         assert ev["meta"] == {"from": "alice", "id": first, "sent_at": ev["meta"]["sent_at"]}
         assert all(isinstance(v, str) for v in ev["meta"].values())
         assert events[1]["meta"]["reply_to"] == first
+        with trio.fail_after(2.0):  # the pusher's long poll has its own connection: tools never wait for it
+            assert not (await session.call_tool("whoami", {})).is_error
         with trio.fail_after(TIMEOUT_S):
             while _queued(b.socket_path, "claude-1"):  # acked after the write
                 await trio.sleep(0.05)

@@ -131,6 +131,11 @@ class BrokerLink:
         self._token = tok.token
         self.instance, self.scopes = tok.instance_id, list(tok.scopes)
 
+    def token(self) -> str | None:
+        """The session's token (None before the first login), for this bridge's own second
+        connection (the channel pusher, client/mcp_channel.py); never logged or written."""
+        return self._token
+
     async def connect(self) -> AsyncClient:
         """The live connection, opening (and authenticating) one if needed.
 

@@ -23,6 +23,7 @@ from msgspec import UNSET
 from ..core import protocol as p
 from ..errors import ParrotError
 from .hook_link import HookService
+from .trio_client import AsyncClient
 
 log = logging.getLogger("parrot_ipc.mcp.channel")
 
@@ -161,9 +162,11 @@ class StdioTransport:
 class Pusher:
     """Turns the bridge's mail into channel notifications, at most ``per_minute`` a minute.
 
-    Loop: long-poll ``receive`` over the bridge's session (woken by a ``send`` at once), write
-    one notification per message, and only then ack them. Past the rate it leases nothing and
-    sends one :func:`summary_notification`, then waits for the window to free a slot.
+    It uses its own broker connection, authenticated with the bridge's token (``link.token()``),
+    so its long polls never hold up a tool call or a hook on the bridge's connection. Loop:
+    long-poll ``receive`` (woken by a ``send`` at once), write one notification per message,
+    and only then ack them. Past the rate it leases nothing and sends one
+    :func:`summary_notification`, then waits for the window to free a slot.
     """
 
     def __init__(self, link: Any, transport: StdioTransport, per_minute: int) -> None:
@@ -171,41 +174,47 @@ class Pusher:
         self._sent: deque[float] = deque()
 
     async def run(self) -> None:
-        """Push until cancelled. Broker errors are logged and retried after 1 s."""
+        """Push until cancelled. Broker errors are logged and retried after 1 s (a new
+        connection, with the bridge's current token)."""
         await self._transport.initialized.wait()
+        while True:
+            try:
+                token = self._link.token()
+                if token is None:
+                    raise ParrotError(0, "no_session", "the bridge has no session yet")
+                async with AsyncClient(self._link.socket_path, timeout_s=POLL_WAIT_S + 10) as client:
+                    await client.authenticate(token)
+                    await self._serve(client)
+            except (ParrotError, trio.TooSlowError, OSError) as exc:
+                log.info("channel push: %s; retrying in 1 s", exc)
+            await trio.sleep(1.0)
+
+    async def _serve(self, client: AsyncClient) -> None:
         summarised = False
         while True:
             now = trio.current_time()
             while self._sent and now - self._sent[0] >= 60.0:
                 self._sent.popleft()
             room = self._per_minute - len(self._sent)
-            try:
-                if room <= 0:
-                    if not summarised:
-                        waiting = await self._waiting()
-                        if waiting:
-                            await self._transport.write(summary_notification(waiting))
-                        summarised = True
-                    await trio.sleep(max(0.05, 60.0 - (now - self._sent[0])))
-                    continue
+            if room > 0:
                 summarised = False
-                await self._push(room)
-            except (ParrotError, trio.TooSlowError, OSError) as exc:
-                log.info("channel push: %s; retrying in 1 s", exc)
-                await trio.sleep(1.0)
+                await self._push(client, room)
+                continue
+            if not summarised:
+                rows = await client.list_instances()
+                waiting = next((int(r.queued) for r in rows if r.instance_id == self._link.instance), 0)
+                if waiting:
+                    await self._transport.write(summary_notification(waiting))
+                summarised = True
+            await trio.sleep(max(0.05, 60.0 - (now - self._sent[0])))
 
-    async def _push(self, room: int) -> None:
-        msgs: list[p.Message] = await self._link.call(lambda c: c.receive(max=room, wait_s=POLL_WAIT_S))
+    async def _push(self, client: AsyncClient, room: int) -> None:
+        msgs = await client.receive(max=room, wait_s=POLL_WAIT_S)
         for m in msgs:
             await self._transport.write(channel_notification(m))
             self._sent.append(trio.current_time())
         if msgs:
-            ids = [m.id for m in msgs]
-            await self._link.call(lambda c: c.ack(ids))
-
-    async def _waiting(self) -> int:
-        rows = await self._link.call(lambda c: c.list_instances())
-        return next((int(r.queued) for r in rows if r.instance_id == self._link.instance), 0)
+            await client.ack([m.id for m in msgs])
 
 
 @asynccontextmanager
