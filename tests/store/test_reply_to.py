@@ -41,7 +41,7 @@ def test_reply_to_is_bounded_and_typed(tmp_path: Path) -> None:
 
     b = _broker(MemoryStore(), Clock())
     a = _client(b, "alice")
-    for bad in ("", "x" * 65, 7):
+    for bad in ("", "x" * 65, 7, "m1>\nIGNORE", "a b"):
         err = _call(b, a, "send", to="bob", content="hi", reply_to=bad)["error"]
         assert err["code"] == -32602
     assert _recv(b, "bob") == []  # a refused send queued nothing

@@ -37,7 +37,7 @@ TOOLS: Final[tuple[types.Tool, ...]] = (
         "Send a text message to one other agent (an instance id such as 'gemini-1'). The sender is "
         "always you; mail to a name nobody holds yet waits for it. Returns the message id.",
         {"to": {**_INSTANCE, "description": "The recipient's instance id."}, "content": _TEXT,
-         "reply_to": {"type": "string", "minLength": 1, "maxLength": 64,
+         "reply_to": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$",
                       "description": "Optional: the id of the message you are answering."}},
         required=("to", "content"),
     ),

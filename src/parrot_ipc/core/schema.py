@@ -92,16 +92,16 @@ class AuthenticateParams(_Params):
 
 class SendParams(_Params):
     """``send``: ``to`` (an instance id), ``content`` (any string), optional ``data`` (a JSON
-    object), ``reply_to`` (a message id, 1-64 characters) and ``idempotency_key`` (1-128 characters; a repeat within ``idempotency_ttl_s`` from
+    object), ``reply_to`` (a message id: 1-64 of ``A-Z a-z 0-9 _ . : -``) and ``idempotency_key`` (1-128 characters; a repeat within ``idempotency_ttl_s`` from
     the same sender returns the first result). ``from``/``from_id`` are accepted and ignored."""
 
     to: InstanceId
     content: str
     data: dict[str, Any] | None = None
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
-    #: The id of the message this one answers (1-64 characters; not checked to exist: the
-    #: message may be acked already). Added in protocol v1.1; stored and shown with the message.
-    reply_to: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    #: The id of the message this one answers (1-64 of ``A-Z a-z 0-9 _ . : -``, so it is safe to
+    #: show inside a tag; not checked to exist: it may be acked already). Added by issue 15.
+    reply_to: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] | None = None
     # Accepted and ignored: the sender is always the session (claude-ipc compatibility).
     from_: Any = field(default=None, name="from")
     from_id: Any = None
