@@ -1,7 +1,7 @@
 """``parrot-ipc mcp``: an MCP server over stdio that gives an AI agent the broker as tools.
 
 Built on the official ``mcp`` Python SDK (the optional extra ``mcp``; its low-level
-:class:`mcp.server.lowlevel.Server` and :func:`mcp.server.stdio.stdio_server`), run on trio
+:class:`mcp.server.lowlevel.Server`; stdio by :mod:`parrot_ipc.client.mcp_channel`), run on trio
 through anyio's trio backend, and on :class:`parrot_ipc.client.trio_client.AsyncClient`, so no
 handler ever blocks the event loop.
 
