@@ -116,6 +116,9 @@ async def test_a_pushed_message_is_not_pushed_again_after_a_bridge_restart(broke
             with trio.fail_after(TIMEOUT_S):
                 while _queued(b.socket_path, "claude-1"):
                     await trio.sleep(0.05)
+        with trio.fail_after(TIMEOUT_S):  # the old bridge is gone (else the new one is claude-1-2)
+            while any(r.online for r in alice.list_instances() if r.instance_id == "claude-1"):
+                await trio.sleep(0.05)
         async with bridge(work, b.socket_path, "claude-1") as (_, tap2, _i):
             alice.send("claude-1", "second")
             events = await tap2.wait_for(1, 5.0)

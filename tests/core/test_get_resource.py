@@ -77,10 +77,21 @@ def test_bad_names_are_32602_and_never_reach_the_reader(name: str) -> None:
     assert reader.asked == []
 
 
-def test_get_resource_needs_a_session() -> None:
+def test_get_resource_without_a_session_needs_the_admission_scope_and_claims_no_name() -> None:
+    """Issue 13: a bridge reads its instructions before it claims its instance."""
     h, reader = _harness({"instructions": b"x"})
+    peer = h.connect()
+    assert peer.ok("get_resource", {"name": "instructions"})["content"] == "x"
+    assert list(h.broker.store.name_owners()) == [] and list(h.broker.store.sessions()) == []
+    assert h.audit.named("resource_served")[0]["instance"] is None
+    assert peer.err("whoami")["data"]["reason"] == "no_session"
+    assert reader.asked == ["instructions"]
+
+
+def test_get_resource_without_a_session_or_the_scope_is_32002_and_never_reads() -> None:
+    h, reader = _harness({"instructions": b"x"}, AdmitAll(DEFAULT_SCOPES - {SCOPE_RESOURCES}))
     err = h.connect().err("get_resource", {"name": "instructions"})
-    assert (err["code"], err["data"]["reason"]) == (-32001, "no_session")
+    assert (err["code"], err["data"]["reason"], err["data"]["scope"]) == (-32002, "scope_missing", "resources")
     assert reader.asked == []
 
 

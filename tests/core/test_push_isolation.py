@@ -32,8 +32,10 @@ def test_rename_onto_an_expired_name_does_not_feed_its_old_connection(make_harne
     h = make(make_harness)
     h.register("bob", uid=1000).ok("subscribe")
     h.clock.advance(TTL_S / 2)
-    alice, carol = h.register("alice", uid=2000), h.register("carol", uid=2000)
-    h.clock.advance(TTL_S / 2)  # bob's session has now expired; alice's and carol's have not
+    mallory, alice, carol = h.register("mallory", uid=2000), h.register("alice", uid=1000), h.register("carol", uid=2000)
+    h.clock.advance(TTL_S / 2)  # bob's session has now expired; the others' have not
+    # Issue 13: the name stays uid 1000's; another UID cannot rename onto it.
+    assert mallory.err("rename", {"new_id": "bob"})["data"]["reason"] == "instance_owned_by_other_uid"
     alice.ok("rename", {"new_id": "bob"})
     carol.ok("send", {"to": "bob", "content": "for the new bob only"})
     assert h.pushes() == []
@@ -45,10 +47,12 @@ def test_takeover_after_purge_does_not_feed_the_old_connection(make_harness: typ
     h.register("bob", uid=1000).ok("subscribe")
     h.clock.advance(TTL_S + 60)
     h.broker.tick()  # purges the expired session from the store
-    new_bob = h.register("bob", uid=2000)
-    h.register("carol", uid=2000).ok("send", {"to": "bob", "content": "for uid 2000"})
+    # Issue 13: the name stays uid 1000's after its session is purged.
+    assert h.connect(uid=2000).err("get_token", {"instance_id": "bob"})["code"] == -32006
+    new_bob = h.register("bob", uid=1000)
+    h.register("carol", uid=2000).ok("send", {"to": "bob", "content": "for the new session"})
     assert h.pushes() == []
-    assert [m["content"] for m in new_bob.receive()] == ["for uid 2000"]
+    assert [m["content"] for m in new_bob.receive()] == ["for the new session"]
 
 
 def test_takeover_by_the_same_uid_stops_pushes_to_the_replaced_connection(harness: Harness) -> None:

@@ -131,18 +131,20 @@ def test_get_token_for_an_instance_held_live_by_another_uid_conflicts(harness: H
     intruder = harness.connect(uid=0)
     error = intruder.err("get_token", {"instance_id": "a"})
     assert error["code"] == CONFLICT
-    assert error["data"]["reason"] == "instance_held_by_other_uid"
+    assert error["data"]["reason"] == "instance_owned_by_other_uid"
     assert intruder.conn.session is None
     assert holder.ok("whoami")["instance_id"] == "a"
     (refused,) = harness.audit.named("token_refused")
-    assert refused["uid"] == 0 and refused["instance"] == "a"
+    assert refused["uid"] == 0 and refused["instance"] == "a" and refused["owner_uid"] == BROKER_UID
 
 
-def test_another_uid_may_take_an_instance_once_its_session_expired(make_harness: type[Harness]) -> None:
+def test_another_uid_may_not_take_an_instance_once_its_session_expired(make_harness: type[Harness]) -> None:
+    """Issue 13, finding 1 (expiry): the name stays its owner's."""
     h = make_harness(BrokerConfig(token_ttl_s=100))
     h.register("a", uid=BROKER_UID)
     h.clock.advance(100)
-    assert h.register("a", uid=0).ok("whoami")["uid"] == 0
+    assert h.connect(uid=0).err("get_token", {"instance_id": "a"})["code"] == CONFLICT
+    assert h.register("a", uid=BROKER_UID).ok("whoami")["uid"] == BROKER_UID
 
 
 # --------------------------------------------------------------------------- authenticate
@@ -236,13 +238,16 @@ def test_revoke_kills_the_token(harness: Harness) -> None:
     assert harness.audit.named("session_ended")[-1]["why"] == "revoked"
 
 
-def test_a_revoked_instance_is_free_for_another_uid(harness: Harness) -> None:
+def test_a_revoked_instance_is_not_free_for_another_uid(harness: Harness) -> None:
+    """Issue 13, finding 1 (revoke): revoking ends the session, not the ownership."""
     harness.register("a").ok("revoke")
-    assert harness.register("a", uid=0).ok("whoami")["uid"] == 0
+    assert harness.connect(uid=0).err("get_token", {"instance_id": "a"})["data"]["reason"] == \
+        "instance_owned_by_other_uid"
 
 
 # --------------------------------------------------------------------------- gate on methods
-PUBLIC = {"ping", "get_token", "authenticate"}
+# get_resource and release were added by issue 13 (docs/protocol.md says what changed).
+PUBLIC = {"ping", "get_token", "authenticate", "get_resource", "release"}
 
 
 @pytest.mark.parametrize("method", sorted(set(METHODS) - PUBLIC))
@@ -252,7 +257,7 @@ def test_methods_before_authentication_are_refused(harness: Harness, method: str
     assert error["data"]["reason"] == "no_session"
 
 
-def test_exactly_the_documented_three_methods_work_without_a_session(harness: Harness) -> None:
+def test_exactly_the_documented_methods_work_without_a_session(harness: Harness) -> None:
     codes = {m: harness.connect().call(m, {}).get("error", {}).get("code") for m in METHODS}
     assert {m for m, code in codes.items() if code != UNAUTHENTICATED} == PUBLIC
 

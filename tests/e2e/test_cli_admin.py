@@ -27,7 +27,8 @@ def test_check_config_prints_the_effective_policy(tmp_path: Path) -> None:
     doc = json.loads(_cli("check-config", str(cfg), "--json").stdout)
     assert doc["server"]["token_ttl_s"] == 600
     assert doc["peers"] == [{"rule": "ops", "uids": [0], "gids": [], "executables": [],
-                             "scopes": ["admin", "send"], "may_send_to": ["build-*"], "bind": "uid"}]
+                             "scopes": ["admin", "send"], "may_send_to": ["build-*"], "bind": "uid",
+                             "names": ["*"]}]
 
 
 def test_check_config_names_the_bad_key_and_exits_2(tmp_path: Path) -> None:

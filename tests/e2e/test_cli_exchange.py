@@ -174,14 +174,27 @@ def test_logout_revokes_and_removes_the_session(agents) -> None:
 
 def test_json_error_for_a_refused_request(agents) -> None:
     (alice,) = agents("alice")
-    res = alice("send", "../../etc/passwd", "x", "--json")
+    long_key = "k" * 200  # over the protocol's 128: the broker refuses it
+    res = alice("send", "bob", "x", "--idempotency-key", long_key, "--json")
     assert res.returncode == EXIT_REFUSED
     err = json.loads(res.stdout)["error"]
     assert err["code"] == -32602 and err["reason"] == "invalid_params"
     assert res.stderr == ""
-    human = alice("send", "../../etc/passwd", "x")
+    human = alice("send", "bob", "x", "--idempotency-key", long_key)
     assert human.returncode == EXIT_REFUSED
     assert human.stdout == "" and human.stderr.startswith("error: ") and "-32602" in human.stderr
+
+
+def test_a_bad_recipient_name_is_a_usage_error_in_words(agents) -> None:
+    """Issue 16: the CLI explains the instance id rule itself (exit 2), never the raw regex."""
+    (alice,) = agents("alice")
+    res = alice("send", "../../etc/passwd", "x", "--json")
+    assert res.returncode == 2 and res.stderr == ""
+    err = json.loads(res.stdout)["error"]
+    assert err["reason"] == "bad_instance_id" and "'/' at position 3 is not allowed" in err["message"]
+    human = alice("send", "../../etc/passwd", "x")
+    assert human.returncode == 2 and "regex" not in human.stderr
+    assert "1-64 characters from A-Z a-z 0-9 _ . -" in human.stderr
 
 
 def test_token_is_never_printed(agents) -> None:

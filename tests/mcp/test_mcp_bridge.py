@@ -92,7 +92,7 @@ def _start(broker: Any, s: Setup, *extra: str) -> Any:
 async def test_initialize_returns_the_protected_instructions_when_admitted(broker, setup: Setup) -> None:
     b = _start(broker, setup)
     async with bridge(setup, b.socket_path, "claude-1") as (_, init):
-        assert init.instructions.startswith(PROTECTED)  # then the channel paragraph (issue 15)
+        assert init.instructions.startswith(PROTECTED) and "your instance id is claude-1" in init.instructions
         assert init.server_info.name == "parrot-ipc"
     assert "resource_served" in b.log_text()
     assert "degraded" not in setup.stderr_text()
@@ -173,6 +173,8 @@ async def test_two_bridges_exchange_a_message(broker, setup: Setup) -> None:
         ren = await call(gemini, "rename", {"new_id": "gemini-2"})
         assert ren.structured_content == {"instance_id": "gemini-2", "previous_id": "gemini-1"}
         assert "gemini-2 (you)" in text(await call(gemini, "list_instances", {}))
+        me2 = await call(gemini, "whoami", {})  # a rename is the agent's choice: no "configured as" note
+        assert me2.structured_content["instance_id"] == "gemini-2" and "configured as" not in text(me2)
 
 
 async def test_broker_errors_and_bad_arguments_are_tool_errors(broker, setup: Setup) -> None:
@@ -268,3 +270,51 @@ async def test_the_token_is_in_no_file_the_bridge_writes_nor_its_stderr(broker, 
     assert leftover == {str(control / "session.json"): 1}
     tmp_root = Path(os.environ.get("TMPDIR", "/tmp"))
     assert not list(tmp_root.glob("blue-session-*")) and not list(tmp_root.glob("*ipc-session*"))
+
+
+# --------------------------------------------------------------------------- issue 16: first contact
+async def test_no_instructions_resource_is_generic_without_a_warning(broker, setup: Setup) -> None:
+    """A default install serves no 'instructions': the bridge says nothing about it (issue 16, 10)."""
+    setup.config.write_text("[server]\n")
+    b = _start(broker, setup)
+    async with bridge(setup, b.socket_path, "claude-1") as (session, init):
+        assert init.instructions.startswith(GENERIC_INSTRUCTIONS)
+        assert not (await call(session, "whoami", {})).is_error
+    assert "resource_not_found" in b.log_text()  # it did ask
+    err = setup.stderr_text()
+    assert "degraded" not in err and "No resource named" not in err and "WARNING" not in err
+
+
+async def test_a_configured_but_unservable_instructions_resource_warns(broker, setup: Setup) -> None:
+    (setup.resources / "instructions").chmod(0o666)  # world-writable: the reader refuses it
+    b = _start(broker, setup)
+    async with bridge(setup, b.socket_path, "claude-1") as (_, init):
+        assert init.instructions.startswith(GENERIC_INSTRUCTIONS)
+    err = setup.stderr_text()
+    assert "starting degraded with generic instructions" in err and "resource_refused" in err
+
+
+async def test_content_max_length_matches_the_frame_limit(broker, setup: Setup) -> None:
+    b = _start(broker, setup)
+    async with bridge(setup, b.socket_path, "claude-1") as (session, _):
+        with trio.fail_after(TIMEOUT_S):
+            tools = {t.name: t for t in (await session.list_tools()).tools}
+        limit = 65536 - 1024  # the broker's default max_frame_bytes less the envelope headroom
+        for name in ("send", "broadcast"):
+            assert tools[name].input_schema["properties"]["content"]["maxLength"] == limit
+        big = await call(session, "send", {"to": "claude-1", "content": "é" * 40_000})  # 40000 chars, 80000 bytes
+        assert big.is_error and "Write the text to a file" in text(big)
+        ok = await call(session, "send", {"to": "claude-1", "content": "a" * (limit - 10)})
+        assert not ok.is_error, text(ok)  # and the connection survived the refusal above
+
+
+async def test_an_unknown_tool_is_a_json_rpc_invalid_params_error(broker, setup: Setup) -> None:
+    """MCP specification 2025-06-18, Tools, Error Handling: unknown tools are protocol errors."""
+    from mcp.shared.exceptions import MCPError
+
+    b = _start(broker, setup)
+    async with bridge(setup, b.socket_path, "claude-1") as (session, _):
+        with pytest.raises(MCPError) as info:
+            await call(session, "sendd", {"to": "x", "content": "y"})
+        assert info.value.code == -32602 and info.value.message == "Unknown tool: sendd"
+        assert not (await call(session, "whoami", {})).is_error

@@ -40,7 +40,8 @@ def test_default_socket_path_order() -> None:
     assert os_paths.default_socket_path(0, {"XDG_RUNTIME_DIR": "/run/user/0"}) == "/run/parrot-mcp/mcp.sock"
     assert os_paths.default_socket_path(1000, {"XDG_RUNTIME_DIR": "/run/user/1000"}) == \
         "/run/user/1000/parrot-mcp/mcp.sock"
-    assert os_paths.default_socket_path(1000, {}) == "/run/parrot-mcp/mcp.sock"
+    # Issue 16: without XDG_RUNTIME_DIR a non-root user falls back to its own /tmp directory.
+    assert os_paths.default_socket_path(1000, {}) == "/tmp/parrot-ipc-1000/mcp.sock"
     env = {"PARROT_IPC_DIR": "/srv/p", "XDG_RUNTIME_DIR": "/run/user/1000"}
     assert os_paths.default_socket_path(1000, env) == "/srv/p/mcp.sock"
 

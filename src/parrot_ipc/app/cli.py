@@ -20,7 +20,6 @@ import dataclasses
 import enum
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -30,12 +29,11 @@ import msgspec
 import typer
 
 from ..client.blocking import Client
-from ..core.protocol import INSTANCE_ID_PATTERN
 from ..errors import EXIT_USAGE, BrokerUnavailable, ConfigError, ParrotError, StartupError
 from ..os.paths import default_socket_path
-from . import cli_admin, cli_agents, config_file, session_file
+from . import cli_admin, cli_agents, cli_checks, cli_top, config_file, session_file
 from .cli_admin import load_config as load_config
-from .cli_output import JsonOpt, SocketOpt, emit, emit_table, errors, session
+from .cli_output import JsonOpt, SocketOpt, emit, emit_table, errors, global_options, session
 
 app = typer.Typer(
     name="parrot-ipc",
@@ -51,6 +49,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+app.callback()(global_options)
 
 
 # --------------------------------------------------------------------------- serve
@@ -142,9 +143,6 @@ NameArg = Annotated[str, typer.Argument(help="Instance id: 1-64 of A-Z a-z 0-9 _
 MessageArg = Annotated[str, typer.Argument(help="Message text; '-' reads it from standard input.")]
 
 
-def _text(message: str) -> str:
-    """The message text: standard input's for ``-``, else ``message`` itself."""
-    return sys.stdin.read() if message == "-" else message
 
 @app.command()
 def ping(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
@@ -158,14 +156,24 @@ def ping(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def register(name: NameArg, socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
+def register(
+    name: NameArg,
+    force: Annotated[bool, typer.Option("--force", help="Replace the live session of another name "
+                                        "saved in the session file.")] = False,
+    socket: SocketOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Get a session token for NAME and save it to the session file (0600).
 
-    The file is ~/.ipc-session, or $PARROT_IPC_SESSION. The token is never printed.
+    The file is ~/.ipc-session, or $PARROT_IPC_SESSION. The token is never printed. A file
+    holding the live session of another name is replaced only with --force (exit 2 without).
     """
+    cli_checks.check_name(name, as_json)
     with errors(as_json), Client(socket) as client:
-        res = client.get_token(name)
         path = session_file.session_path()
+        replacing = cli_checks.check_takeover(client, path, name, force, as_json)
+        res = client.get_token(name)
+        cli_checks.note(replacing)
         session_file.save(path, session_file.SavedSession(
             instance_id=res.instance_id, session_token=res.token, expires_at=res.expires_at))
         emit(as_json, {"instance_id": res.instance_id, "expires_at": res.expires_at,
@@ -184,8 +192,13 @@ def send(
     socket: SocketOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Send MESSAGE to TO. The sender is your session's instance, never a claimed name."""
-    content = _text(message)
+    """Send MESSAGE to TO. The sender is your session's instance, never a claimed name.
+
+    MESSAGE must be UTF-8 text that fits the broker's frame limit (exit 2 otherwise). A
+    recipient nobody has registered gets the message queued, and a note on stderr.
+    """
+    cli_checks.check_name(to, as_json, "recipient")
+    content = cli_checks.message_text(message, as_json)
     payload = None
     if data is not None:
         try:
@@ -195,9 +208,13 @@ def send(
         if not isinstance(payload, dict):
             typer.echo("error: --data must be a JSON object", err=True)
             raise typer.Exit(EXIT_USAGE)
+    cli_checks.check_frame_size("send", {"to": to, "content": content, "data": payload,
+                                         "idempotency_key": idempotency_key, "reply_to": reply_to}, as_json)
     with session(socket, as_json) as (client, _):
         res = client.send(to, content, data=payload, idempotency_key=idempotency_key, reply_to=reply_to)
         emit(as_json, res, f"sent {res.id} to {res.to} ({res.status})")
+        if res.status == "queued":
+            cli_checks.note(cli_checks.recipient_hint(client, to))
 
 
 @app.command()
@@ -228,7 +245,8 @@ def recv(
 @app.command()
 def broadcast(message: MessageArg, socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
     """Send MESSAGE to every other registered instance."""
-    content = _text(message)
+    content = cli_checks.message_text(message, as_json)
+    cli_checks.check_frame_size("broadcast", {"content": content}, as_json)
     with session(socket, as_json) as (client, _):
         res = client.broadcast(content)
         emit(as_json, res, f"broadcast {res.id} to {len(res.recipients)} recipient(s)"
@@ -253,6 +271,7 @@ def rename(
     as_json: JsonOpt = False,
 ) -> None:
     """Rename your instance. Mail to the old name is forwarded for a while; one rename per hour."""
+    cli_checks.check_name(new_id, as_json, "new name")
     with session(socket, as_json) as (client, path):
         res = client.rename(new_id)
         saved = session_file.load(path)
@@ -290,6 +309,17 @@ def logout(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
           f"logged out{' (session revoked)' if revoked else ' (the session was already invalid)'}; removed {path}")
 
 
+@app.command()
+def release(name: NameArg, socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
+    """Free the instance name NAME that your user owns (needs no session).
+
+    Its session ends and the mail left in it is deleted; then any admitted user may claim it.
+    """
+    with errors(as_json), Client(socket) as client:
+        res = client.release(name)
+        emit(as_json, res, f"released {res.instance_id} ({res.dropped} unread message(s) deleted)")
+
+
 app.add_typer(cli_admin.admin_app, name="admin")
 app.add_typer(cli_admin.resource_app, name="resource")
 
@@ -314,10 +344,7 @@ def mcp_(
         from .setup import default_instance
 
         instance = default_instance(instance_auto, os.path.abspath("."))
-    if not valid_instance_id(instance):
-        typer.echo(f"error: bad instance id {instance!r}: 1-64 of A-Z a-z 0-9 _ . -, starting "
-                   "with a letter or digit", err=True)
-        raise typer.Exit(EXIT_USAGE)
+    cli_checks.check_name(instance, False, "instance id")
     try:
         from ..client.mcp_bridge import run_bridge
     except ImportError as exc:
@@ -327,12 +354,8 @@ def mcp_(
     run_bridge(instance, socket, log_level=log_level)
 
 
-def valid_instance_id(name: str) -> bool:
-    """True if ``name`` matches the protocol's instance id pattern."""
-    return re.fullmatch(INSTANCE_ID_PATTERN, name) is not None
-
-
 app.command()(cli_admin.audit)
+app.command()(cli_top.top)
 app.command()(cli_agents.hook)
 app.command()(cli_agents.setup)
 

@@ -15,7 +15,7 @@ import msgspec
 import typer
 
 from ..core.config import BrokerConfig
-from ..errors import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, ConfigError
+from ..errors import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, ConfigError, ParrotError
 from ..os.paths import default_socket_path
 from . import config_file
 from .cli_output import JsonOpt, SocketOpt, emit, emit_table, fail, session
@@ -31,13 +31,20 @@ def load_config(path: Path | None) -> BrokerConfig:
 
 def check_config(
     file: Annotated[Path, typer.Argument(help="The TOML config file to check.")],
+    broker_user: Annotated[Optional[str], typer.Option(help="The user the broker runs as, to judge which rules can match. Default: parrot-mcp if you are root and it exists, else you.")] = None,  # noqa: UP045
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate a config file and print the effective policy. Exit 0 if valid, 2 if not."""
+    """Validate a config file and print the effective policy. Exit 0 if valid, 2 if not (also
+    when a rule can never match: docs/configuration.md, 'Which peers can be attested')."""
     try:
         loaded = config_file.load_config(file)
+        never = config_file.unmatchable_rules(loaded, broker_user)
     except ConfigError as exc:
         fail(as_json, exc.exit_code, str(exc), error={"reason": "invalid_config", "message": str(exc)})
+    if never:
+        msg = f"config {file}: a rule can never match: " + "; ".join(never)
+        fail(as_json, ConfigError.exit_code, msg, "see docs/configuration.md, 'Which peers can be attested'",
+             error={"reason": "rule_never_matches", "message": msg, "rules": never})
     desc = config_file.describe(loaded)
     if as_json:
         emit(True, desc)
@@ -63,7 +70,8 @@ def doctor(
     from . import doctor as doc
 
     rows = doc.run_checks(socket or default_socket_path(), state_dir=None if state_dir is None else str(state_dir),
-                          config=config, load_config=load_config)
+                          config=config, load_config=load_config,
+                          load_rules=lambda p: config_file.load_config(p, explicit=p is not None).rules)
     emit(as_json, doc.as_dict(rows), doc.render(rows))
     raise typer.Exit(EXIT_REFUSED if doc.failed(rows) else EXIT_OK)
 
@@ -92,6 +100,16 @@ def admin_revoke(name: Annotated[str, typer.Argument(help="The instance whose se
         emit(as_json, {"instance_id": name, "revoked": revoked}, f"revoked the session of {name}")
 
 
+@admin_app.command("release")
+def admin_release(name: Annotated[str, typer.Argument(help="The instance name to free, whoever owns it.")],
+                  socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
+    """Free instance name NAME whoever owns it: its session ends and its unread mail is deleted."""
+    with session(socket, as_json) as (client, _):
+        res = client.admin_release(name)
+        emit(as_json, res, f"released {res.instance_id} (owned by uid {res.owner_uid}; "
+                           f"{res.dropped} unread message(s) deleted)")
+
+
 # --------------------------------------------------------------------------- resources
 resource_app = typer.Typer(help="Protected resources the broker serves (the session needs the "
                            "'resources' scope).", no_args_is_help=True)
@@ -100,9 +118,22 @@ resource_app = typer.Typer(help="Protected resources the broker serves (the sess
 @resource_app.command("get")
 def resource_get(name: Annotated[str, typer.Argument(help="The resource name, e.g. 'instructions'.")],
                  socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
-    """Print resource NAME (its text as-is; with --json: name, content, sha256)."""
+    """Print resource NAME (its text as-is; with --json: name, content, sha256).
+
+    Resources are files an operator puts in the broker's resources_dir; none is installed by
+    default, and a missing one exits 1 saying so.
+    """
     with session(socket, as_json) as (client, _):
-        res = client.get_resource(name)
+        try:
+            res = client.get_resource(name)
+        except ParrotError as exc:
+            if exc.reason != "resource_not_found":
+                raise
+            fail(as_json, exc.exit_code, f"the broker has no resource named {name!r} (code {exc.code}, {exc.reason})",
+                 "Resources are files an operator installs in the broker's resources_dir (default "
+                 "/etc/parrot-ipc/resources; docs/operations.md). None is installed by default; without "
+                 "'instructions', 'parrot-ipc mcp' uses generic instructions.",
+                 {"code": exc.code, "reason": exc.reason, "message": exc.message, "data": exc.data})
         if as_json:
             emit(True, res)
         else:

@@ -10,6 +10,7 @@ or unsafe (:class:`SessionFileError`).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,10 +29,46 @@ SocketOpt = Annotated[
     typer.Option(
         "--socket", "-s", envvar="PARROT_IPC_SOCKET", show_default=False,
         help="Broker socket path. Default: $PARROT_IPC_DIR/mcp.sock; else, for a non-root user, "
-        "$XDG_RUNTIME_DIR/parrot-mcp/mcp.sock; else /run/parrot-mcp/mcp.sock.",
+        "$XDG_RUNTIME_DIR/parrot-mcp/mcp.sock, or /tmp/parrot-ipc-UID/mcp.sock without it; for root "
+        "/run/parrot-mcp/mcp.sock.",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, for scripts.")]
+
+
+def _version(value: bool) -> None:
+    """``--version``: print ``parrot-ipc VERSION`` and exit 0."""
+    if value:
+        from .. import __version__
+
+        typer.echo(f"parrot-ipc {__version__}")
+        raise typer.Exit(0)
+
+
+def _defaults_for(command: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """A click ``default_map`` giving ``values`` to ``command`` and every command under it."""
+    subs = getattr(command, "commands", {})
+    return {**values, **{name: _defaults_for(sub, values) for name, sub in subs.items()}}
+
+
+def global_options(
+    ctx: typer.Context,
+    socket: SocketOpt = None,
+    as_json: JsonOpt = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Options before the command (``parrot-ipc --socket PATH --json ping``) count as if given
+    after it; an option given after the command wins.
+
+    ``--socket`` is passed on as ``$PARROT_IPC_SOCKET`` (the option's own environment variable,
+    read when the command's options are parsed, which click does after this callback); ``--json``
+    through click's ``default_map``.
+    """
+    if socket is not None:
+        os.environ["PARROT_IPC_SOCKET"] = socket
+    if as_json:
+        ctx.default_map = _defaults_for(ctx.command, {"as_json": True})
 
 
 def emit(as_json: bool, obj: Any, human: str | None = None) -> None:

@@ -26,6 +26,7 @@ from ..core.policy import DefaultPolicy, PeerRule, Policy, RulePolicy
 from ..errors import ConfigError, StartupError, UnsafeFile
 from ..os import users
 from ..os.files import policy_file_rule, read_checked, read_private_file
+from .attestation import BrokerFacts, never_matches
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/parrot-ipc/config.toml")
 #: The largest config file read, in bytes (a config is a few KiB; this bounds a mistake).
@@ -87,7 +88,7 @@ def resolve_rule(rule: PeerRuleConfig, index: int, origin: str) -> PeerRule:
         label=rule.name or f"peers[{index}]",
         uids=frozenset(uids), gids=frozenset(gids),
         executables=tuple(rule.executables), scopes=frozenset(rule.scopes),
-        may_send_to=tuple(rule.may_send_to), bind=rule.bind,
+        may_send_to=tuple(rule.may_send_to), bind=rule.bind, names=tuple(rule.names),
     )
 
 
@@ -173,10 +174,34 @@ def load_config(path: Path | None = None, *, broker_uid: int | None = None,
         raise ConfigError(f"config {origin}: {exc}") from None
     server = cfg.server
     rules = None if cfg.peers is None else tuple(resolve_rule(r, i, origin) for i, r in enumerate(cfg.peers))
-    policy: Policy = DefaultPolicy(broker_uid) if rules is None else RulePolicy(rules)
+    policy: Policy = DefaultPolicy(broker_uid) if rules is None else RulePolicy(rules, users.user_name)
     socket_gid = None if server.socket_group is None else _gid_of(server.socket_group, f"{origin}: server.socket_group")
     secret = _read_secret(server.shared_secret_file, broker_uid)
     return LoadedConfig(used, server, rules, policy, socket_gid, secret)
+
+
+#: The user the shipped system unit runs the broker as.
+SERVICE_USER: Final = "parrot-mcp"
+
+
+def unmatchable_rules(cfg: LoadedConfig, broker_user: str | None = None) -> list[str]:
+    """Why each ``[[peers]]`` rule of ``cfg`` that can never match cannot (empty if none can't).
+
+    Judged for a broker process running as ``broker_user`` (a name or a UID; default: the
+    service user ``parrot-mcp`` if we are root and it exists, else us), with no capability but
+    root's: :func:`parrot_ipc.app.attestation.never_matches`.
+
+    Raises:
+        ConfigError: ``broker_user`` names no user.
+    """
+    euid = users.effective_uid()
+    if broker_user is None:
+        service = users.uid_of(SERVICE_USER) if euid == 0 else None
+        uid = euid if service is None else service
+    else:
+        uid = int(broker_user) if broker_user.isdigit() else _uid_of(broker_user, "--broker-user")
+    facts = BrokerFacts.of_process(uid, f"running as UID {uid}")
+    return [r for r in (never_matches(rule, facts) for rule in cfg.rules or ()) if r]
 
 
 def describe(cfg: LoadedConfig, broker_uid: int | None = None) -> dict[str, Any]:
@@ -196,7 +221,7 @@ def describe(cfg: LoadedConfig, broker_uid: int | None = None) -> dict[str, Any]
         rules = [
             {"rule": r.label, "uids": sorted(r.uids), "gids": sorted(r.gids),
              "executables": list(r.executables), "scopes": sorted(r.scopes),
-             "may_send_to": list(r.may_send_to), "bind": r.bind}
+             "may_send_to": list(r.may_send_to), "bind": r.bind, "names": list(r.names)}
             for r in cfg.rules
         ]
     return {"config": str(cfg.path) if cfg.path else None, "server": server,

@@ -108,6 +108,10 @@ def _acquire_listener(socket_path: str, group_gid: int | None = None) -> tuple[s
         name = activated.getsockname()
         where = f"{name or '(unnamed)'} (fd {systemd.SD_LISTEN_FDS_START}, socket-activated)"
         return activated, where, lambda: None
+    if os_paths.is_fallback_path(socket_path):
+        log.info("XDG_RUNTIME_DIR is unset: using the per-user directory %s (mode 0700, owner and mode "
+                 "checked as tmux checks /tmp/tmux-UID); this user's clients find it by the same rule",
+                 os.path.dirname(os.path.abspath(socket_path)))
     os_paths.ensure_runtime_dir(os.path.dirname(os.path.abspath(socket_path)), group_gid=group_gid)
     listener, inode = os_paths.bind_listener(socket_path, group_gid=group_gid)
     return listener, socket_path, lambda: os_paths.remove_socket(socket_path, inode)

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from ..client.blocking import Client
+from ..core.policy import PeerRule
 from ..errors import ParrotError
-from ..os import files, host, users
+from ..os import files, host, units, users
 from ..os import paths as os_paths
 from ..store.schema import quick_check
 from ..store.sqlite import DB_NAME, default_state_dir
+from .attestation import BrokerFacts, never_matches, partly_unattestable
 
 Status = Literal["PASS", "WARN", "FAIL"]
 
@@ -37,6 +39,11 @@ SECURITYFS: Final = "/sys/kernel/security"
 APPARMOR_PROFILE: Final = "parrot-ipc"
 PING_TIMEOUT_S: Final = 2.0
 START_FIX: Final = "start the broker: systemctl start parrot-ipc.socket (or parrot-ipc serve)"
+SERVICE_UNIT: Final = "parrot-ipc.service"
+#: The unit settings that decide which peers the broker can see and attest (systemd.exec(5)).
+UNIT_PROPS: Final = ("User", "PrivateUsers", "ProtectProc", "CapabilityBoundingSet")
+RulesLoader = Callable[[Path | None], Sequence[PeerRule] | None]
+UnitReader = Callable[..., dict[str, str] | None]
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,21 @@ def _allowed_owners(euid: int) -> list[int]:
     """Who may own the runtime and state directories: us, and the service user if it exists."""
     service = users.uid_of(SERVICE_USER)
     return [euid] if service is None else [euid, service]
+
+
+def _runtime_owners(euid: int) -> list[int]:
+    """Who may own the runtime directory and socket: :func:`_allowed_owners`, and root (a
+    root-owned 0700 directory is root's broker, safe though this user cannot reach it)."""
+    owners = _allowed_owners(euid)
+    return owners if 0 in owners else [*owners, 0]
+
+
+def _denied(name: str, path: str, exc: OSError, euid: int) -> Check:
+    """The WARN row for a path this user may not even look at (EACCES on lstat(2)): typically
+    root's broker seen by another user, whose 0700 runtime directory hides the socket."""
+    return Check(name, "WARN", f"cannot check {path} as uid {euid}: {exc.strerror}",
+                 "run 'sudo parrot-ipc doctor' to check this broker; to use it as this user, ask its admin "
+                 "for a [[peers]] rule and socket group (docs/operations.md), or run your own: parrot-ipc serve")
 
 
 def _lstat(path: str) -> os.stat_result | None:
@@ -84,13 +106,33 @@ def _failed(name: str, problem: str, st: os.stat_result | None, fixable: bool, f
 
 
 # --------------------------------------------------------------------------- checks
+def _owner_mismatch(path: str, socket_path: str, owner: int, owners: Sequence[int]) -> Check | None:
+    """A FAIL row if the socket belongs to another allowed owner than its directory: what
+    ``SocketUser=`` alone gives (systemd makes the directory root's; systemd.socket(5)), where
+    the socket's owner cannot reach its own socket."""
+    st = _lstat(socket_path)
+    if st is None or files.kind_of(st) != "socket" or st.st_uid == owner or st.st_uid not in owners:
+        return None
+    return Check("runtime dir", "FAIL",
+                 f"{path}: directory owned by {_user(owner)} but the socket by {_user(st.st_uid)}, whose "
+                 "processes cannot reach it (SocketUser= sets the socket's owner only)",
+                 f"chown {st.st_uid}:{st.st_gid} {path}; for the system unit, install systemd/parrot-ipc.socket "
+                 "(its ExecStartPre= makes the directory parrot-mcp's)")
+
+
 def check_runtime_dir(socket_path: str, euid: int) -> Check:
-    """The socket's directory: a real directory, mode 0700, owned by us or the service user."""
+    """The socket's directory: a real directory, mode 0700, owned by us or the service user, and
+    by the socket's owner."""
     path = os.path.dirname(os.path.abspath(socket_path))
-    owner = _expected_owner(path, _allowed_owners(euid))
-    problem = os_paths.runtime_dir_problem(path, owner)
+    owners = _runtime_owners(euid)
+    owner = _expected_owner(path, owners)
+    try:
+        problem = os_paths.runtime_dir_problem(path, owner)
+    except OSError as exc:
+        return _denied("runtime dir", path, exc, euid)
     if problem is None:
-        return Check("runtime dir", "PASS", f"{path}: directory owned by {_user(owner)}, mode 0700")
+        mismatch = _owner_mismatch(path, socket_path, owner, owners)
+        return mismatch or Check("runtime dir", "PASS", f"{path}: directory owned by {_user(owner)}, mode 0700")
     st = _lstat(path)
     return _failed("runtime dir", problem, st, st is not None and files.kind_of(st) == "directory",
                    f"chown {owner} {path} && chmod 0700 {path}",
@@ -99,8 +141,11 @@ def check_runtime_dir(socket_path: str, euid: int) -> Check:
 
 def check_socket(socket_path: str, euid: int) -> Check:
     """The socket file: a socket (not a symlink), mode 0600, owned like its directory."""
-    owner = _expected_owner(os.path.dirname(os.path.abspath(socket_path)), _allowed_owners(euid))
-    problem = os_paths.socket_file_problem(socket_path, owner, mode=0o600)
+    owner = _expected_owner(os.path.dirname(os.path.abspath(socket_path)), _runtime_owners(euid))
+    try:
+        problem = os_paths.socket_file_problem(socket_path, owner, mode=0o600)
+    except OSError as exc:
+        return _denied("socket", socket_path, exc, euid)
     if problem is None:
         return Check("socket", "PASS", f"{socket_path}: socket owned by {_user(owner)}, mode 0600")
     st = _lstat(socket_path)
@@ -212,16 +257,62 @@ def check_lsm(securityfs: str = SECURITYFS) -> Check:
                  "boot with lsm=...,apparmor (or landlock); the systemd sandbox still applies")
 
 
+def broker_facts(euid: int, read_unit: UnitReader = units.unit_properties) -> BrokerFacts:
+    """What the broker may see of its peers: from the loaded ``parrot-ipc.service`` (the system
+    manager's as root, else the user manager's), else a plain process (the service user's if
+    we are root and it exists, else ours)."""
+    props = read_unit(SERVICE_UNIT, UNIT_PROPS, user=euid != 0)
+    if props is None:
+        uid = (users.uid_of(SERVICE_USER) if euid == 0 else None)
+        uid = euid if uid is None else uid
+        return BrokerFacts.of_process(uid, f"a broker running as UID {uid} (no loaded {SERVICE_UNIT})")
+    name = props.get("User", "")
+    uid = euid if not name else (users.uid_of(name) if not name.isdigit() else int(name))
+    return BrokerFacts.of_unit(props, euid if uid is None else uid, f"the loaded {SERVICE_UNIT}")
+
+
+def check_policy(rules: Sequence[PeerRule] | None, facts: BrokerFacts) -> Check:
+    """The ``[[peers]]`` rules against what the broker can see (:mod:`parrot_ipc.app.attestation`):
+    FAIL if a rule can never match, WARN if it will always refuse some of the UIDs it names."""
+    if rules is None:
+        return Check("policy", "PASS", f"default policy: root and UID {facts.uid}; nothing to attest")
+    never = [r for r in (never_matches(rule, facts) for rule in rules) if r]
+    if never:
+        return Check("policy", "FAIL", "; ".join(never),
+                     "drop executables/bind from those rules, or run the broker so it can attest them "
+                     "(docs/configuration.md, 'Which peers can be attested')")
+    partly = [f"{rule.label}: UIDs {', '.join(map(str, uids))}" for rule in rules
+              if (uids := partly_unattestable(rule, facts))]
+    if partly:
+        return Check("policy", "WARN", f"always refused under {facts.source}: {'; '.join(partly)}",
+                     "see docs/configuration.md, 'Which peers can be attested'")
+    return Check("policy", "PASS", f"{len(rules)} rule(s), each can match under {facts.source}")
+
+
+def _policy_row(config: Path | None, euid: int, load_rules: RulesLoader | None, config_ok: bool) -> list[Check]:
+    """The ``policy`` row, if rules can be loaded (none without a loader)."""
+    if load_rules is None:
+        return []
+    if not config_ok:
+        return [Check("policy", "WARN", "skipped: the config failed its check", "fix it first")]
+    if config is None and euid == 0 and host.exists(SYSTEM_CONFIG):
+        config = Path(SYSTEM_CONFIG)
+    return [check_policy(load_rules(config), broker_facts(euid))]
+
+
 def run_checks(socket_path: str, *, state_dir: str | None = None, config: Path | None = None,
                load_config: Callable[[Path | None], object], euid: int | None = None,
                system_unit_dirs: Sequence[str] = SYSTEM_UNIT_DIRS,
-               user_unit_dirs: Sequence[str] = USER_UNIT_DIRS, securityfs: str = SECURITYFS) -> list[Check]:
-    """All checks, in report order. Reads only; connects to the socket once (``ping``)."""
+               user_unit_dirs: Sequence[str] = USER_UNIT_DIRS, securityfs: str = SECURITYFS,
+               load_rules: RulesLoader | None = None) -> list[Check]:
+    """All checks, in report order. Reads only; connects to the socket once (``ping``).
+    ``load_rules(config)`` gives the config's ``[[peers]]`` rules for the ``policy`` row."""
     euid = users.effective_uid() if euid is None else euid
     state = state_dir or default_state_dir(euid)
     rows = [check_runtime_dir(socket_path, euid), check_socket(socket_path, euid)]
     rows.append(check_ping(socket_path, safe=all(r.status == "PASS" for r in rows)))
     rows.append(check_config(config, euid, load_config))
+    rows += _policy_row(config, euid, load_rules, rows[-1].status != "FAIL")
     rows.append(check_state_dir(state, euid))
     if rows[-1].status == "FAIL":
         rows.append(Check("database", "WARN", "skipped: the state directory failed its check", "fix it first"))

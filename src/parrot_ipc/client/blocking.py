@@ -20,7 +20,7 @@ from ..errors import BrokerUnavailable, UntrustedBroker
 from ..os.paths import default_socket_path
 from .spec import BlockingCalls, Call, raw_call
 from .trust import verify_broker
-from .wire import RECV_BYTES, Wire, error_of, unreachable
+from .wire import RECV_BYTES, Wire, check_socket_dir, error_of, unreachable
 
 R = TypeVar("R")
 class Client(BlockingCalls):
@@ -48,6 +48,7 @@ class Client(BlockingCalls):
         self.socket_path = socket_path or default_socket_path()
         self.timeout_s = timeout_s
         self._wire = Wire()
+        check_socket_dir(self.socket_path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout_s)
         try:

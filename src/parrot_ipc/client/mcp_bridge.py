@@ -5,17 +5,23 @@ Built on the official ``mcp`` Python SDK (the optional extra ``mcp``; its low-le
 through anyio's trio backend, and on :class:`parrot_ipc.client.trio_client.AsyncClient`, so no
 handler ever blocks the event loop.
 
-- **Token.** On start the bridge calls ``get_token`` for its instance (the broker's policy
-  decides whether the token is bound to this process). The token lives in this process's
+- **Claim.** On start the bridge only connects and reads its instructions (``get_resource``
+  needs no session), so a health check (initialize, tools/list, exit) never touches a live
+  bridge's session. It calls ``get_token`` at the first tool call, with ``if_taken =
+  "suffix"``: a second live bridge of the same user becomes ``NAME-2`` and says so. A bridge
+  whose session was taken over says so in plain words and claims its name again only once the
+  other holder has disconnected (``docs/protocol.md``, "Sessions of one owner").
+- **Token.** The broker's policy decides whether the token is bound to this process. The token lives in this process's
   memory only: it is never written to a file, printed or logged.
 - **Reconnection.** If the broker goes away (a restart), the next tool call connects again and
   ``authenticate``\\ s with the held token; if the broker no longer knows it (a memory store, or an
   expired session), the bridge calls ``get_token`` again. A revoked session stays revoked.
-- **Instructions.** After authenticating, the bridge fetches the resource ``instructions``
+- **Instructions.** Before claiming, the bridge fetches the resource ``instructions``
   (``get_resource``, scope ``resources``) and returns its text as the MCP server's
   ``instructions`` in ``initialize``. If the broker cannot be reached or refuses (no
-  ``resources`` scope, no such resource, a bad digest), it starts degraded with
-  :data:`GENERIC_INSTRUCTIONS` and a warning on stderr: it fails closed, and no protected text
+  ``resources`` scope, a file it may not serve, a bad digest), it starts degraded with
+  :data:`GENERIC_INSTRUCTIONS` and a warning on stderr (a broker with no ``instructions`` at all: the
+  same text, no warning): it fails closed, and no protected text
   is ever compiled into or shipped with the bridge. Fetched texts are cached for the session,
   keyed by their SHA-256.
 - **Errors.** A broker error becomes an MCP tool error (``isError``) carrying the broker's
@@ -31,24 +37,34 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import mcp_types as types
 import msgspec
 import trio
 from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
 
 from ..core import protocol as p
 from ..errors import BrokerUnavailable, ParrotError, ToolError
 from ..os.paths import default_socket_path
 from .mcp_channel import CHANNEL_CAPABILITY, channel_stdio, start_hook_service, with_channel_instructions
-from .mcp_tools import TOOLS, check_args, format_messages
+from .mcp_link import BrokerLink
+from .mcp_tools import TOOL_NAMES, TOOLS, check_args, check_content, format_messages, name_text
 from .trio_client import AsyncClient
 from .wire import start_hint
 
+__all__ = [
+    "GENERIC_INSTRUCTIONS",
+    "Bridge",
+    "BrokerLink",
+    "InstructionCache",
+    "build_server",
+    "fetch_instructions",
+    "run_bridge",
+    "serve_bridge",
+]
 log = logging.getLogger("parrot_ipc.mcp")
-T = TypeVar("T")
 
 #: What a degraded bridge (no broker, or no ``resources`` scope) tells the model. Not secret.
 GENERIC_INSTRUCTIONS: Final = (
@@ -59,123 +75,6 @@ GENERIC_INSTRUCTIONS: Final = (
 INSTRUCTIONS_RESOURCE: Final = "instructions"
 #: Seconds to wait for the broker during start-up (connect, authenticate, fetch instructions).
 STARTUP_TIMEOUT_S: Final = 10.0
-CALL_TIMEOUT_S: Final = 30.0
-
-# =============================================================================== broker link
-class BrokerLink:
-    """The bridge's connection to the broker, its token (memory only), and reconnection.
-
-    Args:
-        socket_path: the broker's socket.
-        instance: the instance id to register as.
-
-    :meth:`run` is the task that owns the :class:`AsyncClient` (a trio nursery must be closed
-    by the task that opened it); :meth:`call` asks it for a connection when there is none.
-    """
-
-    def __init__(self, socket_path: str, instance: str) -> None:
-        self.socket_path = socket_path
-        self.instance = instance
-        self.scopes: list[str] = []
-        self._token: str | None = None  # never leaves this object
-        self._client: AsyncClient | None = None
-        self._wanted_send, self._wanted_recv = trio.open_memory_channel[
-            trio.MemorySendChannel[AsyncClient | ParrotError]](0)
-        self._connect_lock = trio.Lock()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open a connection each time one is wanted, and hold it until it closes.
-
-        Run it in a nursery with ``await nursery.start(link.run)``. A refusal or an unreachable
-        broker is handed to the caller of :meth:`connect`; any other exception (a bug) ends it.
-        """
-        task_status.started()
-        async for reply in self._wanted_recv:
-            answered = False
-            try:
-                async with AsyncClient(self.socket_path, timeout_s=CALL_TIMEOUT_S) as client:
-                    await self._login(client)
-                    self._client = client
-                    reply.send_nowait(client)
-                    answered = True
-                    # We never subscribe, so no message arrives: this returns when the
-                    # connection closes (the broker stopped, or dropped us).
-                    async for _ in client.messages():
-                        pass
-                    self._client = None
-                    log.warning("the broker closed the connection; the next tool call reconnects")
-            except Exception as exc:  # sorted out below; anything else (a bug) is re-raised
-                err = _leaf(exc)
-                if isinstance(err, (trio.TooSlowError, OSError)):
-                    err = BrokerUnavailable(self.socket_path, str(err) or type(err).__name__)
-                if not isinstance(err, ParrotError):
-                    raise
-                if not answered:
-                    reply.send_nowait(err)
-            finally:
-                self._client = None
-
-    async def _login(self, client: AsyncClient) -> None:
-        if self._token is not None:
-            try:
-                res = await client.authenticate(self._token)
-            except ParrotError as exc:
-                if isinstance(exc, BrokerUnavailable) or not exc.unauthenticated:
-                    raise
-                log.warning("the broker no longer accepts this bridge's session (%s); registering %s again",
-                            exc.reason, self.instance)
-            else:
-                self.instance, self.scopes = res.instance_id, list(res.scopes)
-                return
-        tok = await client.get_token(self.instance)
-        self._token = tok.token
-        self.instance, self.scopes = tok.instance_id, list(tok.scopes)
-
-    def token(self) -> str | None:
-        """The session's token (None before the first login), for this bridge's own second
-        connection (the channel pusher, client/mcp_channel.py); never logged or written."""
-        return self._token
-
-    async def connect(self) -> AsyncClient:
-        """The live connection, opening (and authenticating) one if needed.
-
-        Raises :class:`BrokerUnavailable`, or :class:`ParrotError` if the broker refuses us.
-        """
-        async with self._connect_lock:
-            if self._client is not None:
-                return self._client
-            reply_send, reply_recv = trio.open_memory_channel[AsyncClient | ParrotError](1)
-            await self._wanted_send.send(reply_send)
-            got = await reply_recv.receive()
-            if isinstance(got, ParrotError):
-                raise got
-            return got
-
-    async def call(self, op: Callable[[AsyncClient], Awaitable[T]]) -> T:
-        """Run ``op`` on the connection; reconnect once if the broker went away, log in again
-        once if the session expired. Raises :class:`ParrotError` / :class:`BrokerUnavailable`."""
-        for attempt in (1, 2):
-            client = await self.connect()
-            try:
-                return await op(client)
-            except BrokerUnavailable:
-                self._client = None
-                if attempt == 2:
-                    raise
-            except ParrotError as exc:
-                if attempt == 2 or not exc.unauthenticated or exc.reason != "token_expired":
-                    raise
-                await self._login(client)
-        raise AssertionError("unreachable")
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) single-member exception groups, as trio nurseries
-    wrap what their body raises; a group of several stays a group."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
 
 # =============================================================================== instructions
 class InstructionCache:
@@ -200,14 +99,19 @@ async def fetch_instructions(link: BrokerLink, cache: InstructionCache,
                              timeout_s: float = STARTUP_TIMEOUT_S) -> tuple[str, bool]:
     """``(instructions, protected)``: the broker's ``instructions`` resource, or the generic
     text (``protected`` False) with a warning on stderr if the broker is unreachable, refuses,
-    or the digest is wrong. Fails closed."""
+    or the digest is wrong. Fails closed. A broker that has no such resource (``resource_not_found``:
+    none is configured) gets the generic text without a warning; one it cannot serve
+    (``resource_refused``: unsafe or unreadable) warns."""
     try:
         with trio.fail_after(timeout_s):
-            res = await link.call(lambda c: c.get_resource(INSTRUCTIONS_RESOURCE))
+            res = await link.call(lambda c: c.get_resource(INSTRUCTIONS_RESOURCE), claim=False)
         return cache.accept(res), True
     except BrokerUnavailable as exc:
         why = f"{exc.message}. {start_hint(link.socket_path)}"
     except ParrotError as exc:
+        if exc.reason == "resource_not_found":  # none configured: the generic text, without a word
+            log.info("parrot-ipc mcp: the broker has no 'instructions' resource; using generic instructions")
+            return GENERIC_INSTRUCTIONS, False
         why = f"the broker refused: {exc.message} (code {exc.code}, reason {exc.reason})"
     except trio.TooSlowError:
         why = f"the broker did not answer within {timeout_s:g} s"
@@ -239,11 +143,15 @@ class Bridge:
             return _error(f"The broker refused {name}: {exc.message} (code {exc.code}, reason {exc.reason}).")
         except trio.TooSlowError:
             return _error(f"The broker did not answer {name} in time; try again.")
+        notice, self.link.notice = self.link.notice, None
+        if notice:
+            text = f"{notice}\n{text}"
         return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
                                     structured_content=structured)
 
     async def _t_send(self, arguments: dict[str, Any] | None) -> tuple[str, Any]:
         a = check_args("send", arguments, {"to": (str, True), "content": (str, True), "reply_to": (str, False)})
+        check_content("send", a["content"])
         res = await self.link.call(lambda c: c.send(a["to"], a["content"], reply_to=a.get("reply_to")))
         note = " (forwarded: that name was renamed)" if res.status == "forwarded" else ""
         return f"Sent message {res.id} to {res.to}{note}.", msgspec.to_builtins(res)
@@ -264,6 +172,7 @@ class Bridge:
 
     async def _t_broadcast(self, arguments: dict[str, Any] | None) -> tuple[str, Any]:
         a = check_args("broadcast", arguments, {"content": (str, True)})
+        check_content("broadcast", a["content"])
         res = await self.link.call(lambda c: c.broadcast(a["content"]))
         who = ", ".join(res.recipients) if res.recipients else "nobody (no other agent holds a session)"
         return f"Broadcast {res.id} sent to {len(res.recipients)} agent(s): {who}.", msgspec.to_builtins(res)
@@ -282,15 +191,18 @@ class Bridge:
     async def _t_rename(self, arguments: dict[str, Any] | None) -> tuple[str, Any]:
         a = check_args("rename", arguments, {"new_id": (str, True)})
         res = await self.link.call(lambda c: c.rename(a["new_id"]))
-        self.link.instance = res.instance_id
+        self.link.instance = self.link.requested = res.instance_id  # the agent's own choice now
         return (f"Renamed {res.previous_id} -> {res.instance_id}; mail to {res.previous_id} is forwarded "
                 f"for a while.", msgspec.to_builtins(res))
 
     async def _t_whoami(self, arguments: dict[str, Any] | None) -> tuple[str, Any]:
         check_args("whoami", arguments, {})
         me = await self.link.call(lambda c: c.whoami())
-        return (f"You are {me.instance_id} (the broker sees uid {me.uid}, gid {me.gid}, pid {me.pid}); "
-                f"scopes: {', '.join(me.scopes)}; session expires {me.expires_at}.", msgspec.to_builtins(me))
+        conf = self.link.requested
+        note = "" if me.instance_id == conf else f" (configured as {conf}, which another live agent of your user uses)"
+        return (f"You are {me.instance_id}{note} (the broker sees uid {me.uid}, gid {me.gid}, pid {me.pid}); "
+                f"scopes: {', '.join(me.scopes)}; session expires {me.expires_at}.",
+                {**msgspec.to_builtins(me), "configured_instance_id": conf})
 
 
 def _error(text: str) -> types.CallToolResult:
@@ -298,12 +210,19 @@ def _error(text: str) -> types.CallToolResult:
 
 
 def build_server(bridge: Bridge, instructions: str) -> Server[Any]:
-    """The MCP server: ``tools/list`` answers :data:`TOOLS`; ``tools/call`` runs the bridge."""
+    """The MCP server: ``tools/list`` answers :data:`TOOLS`; ``tools/call`` runs the bridge.
+
+    A ``tools/call`` of a name not in :data:`TOOL_NAMES` raises :class:`MCPError` -32602
+    ``Unknown tool: NAME``: a JSON-RPC error, not an ``isError`` result (MCP specification
+    2025-06-18, Tools, "Error Handling", whose example is exactly that).
+    """
 
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=list(TOOLS))
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        if params.name not in TOOL_NAMES:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
         return await bridge.call_tool(params.name, params.arguments)
 
     from .. import __version__
@@ -318,6 +237,7 @@ async def serve_bridge(instance: str, socket_path: str) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(link.run)
         instructions, protected = await fetch_instructions(link, InstructionCache())
+        instructions = f"{instructions}\n\n{name_text(instance)}"
         if protected:
             log.info("parrot-ipc mcp: serving %s with the broker's instructions", link.instance)
         server = build_server(Bridge(link), with_channel_instructions(instructions))

@@ -21,7 +21,7 @@ from mcp.shared.message import SessionMessage
 from msgspec import UNSET
 
 from ..core import protocol as p
-from ..errors import ParrotError
+from ..errors import ParrotError, ToolError
 from .hook_link import HookService
 from .trio_client import AsyncClient
 
@@ -179,13 +179,15 @@ class Pusher:
         await self._transport.initialized.wait()
         while True:
             try:
+                if self._link.token() is None:  # claim the name now: push needs no tool call first
+                    await self._link.call(lambda c: c.whoami())
                 token = self._link.token()
                 if token is None:
                     raise ParrotError(0, "no_session", "the bridge has no session yet")
                 async with AsyncClient(self._link.socket_path, timeout_s=POLL_WAIT_S + 10) as client:
                     await client.authenticate(token)
                     await self._serve(client)
-            except (ParrotError, trio.TooSlowError, OSError) as exc:
+            except (ParrotError, ToolError, trio.TooSlowError, OSError) as exc:
                 log.info("channel push: %s; retrying in 1 s", exc)
             await trio.sleep(1.0)
 

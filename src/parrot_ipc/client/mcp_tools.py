@@ -14,10 +14,21 @@ import mcp_types as types
 import msgspec
 
 from ..core import protocol as p
+from ..core.framing import DEFAULT_MAX_FRAME_BYTES
 from ..errors import ToolError
 
+#: Bytes of a request frame that are not the message text: the JSON-RPC envelope, ``to`` (at
+#: most 64 characters) and the member names, with room to spare.
+ENVELOPE_BYTES: Final = 1024
+#: ``maxLength`` of a message's ``content`` (JSON Schema counts characters): the broker's
+#: default ``max_frame_bytes`` (65536) less :data:`ENVELOPE_BYTES`. A text of non-ASCII or
+#: control characters takes more bytes than characters; :func:`check_content` checks the bytes.
+MAX_CONTENT_CHARS: Final = DEFAULT_MAX_FRAME_BYTES - ENVELOPE_BYTES
+
 _INSTANCE = {"type": "string", "pattern": p.INSTANCE_ID_PATTERN, "minLength": 1, "maxLength": 64}
-_TEXT = {"type": "string", "description": "The message text."}
+_TEXT = {"type": "string", "maxLength": MAX_CONTENT_CHARS,
+         "description": f"The message text, at most {MAX_CONTENT_CHARS} characters (the broker's frame limit); "
+                        "for more, write it to a file and send the file's path."}
 
 
 def _tool(name: str, description: str, properties: dict[str, Any] | None = None,
@@ -78,6 +89,19 @@ TOOLS: Final[tuple[types.Tool, ...]] = (
     ),
 )
 
+#: The names of :data:`TOOLS`; a ``tools/call`` for any other is a -32602 protocol error
+#: (MCP specification 2025-06-18, Tools, "Error Handling": unknown tools are protocol errors).
+TOOL_NAMES: Final = frozenset(t.name for t in TOOLS)
+
+
+def check_content(name: str, content: str) -> None:
+    """Raise :class:`ToolError` if ``content`` as JSON takes more than :data:`MAX_CONTENT_CHARS`
+    bytes: the broker would refuse the frame (-32004, ``max_frame_bytes``) and close."""
+    size = len(msgspec.json.encode(content))
+    if size > MAX_CONTENT_CHARS:
+        raise ToolError(f"Invalid arguments for {name}: 'content' is {size} bytes as JSON; the broker takes at "
+                        f"most {MAX_CONTENT_CHARS}. Write the text to a file and send the file's path instead.")
+
 
 def check_args(name: str, given: dict[str, Any] | None,
                spec: dict[str, tuple[type | tuple[type, ...], bool]]) -> dict[str, Any]:
@@ -118,3 +142,31 @@ def format_messages(instance: str, msgs: list[p.Message]) -> str:
         lines.append(f"text:\n{m.content}")
     lines.append("--- end of messages ---")
     return "\n".join(lines)
+
+
+def ended_text(instance: str, why: str) -> str:
+    """What the agent is told when its session was ended for good (``why``: the broker's word)."""
+    return (f"Your session as {instance} was ended by the broker ({why}). This bridge will not register "
+            f"again by itself: restart it (or ask the user) if you should keep exchanging messages.")
+
+
+def taken_over_text(instance: str) -> str:
+    """What the agent is told while another connected process of its user holds its name."""
+    return (f"Your session as {instance} was taken over by another process of your user that registered "
+            f"the same name (for example `parrot-ipc register {instance}` or another window). Mail for "
+            f"{instance} now goes to that process. This bridge takes {instance} back by itself once that "
+            f"process has disconnected; until then this tool cannot run.")
+
+
+def suffixed_text(requested: str, got: str) -> str:
+    """What the agent is told when its configured name was in use and it got ``got`` instead."""
+    return (f"Note: another live agent of your user already uses the name {requested}, so you are {got} "
+            f"for as long as this process runs. Other agents reach you at {got}.")
+
+
+def name_text(instance: str) -> str:
+    """The paragraph appended to the instructions: the agent's name, and what happens when
+    another live agent of the same user already uses it (``docs/protocol.md``)."""
+    return (f"parrot-ipc: your instance id is {instance}. If another live agent of your user already uses "
+            f"{instance}, you become {instance}-2 (or -3, ...) at your first tool call; that tool result and "
+            f"whoami say so.")

@@ -179,12 +179,16 @@ def _ping() -> None:
     """Check that the broker answers; returns ``"pong"``. Needs no session."""
 
 
-def _get_token(instance_id: str, *, shared_secret_proof: str | None = None) -> p.GetTokenParams:
+def _get_token(instance_id: str, *, shared_secret_proof: str | None = None,
+               if_taken: p.IfTaken = "replace") -> p.GetTokenParams:
     """Take instance ``instance_id`` (1-64 of ``A-Z a-z 0-9 _ . -``) and get a fresh session
     token: ``TokenResult {token, instance_id, expires_at (RFC 3339 UTC), scopes}``. Any earlier
     token of that instance dies. ``shared_secret_proof``: hex HMAC-SHA256(secret, instance_id),
-    only when the broker has a shared secret. -32006 if another UID holds the instance."""
-    return p.GetTokenParams(instance_id=instance_id, shared_secret_proof=shared_secret_proof)
+    only when the broker has a shared secret. ``if_taken`` (``"replace"``, ``"suffix"``,
+    ``"fail"``): what to do when a connected session of your own UID holds the name; with
+    ``"suffix"`` the result's ``instance_id`` may be ``NAME-2`` etc. -32006
+    ``instance_owned_by_other_uid`` if another UID owns the name."""
+    return p.GetTokenParams(instance_id=instance_id, shared_secret_proof=shared_secret_proof, if_taken=if_taken)
 
 
 def _authenticate(token: str) -> p.AuthenticateParams:
@@ -267,6 +271,26 @@ def _revoke_session(instance_id: str) -> p.RevokeSessionParams:
     return p.RevokeSessionParams(instance_id=instance_id)
 
 
+def _admin_stats(*, max_events: int = 20) -> p.AdminStatsParams:
+    """Admin: a snapshot for ``parrot-ipc top``: ``AdminStatsResult {now, started_at, uptime_s,
+    connections, connections_by_uid, live_sessions, instances, messages_in_total,
+    messages_out_total, messages_in_per_s, messages_out_per_s, rate_window_s, audit_counts,
+    recent_events}`` with the last ``max_events`` (0-100) audit events. Metadata only."""
+    return p.AdminStatsParams(max_events=max_events)
+
+
+def _release(instance_id: str) -> p.ReleaseParams:
+    """Free the name ``instance_id`` that your UID owns: its session ends and the mail left in
+    it is deleted. ``ReleaseResult {instance_id, owner_uid, dropped}``. -32006 if another UID
+    owns it, -32005 ``name_not_owned`` if nobody does."""
+    return p.ReleaseParams(instance_id=instance_id)
+
+
+def _admin_release(instance_id: str) -> p.ReleaseParams:
+    """Admin: free the name ``instance_id`` whoever owns it (as :meth:`release`)."""
+    return p.ReleaseParams(instance_id=instance_id)
+
+
 # --------------------------------------------------------------------------- the table
 class Methods:
     """Every method of protocol v1, as descriptors (``docs/protocol.md``, Methods). The base of
@@ -290,6 +314,9 @@ class Methods:
                            _sessions)
     revoke_session = Method("revoke_session", p.RevokeSessionParams, _revoke_session, p.RevokeResult,
                             _revoked)
+    admin_stats = Method("admin_stats", p.AdminStatsParams, _admin_stats, p.AdminStatsResult)
+    release = Method("release", p.ReleaseParams, _release, p.ReleaseResult)
+    admin_release = Method("admin_release", p.ReleaseParams, _admin_release, p.ReleaseResult)
 
 
 #: Every :class:`Method`, by JSON-RPC name.

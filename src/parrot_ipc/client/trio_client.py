@@ -23,7 +23,7 @@ from .trust import verify_broker
 
 if TYPE_CHECKING:  # types only: the socket is trio's
     import socket
-from .wire import RECV_BYTES, Wire, error_of, unreachable
+from .wire import RECV_BYTES, Wire, check_socket_dir, error_of, unreachable
 
 __all__ = ["AsyncClient", "BrokerUnavailable", "ParrotError"]
 R = TypeVar("R")
@@ -102,6 +102,7 @@ class AsyncClient(TrioCalls):
         self._writing = False  # a task is in _write_out: frames appended meanwhile go out with it
 
     async def __aenter__(self) -> AsyncClient:
+        check_socket_dir(self.socket_path)
         try:
             self._stream = stream = await trio.open_unix_socket(self.socket_path)
         except OSError as exc:

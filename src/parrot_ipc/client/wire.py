@@ -15,7 +15,7 @@ import msgspec
 
 from ..core import protocol as p
 from ..errors import BrokerUnavailable, ParrotError
-from ..os.paths import default_socket_path
+from ..os.paths import client_dir_problem, default_socket_path
 
 #: Bytes asked of the socket per read.
 RECV_BYTES: Final = 65536
@@ -34,6 +34,18 @@ def unreachable(path: str, exc: OSError) -> BrokerUnavailable:
     """The :class:`BrokerUnavailable` for an ``OSError`` met on the socket at ``path``
     (connect(2), send(2) or recv(2) failing: ENOENT, ECONNREFUSED, EACCES, EPIPE, ...)."""
     return BrokerUnavailable(path, exc.strerror or str(exc))
+
+
+def check_socket_dir(path: str) -> None:
+    """Refuse to connect to ``path`` in the per-user fallback directory ``/tmp/parrot-ipc-UID``
+    unless that directory is ours with mode 0700 (:func:`parrot_ipc.os.paths.client_dir_problem`,
+    the check tmux(1) makes of ``/tmp/tmux-UID``).
+
+    Raises :class:`BrokerUnavailable` naming the problem.
+    """
+    problem = client_dir_problem(path)
+    if problem is not None:
+        raise BrokerUnavailable(path, f"refusing an unsafe socket directory: {problem}")
 
 
 def start_hint(socket_path: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -32,8 +33,10 @@ from .delivery import Delivery
 from .effects import AuditSink, Drop, Effect, Push, WaitForMail, Wake, discard_audit
 from .limits import ConnectionLimits, TokenBucket
 from .methods import METHOD_TABLE, METHODS, MethodSpec
+from .names import Names
 from .policy import SCOPE_RECEIVE, PeerCredentials, Policy
 from .sessions import Sessions, token_hash
+from .stats import Stats
 from .timefmt import IdGenerator
 
 # Re-exported: these moved out of this module, and callers import them from here.
@@ -106,6 +109,9 @@ class Broker:
         self.store: Store = store
         #: The wall clock (epoch seconds), for the method handlers.
         self.clock = clock
+        #: Counters and recent audit events for ``admin_stats``; it sees every audit event.
+        self.stats = Stats(clock)
+        audit = self.stats.tee(audit)
         #: The audit sink; also for the shell's own events (timeouts, drops).
         self.audit = audit
         #: The reader behind ``get_resource``, or None.
@@ -117,6 +123,9 @@ class Broker:
         #: Session rules (tokens, scopes, rename, revoke).
         self.sessions = Sessions(store=store, config=config, clock=clock, token_bytes=token_bytes,
                                  bindings=self.bindings, audit=audit, shared_secret=shared_secret)
+        #: Name ownership (issue 13): who owns which instance name.
+        self.names = Names(store=store, config=config, clock=clock, bindings=self.bindings, audit=audit,
+                           kill=self.sessions.kill)
         #: Mail delivery, and the effects queue.
         self.delivery = Delivery(store=store, config=config, clock=clock, bindings=self.bindings,
                                  ids=self.ids, audit=audit)
@@ -341,12 +350,14 @@ class Broker:
     # ------------------------------------------------------------------ time
     def tick(self) -> None:
         """Time-driven work: re-queue expired leases (and push or wake for them); every
-        :data:`PURGE_INTERVAL_S`, purge expired state and unclaimed mail."""
+        :data:`PURGE_INTERVAL_S`, purge expired state and unclaimed mail, and free idle names
+        (``name_idle_release_s``)."""
         now = self.clock()
         self.delivery.release_expired(now)
         if now >= self._next_purge:
             self.store.purge(now)
             self.delivery.expire_unclaimed(now)
+            self.names.release_idle(now)
             self._next_purge = now + PURGE_INTERVAL_S
 
     def next_deadline(self) -> float:
@@ -358,6 +369,10 @@ class Broker:
     def online_instances(self) -> Iterable[str]:
         """Instance ids with at least one connection bound to a live session."""
         return self.bindings.names()
+
+    def connections_by_uid(self) -> dict[int, int]:
+        """Open connections per peer UID (``admin_stats``)."""
+        return dict(Counter(c.peer.uid for c in self._conns))
 
     def live_sessions(self) -> int:
         """How many sessions have at least one connection bound now (one per online instance).

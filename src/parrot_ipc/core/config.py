@@ -62,6 +62,9 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     #: files must be owned by root or the broker's user and not writable by group or others,
     #: like the config file. Read at start; the files are read on each request.
     resources_dir: str = "/etc/parrot-ipc/resources"
+    #: Seconds after which a name nobody holds, with an empty mailbox and no forward, stops
+    #: being owned by its UID (issue 13). 0: never (the default).
+    name_idle_release_s: Annotated[float, Meta(ge=0)] = 0.0
     #: The user the clients accept as the broker, besides root and themselves (issue 13): a
     #: client reads SO_PEERCRED on its connection before sending anything and refuses any other
     #: listener. Clients read it from this file's ``[server]`` table (or
@@ -91,6 +94,9 @@ class PeerRuleConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
         default_factory=lambda: ["send", "receive", "list", "rename", "broadcast", "resources"])
     may_send_to: list[InstancePattern] = field(default_factory=lambda: ["*"])
     bind: Literal["uid", "process"] = "uid"
+    #: fnmatch(3) patterns of the instance ids this rule's peers may claim; ``{user}`` is the
+    #: peer's login name (``["{user}-*"]``). Default: any name.
+    names: list[InstancePattern] = field(default_factory=lambda: ["*"])
 
 
 class ConfigFile(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):

@@ -64,13 +64,14 @@ class Delivery:
 
     def resolve(self, name: str, now: float) -> tuple[str, bool]:
         """Follow rename forwards from ``name``, stopping at a live holder, a name with no
-        forward, or after :data:`MAX_FORWARD_HOPS`. Returns ``(target, forwarded)``."""
-        forwarded = False
+        forward, a forward to a name of another owner (mail never crosses UIDs through a
+        forward, issue 13), or after :data:`MAX_FORWARD_HOPS`. Returns ``(target, forwarded)``."""
+        forwarded, store = False, self._store
         for _ in range(MAX_FORWARD_HOPS):
             if self.held(name, now):
                 break
-            nxt = self._store.get_forward(name, now)
-            if nxt is None:
+            nxt = store.get_forward(name, now)
+            if nxt is None or store.name_owner(nxt) != store.name_owner(name):
                 break
             name, forwarded = nxt, True
         return name, forwarded

@@ -22,6 +22,7 @@ from ..store import Session
 from . import protocol as p
 from .connection import Connection
 from .effects import WaitForMail, Wake
+from .policy import SCOPE_RESOURCES
 from .schema import METHOD_NEEDS, PUBLIC, SESSION
 from .timefmt import rfc3339
 
@@ -73,8 +74,13 @@ def ping(b: Broker, conn: Connection, _: p.NoParams, rid: p.RequestId) -> str:
 
 
 def get_token(b: Broker, conn: Connection, prm: p.GetTokenParams, rid: p.RequestId) -> p.TokenResult:
-    """``get_token``: a new session for ``instance_id``; mail waiting for it is delivered."""
-    token, s = b.sessions.get_token(conn, prm.instance_id, prm.shared_secret_proof)
+    """``get_token``: a new session for ``instance_id`` (or, with ``if_taken = "suffix"``, for
+    the name :meth:`~parrot_ipc.core.names.Names.pick` chose); the caller's UID owns the name
+    from now on; mail waiting for it is delivered. Raises the errors of ``Names.pick`` and
+    :meth:`~parrot_ipc.core.sessions.Sessions.get_token`."""
+    name = b.names.pick(conn, prm.instance_id, prm.if_taken)
+    token, s = b.sessions.get_token(conn, name, prm.shared_secret_proof)
+    b.names.claim(conn, name, "get_token")
     b.delivery.deliver(s.instance_id)
     return p.TokenResult(token=token, instance_id=s.instance_id, expires_at=rfc3339(s.expires_at),
                          scopes=sorted(s.scopes))
@@ -116,6 +122,7 @@ def send(b: Broker, conn: Connection, prm: p.SendParams, rid: p.RequestId) -> p.
         raise RpcError(ErrorCode.FORBIDDEN, "recipient_not_allowed",
                        f"This peer may not send to {prm.to!r}.", to=prm.to)
     msg = b.delivery.enqueue(sender, target, prm.content, prm.data, now, prm.reply_to)
+    b.stats.count(queued=1)
     result = p.SendResult(id=msg.id, to=target, status="forwarded" if forwarded else "queued")
     if key is not None:
         store.put_idempotent(sender, key, result, now + b.config.idempotency_ttl_s)
@@ -138,6 +145,7 @@ def broadcast(b: Broker, conn: Connection, prm: p.BroadcastParams, rid: p.Reques
             continue
         recipients.append(name)
         delivery.deliver(name)
+    b.stats.count(queued=len(recipients))
     return p.BroadcastResult(id=b.ids.next(now), recipients=recipients)
 
 
@@ -152,7 +160,9 @@ def receive(b: Broker, conn: Connection, prm: p.ReceiveParams, rid: p.RequestId)
 
 def ack(b: Broker, conn: Connection, prm: p.AckParams, rid: p.RequestId) -> p.AckResult:
     """``ack``: delete leased messages by id (ids not leased to this instance are ignored)."""
-    return p.AckResult(acked=b.delivery.ack(_session(conn).instance_id, prm.ids))
+    acked = b.delivery.ack(_session(conn).instance_id, prm.ids)
+    b.stats.count(acked=acked)
+    return p.AckResult(acked=acked)
 
 
 def list_instances(b: Broker, conn: Connection, _: p.NoParams, rid: p.RequestId) -> p.ListInstancesResult:
@@ -172,8 +182,11 @@ def list_instances(b: Broker, conn: Connection, _: p.NoParams, rid: p.RequestId)
 
 def rename(b: Broker, conn: Connection, prm: p.RenameParams, rid: p.RequestId) -> p.RenameResult:
     """``rename``: see :meth:`~parrot_ipc.core.sessions.Sessions.rename`; pollers on the old
-    name are woken and mail is delivered under the new one."""
+    name are woken and mail is delivered under the new one. The old name stays owned by this
+    UID; the new one must be free or this UID's (-32006 ``instance_owned_by_other_uid``)."""
+    b.names.check(conn, prm.new_id, "rename")
     old = b.sessions.rename(conn, _session(conn), prm.new_id)
+    b.names.claim(conn, prm.new_id, "rename")
     b.delivery.emit(Wake(old))
     b.delivery.deliver(prm.new_id)
     return p.RenameResult(instance_id=prm.new_id, previous_id=old)
@@ -201,7 +214,8 @@ def get_resource(b: Broker, conn: Connection, prm: p.GetResourceParams, rid: p.R
     and audited, not sent). See ``docs/protocol.md``, ``get_resource``.
     """
     name = prm.name
-    fields = {"conn": conn.conn_id, "uid": conn.peer.uid, "instance": _session(conn).instance_id, "name": name}
+    fields = {"conn": conn.conn_id, "uid": conn.peer.uid, "instance": conn.instance_id, "name": name}
+    _require_resources(b, conn)
     if not p.valid_resource_name(name):
         raise RpcError(ErrorCode.INVALID_PARAMS, "bad_resource_name",
                        "A resource name is 1-64 of A-Z a-z 0-9 _ . -, starts alphanumeric, and has no '..'.")
@@ -222,7 +236,34 @@ def get_resource(b: Broker, conn: Connection, prm: p.GetResourceParams, rid: p.R
     return p.ResourceResult(name=name, content=content, sha256=digest)
 
 
+def _require_resources(b: Broker, conn: Connection) -> None:
+    """``get_resource`` needs the scope ``resources``: in the session and the admission when
+    the connection has a session, else in the admission alone (issue 13: a bridge reads its
+    instructions before it claims a name). Raises -32002 ``scope_missing`` (audited) or the
+    session's -32001."""
+    if conn.session is not None:
+        b.sessions.require(conn, SCOPE_RESOURCES)
+        return
+    if SCOPE_RESOURCES not in conn.admission.scopes:
+        b.audit("scope_denied", {"conn": conn.conn_id, "uid": conn.peer.uid, "instance": None,
+                                 "scope": SCOPE_RESOURCES})
+        raise RpcError(ErrorCode.FORBIDDEN, "scope_missing",
+                       f"This peer lacks the scope {SCOPE_RESOURCES!r}.", scope=SCOPE_RESOURCES)
+
+
+def release(b: Broker, conn: Connection, prm: p.ReleaseParams, rid: p.RequestId) -> p.ReleaseResult:
+    """``release``: the owner's UID frees a name (its session ends, its mail is deleted); see
+    :meth:`~parrot_ipc.core.names.Names.release`."""
+    return b.names.release(conn, prm.instance_id, admin=False)
+
+
 # ------------------------------------------------------------------ admin
+def admin_release(b: Broker, conn: Connection, prm: p.ReleaseParams, rid: p.RequestId) -> p.ReleaseResult:
+    """``admin_release`` (admin): free a name whoever owns it; see
+    :meth:`~parrot_ipc.core.names.Names.release`."""
+    return b.names.release(conn, prm.instance_id, admin=True)
+
+
 def list_sessions(b: Broker, conn: Connection, _: p.NoParams, rid: p.RequestId) -> p.ListSessionsResult:
     """``list_sessions`` (admin): every live session, never its token or hash."""
     now = b.clock()
@@ -248,6 +289,24 @@ def revoke_session(b: Broker, conn: Connection, prm: p.RevokeSessionParams, rid:
     return p.RevokeResult(revoked=True)
 
 
+def admin_stats(b: Broker, conn: Connection, prm: p.AdminStatsParams, rid: p.RequestId) -> p.AdminStatsResult:
+    """``admin_stats`` (admin): counters, rates, connections per UID, instances and the last
+    ``max_events`` audit events (:class:`~parrot_ipc.core.stats.Stats`). Metadata only."""
+    st, now = b.stats, b.clock()
+    rate_in, rate_out = st.rates()
+    recent = list(st.recent)[-prm.max_events:] if prm.max_events else []
+    return p.AdminStatsResult(
+        now=rfc3339(now), started_at=rfc3339(st.started), uptime_s=round(now - st.started, 3),
+        connections=b.connections,
+        connections_by_uid=[p.UidConnections(uid=u, connections=n) for u, n in sorted(b.connections_by_uid().items())],
+        live_sessions=b.live_sessions(), instances=list_instances(b, conn, p.NoParams(), rid).instances,
+        messages_in_total=st.messages_in, messages_out_total=st.messages_out,
+        messages_in_per_s=rate_in, messages_out_per_s=rate_out, rate_window_s=float(st.window_s),
+        audit_counts=dict(st.event_counts),
+        recent_events=[p.AuditEvent(ts=rfc3339(ts), event=ev, fields=f) for ts, ev, f in recent],
+    )
+
+
 # ------------------------------------------------------------------ the table
 def _spec(name: str, handler: Handler, params: type, result: type) -> MethodSpec:
     needs = METHOD_NEEDS[name]
@@ -256,7 +315,8 @@ def _spec(name: str, handler: Handler, params: type, result: type) -> MethodSpec
 
 
 #: Every method of protocol v1 this broker serves, by JSON-RPC method name
-#: (``docs/protocol.md``, "Methods"; ``list_sessions`` and ``revoke_session`` are admin).
+#: (``docs/protocol.md``, "Methods"; ``list_sessions``, ``revoke_session`` and
+#: ``admin_release`` are admin).
 METHOD_TABLE: Final[dict[str, MethodSpec]] = {m.name: m for m in (
     _spec("ping", ping, p.NoParams, str),
     _spec("get_token", get_token, p.GetTokenParams, p.TokenResult),
@@ -273,6 +333,9 @@ METHOD_TABLE: Final[dict[str, MethodSpec]] = {m.name: m for m in (
     _spec("get_resource", get_resource, p.GetResourceParams, p.ResourceResult),
     _spec("list_sessions", list_sessions, p.NoParams, p.ListSessionsResult),
     _spec("revoke_session", revoke_session, p.RevokeSessionParams, p.RevokeResult),
+    _spec("admin_stats", admin_stats, p.AdminStatsParams, p.AdminStatsResult),
+    _spec("release", release, p.ReleaseParams, p.ReleaseResult),
+    _spec("admin_release", admin_release, p.ReleaseParams, p.ReleaseResult),
 )}
 
 #: The method names of protocol v1 this broker serves, in table order.

@@ -6,8 +6,8 @@ the OS layer at accept, before any byte. This module only decides; it does no I/
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Final, Literal, Protocol
 
@@ -83,8 +83,10 @@ class Admission:
     """A policy decision. ``rule`` names the rule that matched (for the audit log).
 
     ``may_send_to`` holds fnmatch(3)-style patterns of instance ids this peer may message
-    (``("*",)``: anyone). ``bind`` is ``"uid"`` (a token works from any process of the UID)
-    or ``"process"`` (only from the process, pid and start time, that got it).
+    (``("*",)``: anyone). ``names`` holds fnmatch(3)-style patterns of the instance ids this
+    peer may claim with ``get_token`` or ``rename`` (``("*",)``: any), ``{user}`` already
+    replaced by the peer's login name. ``bind`` is ``"uid"`` (a token works from any process
+    of the UID) or ``"process"`` (only from the process, pid and start time, that got it).
     ``pins_exe``: the admission rested on the peer's executable (the rule has ``executables``)
     or binds to its process, so the executable is checked again before every request, and a
     process that has exec'd another program loses its session (-32001 ``peer_exe_changed``).
@@ -96,13 +98,30 @@ class Admission:
     scopes: frozenset[str] = frozenset()
     may_send_to: tuple[str, ...] = ("*",)
     bind: Bind = "uid"
+    names: tuple[str, ...] = ("*",)
     pins_exe: bool = False
 
     def may_send(self, instance_id: str) -> bool:
         """True if ``instance_id`` matches a ``may_send_to`` pattern (fnmatch(3), case-sensitive)."""
-        if self.may_send_to == ("*",):
-            return True
-        return any(p == "*" or fnmatchcase(instance_id, p) for p in self.may_send_to)
+        return _matches(instance_id, self.may_send_to)
+
+    def may_claim(self, instance_id: str) -> bool:
+        """True if ``instance_id`` matches a ``names`` pattern (fnmatch(3), case-sensitive)."""
+        return _matches(instance_id, self.names)
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """True if ``name`` matches one of the fnmatch(3) ``patterns`` (``"*"`` matches all)."""
+    if patterns == ("*",):
+        return True
+    return any(p == "*" or fnmatchcase(name, p) for p in patterns)
+
+
+#: The placeholder in a rule's ``names`` patterns for the peer's login name (issue 13).
+USER_PLACEHOLDER: Final = "{user}"
+#: Looks up the login name of a UID (getpwuid(3)); None if no user has it. Injected by the
+#: app layer: the core does no I/O.
+UserNames = Callable[[int], str | None]
 
 
 class Policy(Protocol):
@@ -144,7 +163,8 @@ class PeerRule:
 
     A peer matches when its UID is in ``uids`` (if any are given) and its primary or a
     supplementary GID is in ``gids`` (if any are given), and, if ``executables`` is non-empty,
-    its attested executable matches one of those fnmatch(3) patterns.
+    its attested executable matches one of those fnmatch(3) patterns. ``names`` limits the
+    instance ids the peer may claim (fnmatch(3); ``{user}`` is the peer's login name).
     """
 
     label: str
@@ -154,12 +174,23 @@ class PeerRule:
     scopes: frozenset[str] = DEFAULT_SCOPES
     may_send_to: tuple[str, ...] = ("*",)
     bind: Bind = "uid"
+    names: tuple[str, ...] = ("*",)
     _admission: Admission = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_admission", Admission(
             True, self.label, scopes=self.scopes, may_send_to=self.may_send_to, bind=self.bind,
-            pins_exe=bool(self.executables) or self.bind == "process"))
+            names=self.names, pins_exe=bool(self.executables) or self.bind == "process"))
+
+    def admission_for(self, peer: PeerCredentials, user_names: UserNames | None) -> Admission:
+        """The rule's admission for ``peer``: ``{user}`` in ``names`` becomes the peer's login
+        name (``user_names(peer.uid)``); a pattern with ``{user}`` matches nothing when the UID
+        has no name or no lookup is given (fail closed)."""
+        if not any(USER_PLACEHOLDER in n for n in self.names):
+            return self._admission
+        user = None if user_names is None else user_names(peer.uid)
+        names = tuple(n.replace(USER_PLACEHOLDER, user) if user else "" for n in self.names)
+        return replace(self._admission, names=tuple(n for n in names if n) or ("",))
 
     def matches_identity(self, peer: PeerCredentials) -> bool:
         """True if ``peer`` passes the rule's ``uids`` and ``gids`` filters (an empty filter passes)."""
@@ -177,6 +208,7 @@ class RulePolicy:
 
     Args:
         rules: the rules in file order.
+        user_names: the login name of a UID (for ``{user}`` in ``names``), or None.
 
     Refusal reasons (``error.data.reason``): ``peer_not_allowed`` when no rule matches;
     ``peer_attestation_failed`` when a rule matching the peer's UID/GID needs its executable
@@ -184,8 +216,9 @@ class RulePolicy:
     ``/proc`` could not be read): fail closed.
     """
 
-    def __init__(self, rules: Sequence[PeerRule]) -> None:
+    def __init__(self, rules: Sequence[PeerRule], user_names: UserNames | None = None) -> None:
         self.rules = tuple(rules)
+        self._user_names = user_names
 
     def admit(self, peer: PeerCredentials) -> Admission:
         """The first matching rule's admission, or a refusal (reasons in the class docstring)."""
@@ -199,5 +232,5 @@ class RulePolicy:
                     return Admission(False, rule.label, reason="peer_attestation_failed")
                 if not rule.matches_exe(peer.exe):
                     continue
-            return rule._admission
+            return rule.admission_for(peer, self._user_names)
         return Admission(False, "no_rule", reason="peer_not_allowed")

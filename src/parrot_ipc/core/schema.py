@@ -18,7 +18,6 @@ from .policy import (
     SCOPE_LIST,
     SCOPE_RECEIVE,
     SCOPE_RENAME,
-    SCOPE_RESOURCES,
     SCOPE_SEND,
 )
 
@@ -30,12 +29,16 @@ __all__ = [
     "SESSION",
     "AckParams",
     "AckResult",
+    "AdminStatsParams",
+    "AdminStatsResult",
+    "AuditEvent",
     "AuthResult",
     "AuthenticateParams",
     "BroadcastParams",
     "BroadcastResult",
     "GetResourceParams",
     "GetTokenParams",
+    "IfTaken",
     "InstanceId",
     "InstanceInfo",
     "ListInstancesResult",
@@ -44,6 +47,8 @@ __all__ = [
     "NoParams",
     "ReceiveParams",
     "ReceiveResult",
+    "ReleaseParams",
+    "ReleaseResult",
     "RenameParams",
     "RenameResult",
     "ResourceName",
@@ -55,6 +60,7 @@ __all__ = [
     "SessionInfo",
     "SubscribeResult",
     "TokenResult",
+    "UidConnections",
     "WhoamiResult",
     "valid_resource_name",
 ]
@@ -75,13 +81,22 @@ class NoParams(_Params):
     """The params of a method that takes none: ``{}`` or left out; any member is -32602."""
 
 
+#: What ``get_token`` does when a live session of the caller's own UID, with a connection
+#: bound, holds the name (``docs/protocol.md``, "Sessions of one owner"): ``"replace"`` takes
+#: it over (protocol v1, the default); ``"suffix"`` takes the first free ``NAME-2`` ..
+#: ``NAME-32`` instead; ``"fail"`` answers -32006 ``instance_taken``.
+IfTaken = Literal["replace", "suffix", "fail"]
+
+
 class GetTokenParams(_Params):
     """``get_token``: the instance to take (:data:`INSTANCE_ID_PATTERN`), and, in claude-ipc
     compatibility mode, ``shared_secret_proof`` = hex HMAC-SHA256(secret, instance_id), at most
-    128 characters (``docs/protocol.md``, Semantics)."""
+    128 characters (``docs/protocol.md``, Semantics). ``if_taken`` (:data:`IfTaken`, added by
+    issue 13) says what to do when a connected session of the same UID holds the name."""
 
     instance_id: InstanceId
     shared_secret_proof: Annotated[str, Meta(max_length=128)] | None = None
+    if_taken: IfTaken = "replace"
 
 
 class AuthenticateParams(_Params):
@@ -136,6 +151,16 @@ class RenameParams(_Params):
 
 class RevokeSessionParams(_Params):
     """``revoke_session`` (admin): the instance whose live session to end."""
+
+    instance_id: InstanceId
+
+
+class AdminStatsParams(_Params):
+    """``admin_stats`` (admin): how many recent audit events to return (0-100, default 20)."""
+
+    max_events: Annotated[int, Meta(ge=0, le=100)] = 20
+class ReleaseParams(_Params):
+    """``release`` and ``admin_release``: the name to free (:data:`INSTANCE_ID_PATTERN`)."""
 
     instance_id: InstanceId
 
@@ -255,6 +280,15 @@ class RevokeResult(Struct, kw_only=True):
     revoked: bool
 
 
+class ReleaseResult(Struct, kw_only=True):
+    """``release`` and ``admin_release``: the name freed, the UID that owned it, and how many
+    messages left in its mailbox were deleted (never handed to the next owner)."""
+
+    instance_id: str
+    owner_uid: int
+    dropped: int
+
+
 class ResourceResult(Struct, kw_only=True):
     """``get_resource``: the resource's text (UTF-8) and the hex SHA-256 of its bytes."""
 
@@ -282,6 +316,49 @@ class ListSessionsResult(Struct, kw_only=True):
     """``list_sessions`` (admin): every live session, sorted by instance id."""
 
     sessions: list[SessionInfo]
+
+
+class AuditEvent(Struct, kw_only=True):
+    """One recent audit event as ``admin_stats`` returns it: ``ts`` (RFC 3339 UTC), the event
+    name, and its fields (metadata: uids, pids, instance names, reasons; never a token, secret
+    or message content)."""
+
+    ts: str
+    event: str
+    fields: dict[str, Any]
+
+
+class UidConnections(Struct, kw_only=True):
+    """Open connections of one peer UID."""
+
+    uid: int
+    connections: int
+
+
+class AdminStatsResult(Struct, kw_only=True):
+    """``admin_stats`` (admin): a snapshot for ``parrot-ipc top``. Metadata only.
+
+    ``messages_in_total`` counts messages queued (``send``, each ``broadcast`` recipient) and
+    ``messages_out_total`` messages acked, since ``started_at``; the ``*_per_s`` rates average
+    them over the last ``rate_window_s`` seconds. ``audit_counts`` counts every audit event by
+    name; ``recent_events`` are the newest non-routine ones (refusals, rate limits, ...), newest
+    last.
+    """
+
+    now: str
+    started_at: str
+    uptime_s: float
+    connections: int
+    connections_by_uid: list[UidConnections]
+    live_sessions: int
+    instances: list[InstanceInfo]
+    messages_in_total: int
+    messages_out_total: int
+    messages_in_per_s: float
+    messages_out_per_s: float
+    rate_window_s: float
+    audit_counts: dict[str, int]
+    recent_events: list[AuditEvent]
 
 
 # --------------------------------------------------------------------------- names
@@ -320,7 +397,12 @@ METHOD_NEEDS: Final[dict[str, str]] = {
     "rename": SCOPE_RENAME,
     "subscribe": SCOPE_RECEIVE,
     "revoke": SESSION,
-    "get_resource": SCOPE_RESOURCES,
+    # Issue 13: an admitted peer whose rule grants ``resources`` reads without a session (the
+    # handler checks the scope), so a bridge fetches its instructions without claiming a name.
+    "get_resource": PUBLIC,
     "list_sessions": SCOPE_ADMIN,
     "revoke_session": SCOPE_ADMIN,
+    "admin_stats": SCOPE_ADMIN,
+    "release": PUBLIC,
+    "admin_release": SCOPE_ADMIN,
 }

@@ -83,7 +83,7 @@ class Sessions:
         now = self._clock()
         if s.revoked:
             raise RpcError(ErrorCode.UNAUTHENTICATED, "token_revoked",
-                           "This session was revoked or replaced; get a new token.")
+                           "This session was revoked or replaced; get a new token.", why=s.ended or "revoked")
         if now >= s.expires_at:
             self._bindings.unbind(conn)
             raise RpcError(ErrorCode.UNAUTHENTICATED, "token_expired", "The session token has expired.")
@@ -192,7 +192,7 @@ class Sessions:
     def kill(self, s: Session, why: str) -> None:
         """End session ``s`` (revoked, replaced, or its peer no longer admitted): mark it
         revoked, delete it from the store, unbind its connections, audit ``session_ended``."""
-        s.revoked = True
+        s.revoked, s.ended = True, why
         self._store.delete_session(s)
         self._bindings.unbind_session(s)
         self._audit("session_ended", {"instance": s.instance_id, "uid": s.uid, "why": why})

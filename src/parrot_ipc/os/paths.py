@@ -19,23 +19,55 @@ from .files import FileRule, lstat_or_none, path_problem
 
 DEFAULT_SYSTEM_DIR: Final = "/run/parrot-mcp"
 SOCKET_NAME: Final = "mcp.sock"
+#: The per-user fallback directory when ``$XDG_RUNTIME_DIR`` is unset (``su -``, ``runuser``):
+#: ``/tmp/parrot-ipc-UID``, made 0700 and checked as tmux(1) checks ``/tmp/tmux-UID``.
+FALLBACK_DIR_TEMPLATE: Final = "/tmp/parrot-ipc-{uid}"
 
 
 # --------------------------------------------------------------------------- paths
 def default_socket_path(euid: int | None = None, env: Mapping[str, str] | None = None) -> str:
     """The socket path a broker or client uses when none is given.
 
-    Order (``docs/protocol.md``): ``$PARROT_IPC_DIR/mcp.sock``; for a non-root user with
-    ``$XDG_RUNTIME_DIR`` set, ``$XDG_RUNTIME_DIR/parrot-mcp/mcp.sock``; else
-    ``/run/parrot-mcp/mcp.sock``.
+    Order (``docs/protocol.md``, Transport): ``$PARROT_IPC_DIR/mcp.sock``; for a non-root
+    user with ``$XDG_RUNTIME_DIR`` set, ``$XDG_RUNTIME_DIR/parrot-mcp/mcp.sock``; for a non-root
+    user without it, ``/tmp/parrot-ipc-UID/mcp.sock`` (:data:`FALLBACK_DIR_TEMPLATE`); for
+    root, ``/run/parrot-mcp/mcp.sock``. Brokers and clients use this one rule.
     """
     env = os.environ if env is None else env
     euid = os.geteuid() if euid is None else euid
     if env.get("PARROT_IPC_DIR"):
         return os.path.join(env["PARROT_IPC_DIR"], SOCKET_NAME)
-    if euid != 0 and env.get("XDG_RUNTIME_DIR"):
-        return os.path.join(env["XDG_RUNTIME_DIR"], "parrot-mcp", SOCKET_NAME)
+    if euid != 0:
+        if env.get("XDG_RUNTIME_DIR"):
+            return os.path.join(env["XDG_RUNTIME_DIR"], "parrot-mcp", SOCKET_NAME)
+        return os.path.join(FALLBACK_DIR_TEMPLATE.format(uid=euid), SOCKET_NAME)
     return os.path.join(DEFAULT_SYSTEM_DIR, SOCKET_NAME)
+
+
+def is_fallback_path(socket_path: str, euid: int | None = None) -> bool:
+    """True if ``socket_path`` lies in our per-user fallback directory ``/tmp/parrot-ipc-UID``
+    (``euid`` default: our effective UID), which anyone could have made first in ``/tmp``."""
+    euid = os.geteuid() if euid is None else euid
+    return os.path.dirname(os.path.abspath(socket_path)) == FALLBACK_DIR_TEMPLATE.format(uid=euid)
+
+
+def client_dir_problem(socket_path: str, euid: int | None = None) -> str | None:
+    """Before a client connects to ``socket_path`` in the fallback directory: what makes that
+    directory unsafe (not a directory of ours with mode 0700, :func:`runtime_dir_problem`), or
+    None. A missing directory, or a path elsewhere, is None (connect(2) then says what it says).
+
+    tmux(1) refuses ``/tmp/tmux-UID`` the same way: another user could have created it first
+    and listen there for our tokens and mail. Never raises (an lstat(2) failure is the answer).
+    """
+    if not is_fallback_path(socket_path, euid):
+        return None
+    directory = os.path.dirname(os.path.abspath(socket_path))
+    try:
+        if lstat_or_none(directory) is None:
+            return None
+        return runtime_dir_problem(directory, euid)
+    except OSError as exc:
+        return f"{directory}: {exc.strerror}"
 
 
 

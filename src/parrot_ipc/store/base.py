@@ -37,6 +37,8 @@ class Session:
         last_rename_at: seconds since the epoch of the last rename, or None if never renamed.
         revoked: set by the core before it deletes a revoked or replaced session, so connections
             still holding the object see it. Never stored.
+        ended: why it ended (``"replaced"``, ``"revoked"``, ...), set with ``revoked``; the
+            ``token_revoked`` error carries it as ``data.why``. Never stored.
         bound_pid, bound_start_time: with ``bind = "process"``, the pid and start time
             (``/proc/<pid>/stat`` field 22, in clock ticks; proc(5)) of the one process this
             token works from. None for a UID-bound token.
@@ -54,6 +56,7 @@ class Session:
     revoked: bool = False
     bound_pid: int | None = None
     bound_start_time: int | None = None
+    ended: str | None = None
 
     def live(self, now: float) -> bool:
         """True while not revoked and ``now`` (seconds since the epoch) is before ``expires_at``."""
@@ -131,6 +134,23 @@ class Store(Protocol):
 
     def rename_instance(self, old: str, new: str, now: float) -> None:
         """Move the last-seen record from ``old`` to ``new``, seen at ``now`` (seconds)."""
+        ...
+
+    # name owners (issue 13: names are owned by the UID that first registered them)
+    def name_owner(self, instance_id: str) -> int | None:
+        """The UID that owns the name ``instance_id``, or None if nobody owns it."""
+        ...
+
+    def put_name_owner(self, instance_id: str, uid: int, now: float) -> None:
+        """Record that ``uid`` owns ``instance_id`` from ``now`` (seconds since the epoch)."""
+        ...
+
+    def delete_name_owner(self, instance_id: str) -> None:
+        """Free the name ``instance_id`` (nobody owns it afterwards)."""
+        ...
+
+    def name_owners(self) -> Iterable[tuple[str, int]]:
+        """A snapshot of every owned name as ``(instance_id, uid)``, in no set order."""
         ...
 
     # mailboxes

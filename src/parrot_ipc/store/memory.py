@@ -43,6 +43,7 @@ class MemoryStore:
         self._sessions: dict[bytes, Session] = {}
         self._by_instance: dict[str, Session] = {}
         self._last_seen: dict[str, float] = {}
+        self._owners: dict[str, tuple[int, float]] = {}
         self._boxes: dict[str, _Mailbox] = {}
         self._lease_heap: list[tuple[float, str, StoredMessage]] = []
         self._forwards: dict[str, tuple[str, float]] = {}
@@ -96,6 +97,24 @@ class MemoryStore:
         """:meth:`~parrot_ipc.store.base.Store.rename_instance`: ``new`` is seen at ``now`` (seconds since the epoch)."""
         self._last_seen.pop(old, None)
         self._last_seen[new] = now
+
+    # name owners ------------------------------------------------------------
+    def name_owner(self, instance_id: str) -> int | None:
+        """:meth:`~parrot_ipc.store.base.Store.name_owner`: O(1)."""
+        hit = self._owners.get(instance_id)
+        return None if hit is None else hit[0]
+
+    def put_name_owner(self, instance_id: str, uid: int, now: float) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.put_name_owner`: ``now`` in seconds since the epoch."""
+        self._owners[instance_id] = (uid, now)
+
+    def delete_name_owner(self, instance_id: str) -> None:
+        """:meth:`~parrot_ipc.store.base.Store.delete_name_owner`: nothing happens if nobody owns it."""
+        self._owners.pop(instance_id, None)
+
+    def name_owners(self) -> Iterable[tuple[str, int]]:
+        """:meth:`~parrot_ipc.store.base.Store.name_owners`: a list."""
+        return [(name, uid) for name, (uid, _) in self._owners.items()]
 
     # mailboxes --------------------------------------------------------------
     def enqueue(self, item: StoredMessage) -> None:

@@ -184,6 +184,22 @@ class PutIdempotent(Op, frozen=True, gc=False):
         return cls(sender, key, result.id, result.to, result.status, until)
 
 
+class PutNameOwner(Op, frozen=True, gc=False):
+    """Record that ``uid`` owns the name ``instance_id`` since ``claimed_at`` (seconds)."""
+
+    instance_id: str
+    uid: int
+    claimed_at: float
+
+
+class DeleteNameOwner(Op, frozen=True, gc=False):
+    """Free the name ``instance_id`` from ``uid``, its owner when the op was made. The delete
+    matches both, so a replayed or reordered op can never free a claim made since by another
+    UID."""
+
+    instance_id: str
+    uid: int
+
 class Purge(Op, frozen=True, gc=False):
     """Delete the sessions, forwards and idempotency keys that expired by ``now`` (seconds).
     Uses the ``*_by_until`` / ``sessions_by_expiry`` indexes, never a table scan."""
@@ -237,6 +253,8 @@ SQL: Final[Mapping[type[Op], tuple[Write, ...]]] = {
     TouchInstances: (Write("INSERT OR REPLACE INTO instances (instance_id, last_seen) VALUES (?, ?)",
                            _seen_rows),),
     DeleteInstance: (Write("DELETE FROM instances WHERE instance_id = ?"),),
+    PutNameOwner: (Write("INSERT OR REPLACE INTO names (instance_id, uid, claimed_at) VALUES (?, ?, ?)"),),
+    DeleteNameOwner: (Write("DELETE FROM names WHERE instance_id = ? AND uid = ?"),),
     PutForward: (Write("INSERT OR REPLACE INTO forwards (old, new, until) VALUES (?, ?, ?)"),),
     DeleteForward: (Write("DELETE FROM forwards WHERE old = ?"),),
     PutIdempotent: (Write("INSERT OR REPLACE INTO idempotency (sender, key, id, recipient, status, until) "

@@ -68,8 +68,19 @@ _V3: Final = """
 ALTER TABLE sessions ADD COLUMN bound_pid INTEGER;
 ALTER TABLE sessions ADD COLUMN bound_start_time INTEGER;
 """
+# Version 4 (issue 13): a name belongs to the UID that first registered it, across restarts.
+# The names held by stored sessions become their UIDs' (the earliest session wins a tie).
+_V4: Final = """
+CREATE TABLE names (
+    instance_id TEXT PRIMARY KEY,
+    uid INTEGER NOT NULL,
+    claimed_at REAL NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO names (instance_id, uid, claimed_at)
+    SELECT instance_id, uid, created_at FROM sessions ORDER BY created_at
+"""
 #: ``MIGRATIONS[i]``: the DDL, ``;``-separated, that takes version ``i`` to ``i + 1``.
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4)
 #: The version this broker writes (``PRAGMA user_version``).
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -148,6 +159,8 @@ def load(db: sqlite3.Connection, mirror: MemoryStore) -> str | None:
         scopes = frozenset(msgspec.json.decode(row[5], type=list[str]))
         mirror.put_session(Session(bytes(row[0]), row[1], row[2], row[3], row[4], scopes, row[6], row[7],
                                    row[8], bound_pid=row[9], bound_start_time=row[10]))
+    for name, uid, claimed_at in db.execute("SELECT instance_id, uid, claimed_at FROM names"):
+        mirror.put_name_owner(name, uid, claimed_at)
     for name, seen in db.execute("SELECT instance_id, last_seen FROM instances"):
         mirror.touch_instance(name, seen)
     max_id = ""

@@ -42,6 +42,7 @@ from .ops import (
     DeleteForward,
     DeleteInstance,
     DeleteMessages,
+    DeleteNameOwner,
     DeleteSession,
     MoveMailbox,
     Op,
@@ -49,6 +50,7 @@ from .ops import (
     PutForward,
     PutIdempotent,
     PutMessage,
+    PutNameOwner,
     PutSession,
     SetLease,
     TouchInstances,
@@ -270,6 +272,29 @@ class SqliteStore:
         self._dirty_seen.pop(new, None)
         self._journal(DeleteInstance(old))
         self._journal(TouchInstances(((new, now),)))
+
+    # ------------------------------------------------------------------ name owners
+    def name_owner(self, instance_id: str) -> int | None:
+        """Read from the mirror (:meth:`MemoryStore.name_owner`)."""
+        return self._mirror.name_owner(instance_id)
+
+    def put_name_owner(self, instance_id: str, uid: int, now: float) -> None:
+        """Mirror, then journal :class:`~parrot_ipc.store.ops.PutNameOwner`."""
+        self._mirror.put_name_owner(instance_id, uid, now)
+        self._journal(PutNameOwner(instance_id, uid, now))
+
+    def delete_name_owner(self, instance_id: str) -> None:
+        """Mirror, then journal :class:`~parrot_ipc.store.ops.DeleteNameOwner` (with the owner
+        it frees; nothing is journaled when nobody owns the name)."""
+        owner = self._mirror.name_owner(instance_id)
+        if owner is None:
+            return
+        self._mirror.delete_name_owner(instance_id)
+        self._journal(DeleteNameOwner(instance_id, owner))
+
+    def name_owners(self) -> Iterable[tuple[str, int]]:
+        """Read from the mirror (:meth:`MemoryStore.name_owners`)."""
+        return self._mirror.name_owners()
 
     # ------------------------------------------------------------------ mailboxes
     def enqueue(self, item: StoredMessage) -> None:
