@@ -124,10 +124,12 @@ async def _in_lanes(total: int, lanes: int, step: Callable[[], Awaitable[object]
 
 
 # --------------------------------------------------------------------------- 3./8. deliver
-async def _deliver(sock: str, pairs: int, per_sender: int, window: int, tag: str) -> dict[str, float]:
+async def _deliver(sock: str, pairs: int, per_sender: int, window: int, tag: str,
+                   recv_sock: str | None = None, suffix: str = "") -> dict[str, float]:
     """``pairs`` sender/receiver pairs, each on its own connection. Each sender keeps up to
     ``window`` sends in flight; each receiver loops ``receive(max=100, wait_s=1)`` then ``ack``.
-    Returns delivered msgs/s (first send to last receive) and send-to-receive latency."""
+    Returns delivered msgs/s (first send to last receive) and send-to-receive latency.
+    ``recv_sock``/``suffix``: receivers on another broker, addressed ``name<suffix>`` (federated)."""
     clock = time.perf_counter_ns
     lat: list[int] = []
     ready = 0
@@ -142,7 +144,7 @@ async def _deliver(sock: str, pairs: int, per_sender: int, window: int, tag: str
 
     async def receiver(i: int) -> None:
         nonlocal last
-        async with AsyncClient(sock) as c:
+        async with AsyncClient(recv_sock or sock) as c:
             await c.get_token(f"{tag}r{i}")
             arrived()
             await go.wait()
@@ -162,7 +164,7 @@ async def _deliver(sock: str, pairs: int, per_sender: int, window: int, tag: str
             await c.get_token(f"{tag}s{i}")
             arrived()
             await go.wait()
-            to = f"{tag}r{i}"
+            to = f"{tag}r{i}{suffix}"
             await _in_lanes(per_sender, window, lambda: c.send(to, f"{clock()} {PAD}"))
 
     with trio.fail_after(600):

@@ -27,10 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import federated
 from .scenarios import FULL, QUICK, SCENARIOS, Sizes, redis_lpush
 from .servers import HERE, RedisServer, make_server
 
-ORDER = ["seq_send", "redis", "pipelined_send", "deliver", "get_token", "idle", "deep_mailbox", "scaling"]
+ORDER = ["seq_send", "redis", "pipelined_send", "deliver", "get_token", "idle", "deep_mailbox", "scaling",
+         "federated"]
 
 
 def _ratio(a: float, b: float) -> float:
@@ -56,6 +58,9 @@ def run_once(sz: Sizes, only: set[str], log: Any) -> dict[str, Any]:
                 res["redis"]["seq_send_over_redis"] = _ratio(res["seq_send"]["parrot"]["rt_per_s"], red["rt_per_s"])
             log(f"  redis: {red['rt_per_s']:.0f} rt/s")
             continue
+        if name == "federated":
+            res["federated"] = _federated(sz, res, log)
+            continue
         fn = SCENARIOS[name]
         entry: dict[str, Any] = {}
         for kind in ("parrot", "floor"):
@@ -68,6 +73,21 @@ def run_once(sz: Sizes, only: set[str], log: Any) -> dict[str, Any]:
         entry["ratio_to_floor"] = {k: _ratio(par[k], flo[k]) for k in par}
         res[name] = entry
     return res
+
+
+def _federated(sz: Sizes, res: dict[str, Any], log: Any) -> dict[str, Any]:
+    """The ``federated`` scenario (h1 -> h2 through nats-server), with its ratio to the
+    same-host ``deliver`` msgs/s of this run when that ran too."""
+    why = federated.available()
+    if why is not None:
+        log(f"  federated: skipped ({why})")
+        return {"skipped": why}
+    fed = federated.federated(sz.deliver_per_sender, sz.deliver_window)
+    log("  federated: " + ", ".join(f"{k}={v:.4g}" for k, v in fed.items()))
+    out: dict[str, Any] = {"h1_to_h2": fed}
+    if "deliver" in res:
+        out["msgs_per_s_over_deliver"] = _ratio(fed["msgs_per_s"], res["deliver"]["parrot"]["msgs_per_s"])
+    return out
 
 
 def aggregate(runs: list[Any]) -> Any:
@@ -129,6 +149,9 @@ def _rows(agg: dict[str, Any]) -> list[tuple[str, str, Any, Any, Any]]:
         entry = agg.get(name)
         if entry is None:
             continue
+        if name == "federated":
+            rows += _federated_rows(entry)
+            continue
         if name == "redis":
             if "skipped" in entry:
                 rows.append(("redis", f"skipped: {entry['skipped']}", "", "", ""))
@@ -140,6 +163,17 @@ def _rows(agg: dict[str, Any]) -> list[tuple[str, str, Any, Any, Any]]:
             continue
         for k in entry["parrot"]:
             rows.append((name, k, entry["parrot"][k], entry["floor"].get(k), entry["ratio_to_floor"].get(k)))
+    return rows
+
+
+def _federated_rows(entry: dict[str, Any]) -> list[tuple[str, str, Any, Any, Any]]:
+    """The federated rows: h1 -> h2 figures (no floor), and msgs/s over same-host deliver."""
+    if "skipped" in entry:
+        return [("federated", f"skipped: {entry['skipped']}", "", "", "")]
+    rows: list[tuple[str, str, Any, Any, Any]] = [
+        ("federated", f"h1->h2 {k}", v, "", "") for k, v in entry["h1_to_h2"].items()]
+    if "msgs_per_s_over_deliver" in entry:
+        rows.append(("federated", "msgs/s / same-host deliver", "", "", entry["msgs_per_s_over_deliver"]))
     return rows
 
 

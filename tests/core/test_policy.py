@@ -86,8 +86,9 @@ def test_root_session_gets_the_admin_scope_and_the_broker_uid_does_not(harness: 
     own_scopes = own.ok("whoami")["scopes"]
     assert "admin" in root_scopes
     assert "admin" not in own_scopes
-    assert set(own_scopes) == DEFAULT_SCOPES
-    assert set(root_scopes) == DEFAULT_SCOPES | {"admin"}
+    # Issue 18: the broker's UID may also send off-host and be the relay; root may send off-host.
+    assert set(own_scopes) == DEFAULT_SCOPES | {"remote_send", "relay"}
+    assert set(root_scopes) == DEFAULT_SCOPES | {"admin", "remote_send"}
 
 
 def test_scopes_come_from_the_policy(make_harness: type[Harness]) -> None:

@@ -140,6 +140,22 @@ def test_only_the_store_imports_sqlite3(layer: str) -> None:
     assert wrong == [], "\n".join(wrong)
 
 
+#: The one module allowed to import asyncio and nats (nats-py): the relay, a process of its own
+#: (docs/federation.md), so the broker stays trio and the rest of the package stays free of a
+#: second event loop.
+ASYNCIO_MODULES = {"client/relay.py"}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_only_the_relay_imports_asyncio_and_nats(layer: str) -> None:
+    wrong = [f"{p.relative_to(PKG)}:{line} imports {mod}" for p in _modules(layer)
+             for mod, line in _imports(p)
+             if mod.split(".")[0] in ("asyncio", "nats") and str(p.relative_to(PKG)) not in ASYNCIO_MODULES]
+    if layer == "client":
+        assert any(mod.split(".")[0] == "nats" for mod, _ in _imports(PKG / "client" / "relay.py"))
+    assert wrong == [], "\n".join(wrong)
+
+
 def test_core_imports_no_os() -> None:
     # Time and randomness are injected (Broker(clock=..., token_bytes=...)); the one default
     # the core keeps is secrets.token_bytes, so a Broker built without it still makes

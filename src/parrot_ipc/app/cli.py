@@ -31,7 +31,7 @@ import typer
 from ..client.blocking import Client
 from ..errors import EXIT_USAGE, BrokerUnavailable, ConfigError, ParrotError, StartupError
 from ..os.paths import default_socket_path
-from . import cli_admin, cli_agents, cli_checks, cli_top, config_file, session_file
+from . import cli_admin, cli_agents, cli_checks, cli_top, config_file, relay_cmd, session_file
 from .cli_admin import load_config as load_config
 from .cli_output import JsonOpt, SocketOpt, emit, emit_table, errors, global_options, session
 
@@ -254,8 +254,12 @@ def broadcast(message: MessageArg, socket: SocketOpt = None, as_json: JsonOpt = 
 
 
 @app.command("list")
-def list_(socket: SocketOpt = None, as_json: JsonOpt = False) -> None:
-    """List known instances: online or not, last seen, messages queued."""
+def list_(socket: SocketOpt = None, as_json: JsonOpt = False,
+          remote: Annotated[bool, typer.Option("--remote", help="List the remote nodes seen recently instead (federation).")] = False) -> None:
+    """List known instances: online or not, last seen, messages queued (--remote: remote nodes)."""
+    if remote:
+        relay_cmd.list_remote(socket, as_json)
+        return
     with session(socket, as_json) as (client, _):
         rows = client.list_instances()
         w = max([8, *(len(r.instance_id) for r in rows)])
@@ -356,6 +360,7 @@ def mcp_(
 
 app.command()(cli_admin.audit)
 app.command()(cli_top.top)
+app.command("relay")(relay_cmd.relay)
 app.command()(cli_agents.hook)
 app.command()(cli_agents.setup)
 

@@ -15,14 +15,22 @@ import errno
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
-from ..core.config import BrokerConfig, ConfigFile, PeerRuleConfig
-from ..core.policy import DefaultPolicy, PeerRule, Policy, RulePolicy
+from ..core.config import BrokerConfig, ConfigFile, PeerRuleConfig, RelayConfig
+from ..core.policy import (
+    DefaultPolicy,
+    PeerRule,
+    Policy,
+    RemoteRule,
+    RemoteRules,
+    RulePolicy,
+    remote_rules_of,
+)
 from ..errors import ConfigError, StartupError, UnsafeFile
 from ..os import users
 from ..os.files import policy_file_rule, read_checked, read_private_file
@@ -45,6 +53,7 @@ class LoadedConfig:
         policy: the policy to admit peers with (:class:`RulePolicy` or :class:`DefaultPolicy`).
         socket_gid: the GID of ``server.socket_group``, or None.
         shared_secret: the stripped bytes of ``server.shared_secret_file``, or None.
+        relay: the ``[relay]`` table (``parrot-ipc relay`` reads it).
     """
 
     path: Path | None
@@ -53,6 +62,7 @@ class LoadedConfig:
     policy: Policy
     socket_gid: int | None
     shared_secret: bytes | None
+    relay: RelayConfig = field(default_factory=RelayConfig)
 
 
 def _uid_of(name: str, where: str) -> int:
@@ -174,10 +184,13 @@ def load_config(path: Path | None = None, *, broker_uid: int | None = None,
         raise ConfigError(f"config {origin}: {exc}") from None
     server = cfg.server
     rules = None if cfg.peers is None else tuple(resolve_rule(r, i, origin) for i, r in enumerate(cfg.peers))
-    policy: Policy = DefaultPolicy(broker_uid) if rules is None else RulePolicy(rules, users.user_name)
+    remote = RemoteRules(tuple(RemoteRule(r.name or f"remote[{i}]", tuple(r.nodes), tuple(r.names))
+                               for i, r in enumerate(cfg.remote)))
+    policy: Policy = (DefaultPolicy(broker_uid, remote) if rules is None
+                      else RulePolicy(rules, users.user_name, remote=remote))
     socket_gid = None if server.socket_group is None else _gid_of(server.socket_group, f"{origin}: server.socket_group")
     secret = _read_secret(server.shared_secret_file, broker_uid)
-    return LoadedConfig(used, server, rules, policy, socket_gid, secret)
+    return LoadedConfig(used, server, rules, policy, socket_gid, secret, cfg.relay)
 
 
 #: The user the shipped system unit runs the broker as.
@@ -208,14 +221,15 @@ def describe(cfg: LoadedConfig, broker_uid: int | None = None) -> dict[str, Any]
     """The effective policy as plain data (for ``parrot-ipc check-config``); no secrets.
 
     Returns ``{"config": path or None, "server": {...}, "policy": str, "peers": [{...}],
-    "shared_secret": bool}``; ``broker_uid`` defaults to our effective UID.
+    "shared_secret": bool, "remote": [{rule, nodes, names}]}``; ``broker_uid`` defaults to our effective UID.
     """
     broker_uid = users.effective_uid() if broker_uid is None else broker_uid
     server = msgspec.to_builtins(cfg.server)
     if cfg.rules is None:
         rules: list[dict[str, Any]] = [
-            {"rule": "default:root", "uids": [0], "scopes": "all but admin, plus admin"},
-            {"rule": "default:broker_uid", "uids": [broker_uid], "scopes": "all but admin"},
+            {"rule": "default:root", "uids": [0], "scopes": "the defaults, plus admin and remote_send"},
+            {"rule": "default:broker_uid", "uids": [broker_uid],
+             "scopes": "the defaults, plus remote_send and relay"},
         ]
     else:
         rules = [
@@ -224,6 +238,8 @@ def describe(cfg: LoadedConfig, broker_uid: int | None = None) -> dict[str, Any]
              "may_send_to": list(r.may_send_to), "bind": r.bind, "names": list(r.names)}
             for r in cfg.rules
         ]
-    return {"config": str(cfg.path) if cfg.path else None, "server": server,
+    remote = [{"rule": r.label, "nodes": list(r.nodes), "names": list(r.names)}
+              for r in remote_rules_of(cfg.policy).rules]
+    return {"config": str(cfg.path) if cfg.path else None, "server": server, "remote": remote,
             "policy": "default" if cfg.rules is None else "rules (first match wins; no match is refused)",
             "peers": rules, "shared_secret": cfg.shared_secret is not None}

@@ -21,7 +21,7 @@ from typing import Any, Final, Literal
 
 from ..client.blocking import Client
 from ..core.policy import PeerRule
-from ..errors import ParrotError
+from ..errors import ParrotError, ParrotIpcError
 from ..os import files, host, units, users
 from ..os import paths as os_paths
 from ..store.schema import quick_check
@@ -257,6 +257,44 @@ def check_lsm(securityfs: str = SECURITYFS) -> Check:
                  "boot with lsm=...,apparmor (or landlock); the systemd sandbox still applies")
 
 
+#: Consumer lag (messages not yet delivered or acked) past which doctor warns.
+MAX_RELAY_LAG: Final = 1000
+
+
+def check_relay(config: Path | None) -> Check | None:
+    """The relay (docs/federation.md): NATS reachable, stream present, consumer lag; None when
+    the config (``config``, or the default one) has no ``[server] node`` (no federation) or
+    cannot be loaded (the config row says why)."""
+    from ..client.relay import probe
+    from . import config_file, relay_cmd
+
+    try:
+        loaded = config_file.load_config(config, explicit=config is not None)
+    except ParrotIpcError:
+        return None
+    if loaded.server.node is None:
+        return None
+    fix = "start it: systemctl start parrot-ipc-relay (or parrot-ipc relay)"
+    try:
+        settings = relay_cmd.settings_from(loaded, None, None, None)
+    except ParrotIpcError as exc:
+        return Check("relay", "FAIL", str(exc), "fix the [relay] table or the credentials file's owner and mode (0600)")
+    found = probe(settings)
+    where = ", ".join(settings.servers)
+    if not found.reachable:
+        return Check("relay", "FAIL", f"NATS not reachable at {where}: {found.error}",
+                     "start nats-server or fix [relay] servers, TLS and credentials")
+    if not found.stream:
+        return Check("relay", "FAIL", f"JetStream stream {settings.stream} is missing at {where}",
+                     f"{fix}; it creates the stream (create_stream = true), or create it with subjects parrot.>")
+    if not found.consumer:
+        return Check("relay", "WARN", f"no consumer parrot-{settings.node} yet: the relay never ran", fix)
+    if found.lag > MAX_RELAY_LAG:
+        return Check("relay", "WARN", f"consumer parrot-{settings.node} lags by {found.lag} message(s)",
+                     f"{fix}; check its log (journalctl -u parrot-ipc-relay)")
+    return Check("relay", "PASS", f"NATS at {where}, stream {settings.stream}, lag {found.lag}")
+
+
 def broker_facts(euid: int, read_unit: UnitReader = units.unit_properties) -> BrokerFacts:
     """What the broker may see of its peers: from the loaded ``parrot-ipc.service`` (the system
     manager's as root, else the user manager's), else a plain process (the service user's if
@@ -312,7 +350,11 @@ def run_checks(socket_path: str, *, state_dir: str | None = None, config: Path |
     rows = [check_runtime_dir(socket_path, euid), check_socket(socket_path, euid)]
     rows.append(check_ping(socket_path, safe=all(r.status == "PASS" for r in rows)))
     rows.append(check_config(config, euid, load_config))
-    rows += _policy_row(config, euid, load_rules, rows[-1].status != "FAIL")
+    config_status = rows[-1].status
+    rows += _policy_row(config, euid, load_rules, config_status != "FAIL")
+    relay = check_relay(config) if config_status == "PASS" else None
+    if relay is not None:
+        rows.append(relay)
     rows.append(check_state_dir(state, euid))
     if rows[-1].status == "FAIL":
         rows.append(Check("database", "WARN", "skipped: the state directory failed its check", "fix it first"))

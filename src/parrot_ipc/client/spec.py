@@ -289,6 +289,35 @@ def _release(instance_id: str) -> p.ReleaseParams:
 def _admin_release(instance_id: str) -> p.ReleaseParams:
     """Admin: free the name ``instance_id`` whoever owns it (as :meth:`release`)."""
     return p.ReleaseParams(instance_id=instance_id)
+def _list_nodes() -> None:
+    """The remote nodes the broker had mail from since it started, most recent first: a list
+    of ``NodeInfo {node, last_seen, delivered, refused}`` (docs/federation.md)."""
+
+
+def _nodes(res: p.ListNodesResult) -> list[p.NodeInfo]:
+    return res.nodes
+
+
+def _relay_take(*, max: int = 100) -> p.RelayTakeParams:
+    """Relay only (admission scope ``relay``, no session): lease up to ``max`` (1-1000) outbox
+    messages, each ``to`` a ``name@node``: a list of :class:`Message` (docs/federation.md)."""
+    return p.RelayTakeParams(max=max)
+
+
+def _relay_ack(ids: list[str]) -> p.RelayAckParams:
+    """Relay only: delete outbox messages ``ids`` (at most 1000) the remote side has taken;
+    returns how many were deleted."""
+    return p.RelayAckParams(ids=ids)
+
+
+def _relay_deliver(id: str, node: str, from_: str, to: str, content: str, *,
+                   data: dict[str, Any] | None = None, sent_at: str = "",
+                   bounce: bool = False) -> p.RelayDeliverParams:
+    """Relay only: queue message ``id`` from ``from_@node`` for local ``to``, once (the remote
+    id is the idempotency key): ``RelayDeliverResult {status, id, reason}``, status
+    ``delivered``, ``duplicate``, ``bounced`` or ``refused``."""
+    return p.RelayDeliverParams(id=id, node=node, from_=from_, to=to, content=content, data=data,
+                                sent_at=sent_at, bounce=bounce)
 
 
 # --------------------------------------------------------------------------- the table
@@ -317,6 +346,10 @@ class Methods:
     admin_stats = Method("admin_stats", p.AdminStatsParams, _admin_stats, p.AdminStatsResult)
     release = Method("release", p.ReleaseParams, _release, p.ReleaseResult)
     admin_release = Method("admin_release", p.ReleaseParams, _admin_release, p.ReleaseResult)
+    list_nodes = Method("list_nodes", p.NoParams, _list_nodes, p.ListNodesResult, _nodes)
+    relay_take = Method("relay_take", p.RelayTakeParams, _relay_take, p.ReceiveResult, _messages)
+    relay_ack = Method("relay_ack", p.RelayAckParams, _relay_ack, p.AckResult, _acked)
+    relay_deliver = Method("relay_deliver", p.RelayDeliverParams, _relay_deliver, p.RelayDeliverResult)
 
 
 #: Every :class:`Method`, by JSON-RPC name.

@@ -70,9 +70,12 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     #: listener. Clients read it from this file's ``[server]`` table (or
     #: ``$PARROT_IPC_BROKER_USER``); ignored if no such user exists.
     broker_user: str = "parrot-mcp"
+    #: This broker's node name, the ``host`` of ``name@host`` addresses (docs/federation.md).
+    #: None: federation is off and a send to ``name@host`` is -32602 ``federation_off``.
+    node: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")] | None = None
 
 
-Scope = Literal["send", "receive", "list", "rename", "broadcast", "admin", "resources"]
+Scope = Literal["send", "receive", "list", "rename", "broadcast", "admin", "resources", "remote_send", "relay"]
 InstancePattern = Annotated[str, Meta(min_length=1, max_length=64)]
 
 
@@ -99,9 +102,46 @@ class PeerRuleConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     names: list[InstancePattern] = field(default_factory=lambda: ["*"])
 
 
+class RemoteRuleConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One ``[[remote]]`` table: remote ``nodes`` (fnmatch(3) patterns, at least one) whose
+    mail may be delivered to local ``names`` (patterns; default every name). See
+    docs/federation.md."""
+
+    name: str | None = None
+    nodes: Annotated[list[InstancePattern], Meta(min_length=1)]
+    names: list[InstancePattern] = field(default_factory=lambda: ["*"])
+
+
+class RelayConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The ``[relay]`` table: how ``parrot-ipc relay`` reaches NATS (docs/federation.md).
+
+    ``servers``: NATS URLs (``tls://`` for TLS); ``credentials_file``: a NATS credentials file
+    (user JWT and nkey seed), which must be private to the relay's user (0600 or 0400, like a
+    secret file); ``tls_ca_file``/``tls_cert_file``/``tls_key_file``: the CA that signs the
+    server and the relay's own certificate and key; ``stream``: the JetStream stream
+    (subjects ``parrot.>``); ``batch``: messages per round (1-1000); ``ack_wait_s``: seconds
+    JetStream waits for the relay's ack before it redelivers; ``create_stream``: create the
+    stream when it is missing.
+    """
+
+    servers: Annotated[list[str], Meta(min_length=1)] = field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    credentials_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    stream: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "PARROT"
+    batch: Annotated[int, Meta(ge=1, le=1000)] = 100
+    ack_wait_s: PositiveFloat = 30.0
+    create_stream: bool = True
+
+
 class ConfigFile(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """The whole config file (TOML). ``peers`` is None when the file has no ``[[peers]]``:
     then the default policy applies (the broker's UID and root)."""
 
     server: BrokerConfig = BrokerConfig()
     peers: list[PeerRuleConfig] | None = None
+    #: The ``[[remote]]`` tables (docs/federation.md); none: no remote node may deliver here.
+    remote: list[RemoteRuleConfig] = []
+    #: The ``[relay]`` table, read by ``parrot-ipc relay`` only.
+    relay: RelayConfig = RelayConfig()

@@ -22,6 +22,10 @@ from .effects import AuditSink, Effect, Push, Wake
 from .limits import check_mailbox, check_unclaimed, message_size
 from .timefmt import IdGenerator, rfc3339
 
+#: The outbox's mailbox (core/federation.py re-exports it): not an instance id, so no
+#: session can take it.
+OUTBOX: Final = "@outbox"
+
 #: Rename forwards followed at most (a -> b -> c ...), so a cycle cannot loop.
 MAX_FORWARD_HOPS: Final = 8
 
@@ -58,7 +62,10 @@ class Delivery:
 
     # ------------------------------------------------------------------ sending
     def held(self, name: str, now: float) -> bool:
-        """True if a live session holds instance ``name`` at ``now`` (epoch s)."""
+        """True if a live session holds instance ``name`` at ``now`` (epoch s). The outbox
+        (``@outbox``, docs/federation.md) counts as held: it is never unclaimed mail."""
+        if name == OUTBOX:
+            return True
         holder = self._store.session_of(name)
         return holder is not None and holder.live(now)
 
@@ -77,9 +84,11 @@ class Delivery:
         return name, forwarded
 
     def enqueue(self, sender: str, target: str, content: str, data: dict[str, Any] | None,
-                now: float, reply_to: str | None = None) -> p.Message:
+                now: float, reply_to: str | None = None, *, to: str | None = None) -> p.Message:
         """Queue one message from ``sender`` in ``target``'s mailbox (not yet delivered: see
-        :meth:`deliver`), answering message ``reply_to`` if given. Returns the stored message, with a fresh id and ``sent_at``.
+        :meth:`deliver`), answering message ``reply_to`` if given. Returns the stored message,
+        with a fresh id and ``sent_at``; its ``to`` is ``to`` if given (a ``name@node`` queued
+        in the outbox), else ``target``.
 
         Raises:
             RpcError: -32007 ``mailbox_full`` past ``max_mailbox_messages`` or
@@ -91,7 +100,7 @@ class Delivery:
         check_mailbox(self._config, target, size, count, used)
         if count == 0 and not self.held(target, now):
             check_unclaimed(self._config, target, self._unclaimed(now))
-        msg = p.Message(id=self._ids.next(now), from_=sender, to=target, content=content,
+        msg = p.Message(id=self._ids.next(now), from_=sender, to=to or target, content=content,
                         data=UNSET if data is None else data, sent_at=rfc3339(now),
                         reply_to=UNSET if reply_to is None else reply_to)
         self._store.enqueue(StoredMessage(msg, target, size))

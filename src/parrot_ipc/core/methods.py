@@ -19,6 +19,7 @@ import msgspec
 
 from ..errors import ErrorCode, ResourceRefused, RpcError
 from ..store import Session
+from . import federation
 from . import protocol as p
 from .connection import Connection
 from .effects import WaitForMail, Wake
@@ -114,6 +115,8 @@ def send(b: Broker, conn: Connection, prm: p.SendParams, rid: p.RequestId) -> p.
     hit = None if key is None else store.get_idempotent(sender, key, now)
     if hit is not None:
         return hit
+    if "@" in prm.to:
+        return _send_addressed(b, conn, sender, prm, now)
     target, forwarded = b.delivery.resolve(prm.to, now)
     adm = conn.admission
     if not (adm.may_send(prm.to) and adm.may_send(target)):
@@ -128,6 +131,17 @@ def send(b: Broker, conn: Connection, prm: p.SendParams, rid: p.RequestId) -> p.
         store.put_idempotent(sender, key, result, now + b.config.idempotency_ttl_s)
     log.debug("send %s -> %s id=%s", sender, target, msg.id)
     b.delivery.deliver(target)
+    return result
+
+
+def _send_addressed(b: Broker, conn: Connection, sender: str, prm: p.SendParams, now: float) -> p.SendResult:
+    """``send`` to ``name@node``: to the outbox if ``node`` is another broker, else as a send to
+    the bare local ``name`` (docs/federation.md)."""
+    if federation.remote_node(b, prm.to) is None:
+        return send(b, conn, msgspec.structs.replace(prm, to=federation.split_address(prm.to)[0]), 0)
+    result = federation.send_remote(b, conn, sender, prm, now)
+    if prm.idempotency_key is not None:
+        b.store.put_idempotent(sender, prm.idempotency_key, result, now + b.config.idempotency_ttl_s)
     return result
 
 
@@ -336,6 +350,10 @@ METHOD_TABLE: Final[dict[str, MethodSpec]] = {m.name: m for m in (
     _spec("admin_stats", admin_stats, p.AdminStatsParams, p.AdminStatsResult),
     _spec("release", release, p.ReleaseParams, p.ReleaseResult),
     _spec("admin_release", admin_release, p.ReleaseParams, p.ReleaseResult),
+    _spec("list_nodes", federation.list_nodes, p.NoParams, p.ListNodesResult),
+    _spec("relay_take", federation.relay_take, p.RelayTakeParams, p.ReceiveResult),
+    _spec("relay_ack", federation.relay_ack, p.RelayAckParams, p.AckResult),
+    _spec("relay_deliver", federation.relay_deliver, p.RelayDeliverParams, p.RelayDeliverResult),
 )}
 
 #: The method names of protocol v1 this broker serves, in table order.

@@ -18,8 +18,16 @@ SCOPE_RENAME: Final = "rename"
 SCOPE_BROADCAST: Final = "broadcast"
 SCOPE_ADMIN: Final = "admin"
 SCOPE_RESOURCES: Final = "resources"
+#: Send to ``name@othernode`` (docs/federation.md). Not in :data:`DEFAULT_SCOPES`: a
+#: ``[[peers]]`` rule grants it by listing it; the default policy gives it to root and the
+#: broker's own UID.
+SCOPE_REMOTE_SEND: Final = "remote_send"
+#: Be the broker's relay: drain the outbox, deliver remote mail (docs/federation.md). The
+#: default policy gives it only to the broker's own UID.
+SCOPE_RELAY: Final = "relay"
 ALL_SCOPES: Final = frozenset(
-    {SCOPE_SEND, SCOPE_RECEIVE, SCOPE_LIST, SCOPE_RENAME, SCOPE_BROADCAST, SCOPE_ADMIN, SCOPE_RESOURCES}
+    {SCOPE_SEND, SCOPE_RECEIVE, SCOPE_LIST, SCOPE_RENAME, SCOPE_BROADCAST, SCOPE_ADMIN, SCOPE_RESOURCES,
+     SCOPE_REMOTE_SEND, SCOPE_RELAY}
 )
 Bind = Literal["uid", "process"]
 
@@ -132,20 +140,64 @@ class Policy(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteRule:
+    """One ``[[remote]]`` rule: mail from a node matching one of ``nodes`` may be delivered to
+    a local name matching one of ``names`` (fnmatch(3) patterns, case-sensitive)."""
+
+    label: str
+    nodes: tuple[str, ...]
+    names: tuple[str, ...] = ("*",)
+
+    def allows(self, node: str, name: str) -> bool:
+        """True if ``node`` matches a node pattern and ``name`` a name pattern."""
+        return (any(fnmatchcase(node, p) for p in self.nodes)
+                and any(fnmatchcase(name, p) for p in self.names))
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteRules:
+    """The ``[[remote]]`` table: which remote nodes may deliver to which local names. No rule
+    matching is a refusal (``remote_not_allowed``, audited and bounced; docs/federation.md)."""
+
+    rules: tuple[RemoteRule, ...]
+
+    def allowing(self, node: str, name: str) -> str | None:
+        """The label of the first rule that lets ``node`` deliver to ``name``, or None."""
+        for rule in self.rules:
+            if rule.allows(node, name):
+                return rule.label
+        return None
+
+
+def remote_rules_of(policy: object) -> RemoteRules:
+    """The ``[[remote]]`` rules a policy carries (:class:`DefaultPolicy` and
+    :class:`RulePolicy` do); a policy without them refuses every remote node."""
+    rules = getattr(policy, "remote", None)
+    return rules if isinstance(rules, RemoteRules) else RemoteRules(())
+
+
 class DefaultPolicy:
     """The policy with no config file: admit the broker's own UID and root, refuse all others.
 
     Args:
         broker_uid: the broker's effective UID.
 
-    Admitted peers get :data:`DEFAULT_SCOPES`; root also gets ``admin``. A refusal carries
+    Admitted peers get :data:`DEFAULT_SCOPES` and ``remote_send``; root also gets ``admin``,
+    the broker's own UID ``relay`` (only it may run ``parrot-ipc relay``). A refusal carries
     ``reason = "peer_uid_not_allowed"`` (``docs/protocol.md``, Connection life).
     """
 
-    def __init__(self, broker_uid: int) -> None:
+    def __init__(self, broker_uid: int, remote: RemoteRules | None = None) -> None:
         self.broker_uid = broker_uid
-        self._root = Admission(True, "default:root", scopes=DEFAULT_SCOPES | {SCOPE_ADMIN})
-        self._own = Admission(True, "default:broker_uid", scopes=DEFAULT_SCOPES)
+        #: The ``[[remote]]`` rules (docs/federation.md); none: every remote node is refused.
+        self.remote = remote or RemoteRules(())
+        # A broker run as root has root as its own UID: then root is also the relay.
+        root_extra = {SCOPE_RELAY} if broker_uid == 0 else set()
+        self._root = Admission(True, "default:root",
+                               scopes=DEFAULT_SCOPES | {SCOPE_ADMIN, SCOPE_REMOTE_SEND} | root_extra)
+        self._own = Admission(True, "default:broker_uid",
+                              scopes=DEFAULT_SCOPES | {SCOPE_REMOTE_SEND, SCOPE_RELAY})
         self._refused = Admission(False, "default", reason="peer_uid_not_allowed")
 
     def admit(self, peer: PeerCredentials) -> Admission:
@@ -216,9 +268,12 @@ class RulePolicy:
     ``/proc`` could not be read): fail closed.
     """
 
-    def __init__(self, rules: Sequence[PeerRule], user_names: UserNames | None = None) -> None:
+    def __init__(self, rules: Sequence[PeerRule], user_names: UserNames | None = None,
+                 remote: RemoteRules | None = None) -> None:
         self.rules = tuple(rules)
         self._user_names = user_names
+        #: The ``[[remote]]`` rules (docs/federation.md); none: every remote node is refused.
+        self.remote = remote or RemoteRules(())
 
     def admit(self, peer: PeerCredentials) -> Admission:
         """The first matching rule's admission, or a refusal (reasons in the class docstring)."""

@@ -20,6 +20,8 @@ from typing import Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType, field
 
+from .federation_schema import *  # noqa: F403  (issue 18: list_nodes and the relay's methods)
+
 # Re-exported: the framing moved to .framing; ``p.FrameBuffer`` and this import path stay.
 from .framing import DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES
 from .framing import FrameBuffer as FrameBuffer

@@ -17,14 +17,18 @@ from .policy import (
     SCOPE_BROADCAST,
     SCOPE_LIST,
     SCOPE_RECEIVE,
+    SCOPE_RELAY,
     SCOPE_RENAME,
     SCOPE_SEND,
 )
 
 __all__ = [
+    "ADDRESS_PATTERN",
     "INSTANCE_ID_PATTERN",
     "METHOD_NEEDS",
+    "NODE_PATTERN",
     "PUBLIC",
+    "RELAY_SCOPE",
     "RESOURCE_NAME_PATTERN",
     "SESSION",
     "AckParams",
@@ -70,6 +74,12 @@ InstanceId = Annotated[str, Meta(pattern=INSTANCE_ID_PATTERN)]
 #: A resource name: one file name in ``resources_dir``, never a path (no ``/``, no leading dot).
 RESOURCE_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ResourceName = Annotated[str, Meta(pattern=RESOURCE_NAME_PATTERN)]
+#: A broker's node name (``[server] node``): one NATS subject token, so no ``.`` (docs/federation.md).
+NODE_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+Node = Annotated[str, Meta(pattern=NODE_PATTERN)]
+#: Where ``send`` may go: a local instance id, or ``name@node`` (added by issue 18).
+ADDRESS_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[A-Za-z0-9][A-Za-z0-9_-]{0,63})?$"
+Address = Annotated[str, Meta(pattern=ADDRESS_PATTERN)]
 
 
 # --------------------------------------------------------------------------- params
@@ -106,11 +116,11 @@ class AuthenticateParams(_Params):
 
 
 class SendParams(_Params):
-    """``send``: ``to`` (an instance id), ``content`` (any string), optional ``data`` (a JSON
+    """``send``: ``to`` (an instance id, or ``name@node`` for another broker: docs/federation.md), ``content`` (any string), optional ``data`` (a JSON
     object), ``reply_to`` (a message id: 1-64 of ``A-Z a-z 0-9 _ . : -``) and ``idempotency_key`` (1-128 characters; a repeat within ``idempotency_ttl_s`` from
     the same sender returns the first result). ``from``/``from_id`` are accepted and ignored."""
 
-    to: InstanceId
+    to: Address
     content: str
     data: dict[str, Any] | None = None
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
@@ -405,4 +415,12 @@ METHOD_NEEDS: Final[dict[str, str]] = {
     "admin_stats": SCOPE_ADMIN,
     "release": PUBLIC,
     "admin_release": SCOPE_ADMIN,
+    # The relay's methods need no session: the handlers check that the connection's admission
+    # grants SCOPE_RELAY (docs/federation.md).
+    "list_nodes": SCOPE_LIST,
+    "relay_take": PUBLIC,
+    "relay_ack": PUBLIC,
+    "relay_deliver": PUBLIC,
 }
+#: The scope the relay's methods check on the connection's admission (they take no session).
+RELAY_SCOPE: Final = SCOPE_RELAY

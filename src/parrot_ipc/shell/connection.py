@@ -155,6 +155,11 @@ class PeerLink:
                 nursery.start_soon(self._writer, stream, nursery.cancel_scope)
                 try:
                     broker_closed = await self._reader(stream)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The peer reset the connection (ECONNRESET): as EOF. Raised out of this
+                    # nursery it would be an ExceptionGroup that no caller catches, and the
+                    # whole broker would stop (tests/e2e/test_peer_reset.py).
+                    broker_closed = False
                 finally:
                     self._outbox.close()  # the writer drains what is queued, then exits
                 if self.phase is Phase.DROPPED:
