@@ -209,3 +209,10 @@ class SessionFileError(ParrotIpcError):
 class ToolError(ParrotIpcError):
     """An MCP tool call that failed; ``str(exc)`` is the text the model sees (``isError``; MCP
     specification, Tools, "Error Handling")."""
+
+
+class SetupError(ParrotIpcError):
+    """``parrot-ipc setup`` cannot merge a settings file (not JSON, or not a JSON object where
+    one is needed); ``str(exc)`` names the file and says how to fix it. Nothing was written."""
+
+    exit_code = EXIT_USAGE

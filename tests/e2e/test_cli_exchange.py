@@ -279,3 +279,15 @@ def test_each_test_gets_its_own_broker(agents) -> None:
         c.get_token("probe")
         names = {i.instance_id for i in c.list_instances()}
     assert names == {"alice", "probe"}
+
+
+def test_send_reply_to_is_shown_by_recv(agents) -> None:
+    """Issue 15: ``send --reply-to ID``; ``recv`` shows it (text and ``--json``)."""
+    alice, bob = agents("alice", "bob")
+    first = json.loads(alice.ok("send", "bob", "question?", "--json").stdout)["id"]
+    bob.ok("send", "alice", "answer", "--reply-to", first)
+    bob.ok("send", "alice", "answer again", "--reply-to", first)
+    line = alice.ok("recv", "--max", "1").stdout.strip()
+    assert line.endswith(f"bob -> alice: answer  reply_to={first}")
+    doc = json.loads(alice.ok("recv", "--json").stdout)
+    assert [(m["content"], m["reply_to"]) for m in doc["messages"]] == [("answer again", first)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ import typer
 from ..client.blocking import Client
 from ..errors import EXIT_USAGE, BrokerUnavailable, ConfigError, ParrotError, StartupError
 from ..os.paths import default_socket_path
-from . import cli_admin, cli_checks, cli_top, config_file, relay_cmd, session_file
+from . import cli_admin, cli_agents, cli_checks, cli_top, config_file, relay_cmd, session_file
 from .cli_admin import load_config as load_config
 from .cli_output import JsonOpt, SocketOpt, emit, emit_table, errors, global_options, session
 
@@ -187,6 +188,7 @@ def send(
     message: MessageArg,
     data: Annotated[Optional[str], typer.Option(help="Structured data: a JSON object.")] = None,  # noqa: UP045
     idempotency_key: Annotated[Optional[str], typer.Option(help="Repeat-safe key: a resend with the same key queues nothing new.")] = None,  # noqa: UP045
+    reply_to: Annotated[Optional[str], typer.Option(help="The id of the message this answers (see 'recv').")] = None,  # noqa: UP045
     socket: SocketOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -207,9 +209,9 @@ def send(
             typer.echo("error: --data must be a JSON object", err=True)
             raise typer.Exit(EXIT_USAGE)
     cli_checks.check_frame_size("send", {"to": to, "content": content, "data": payload,
-                                         "idempotency_key": idempotency_key}, as_json)
+                                         "idempotency_key": idempotency_key, "reply_to": reply_to}, as_json)
     with session(socket, as_json) as (client, _):
-        res = client.send(to, content, data=payload, idempotency_key=idempotency_key)
+        res = client.send(to, content, data=payload, idempotency_key=idempotency_key, reply_to=reply_to)
         emit(as_json, res, f"sent {res.id} to {res.to} ({res.status})")
         if res.status == "queued":
             cli_checks.note(cli_checks.recipient_hint(client, to))
@@ -234,6 +236,8 @@ def recv(
             return
         for m in msgs:
             extra = "" if m.data is msgspec.UNSET else f"  data={msgspec.json.encode(m.data).decode()}"
+            if m.reply_to is not msgspec.UNSET:
+                extra += f"  reply_to={m.reply_to}"
             typer.echo(f"[{m.sent_at}] {m.from_} -> {m.to}: {m.content}{extra}")
         client.ack([m.id for m in msgs])
 
@@ -327,9 +331,10 @@ app.add_typer(cli_admin.resource_app, name="resource")
 @app.command("mcp")
 def mcp_(
     instance: Annotated[str, typer.Option("--instance", "-i", help="The instance id this agent registers as, "
-                                          "e.g. claude-1.")],
+                                          "e.g. claude-1.")] = "",
     socket: SocketOpt = None,
     log_level: Annotated[str, typer.Option(help="Log level on stderr: DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
+    instance_auto: Annotated[Optional[str], typer.Option("--instance-auto", help="Instead of --instance: name it TOOL-<this directory>-<hash4>, stable per project (written by 'parrot-ipc setup').")] = None,  # noqa: UP045
 ) -> None:
     """Run an MCP server on stdin/stdout that gives an AI agent the broker as tools.
 
@@ -339,6 +344,10 @@ def mcp_(
     broker's resource 'instructions' (generic ones, and a warning on stderr, if the broker is
     unreachable or refuses). Needs the optional 'mcp' extra of parrot-ipc (the MCP Python SDK).
     """
+    if instance_auto is not None and not instance:
+        from .setup import default_instance
+
+        instance = default_instance(instance_auto, os.path.abspath("."))
     cli_checks.check_name(instance, False, "instance id")
     try:
         from ..client.mcp_bridge import run_bridge
@@ -352,6 +361,8 @@ def mcp_(
 app.command()(cli_admin.audit)
 app.command()(cli_top.top)
 app.command("relay")(relay_cmd.relay)
+app.command()(cli_agents.hook)
+app.command()(cli_agents.setup)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """``parrot-ipc mcp``: an MCP server over stdio that gives an AI agent the broker as tools.
 
 Built on the official ``mcp`` Python SDK (the optional extra ``mcp``; its low-level
-:class:`mcp.server.lowlevel.Server` and :func:`mcp.server.stdio.stdio_server`), run on trio
+:class:`mcp.server.lowlevel.Server`; stdio by :mod:`parrot_ipc.client.mcp_channel`), run on trio
 through anyio's trio backend, and on :class:`parrot_ipc.client.trio_client.AsyncClient`, so no
 handler ever blocks the event loop.
 
@@ -43,12 +43,12 @@ import mcp_types as types
 import msgspec
 import trio
 from mcp.server.lowlevel import Server
-from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from ..core import protocol as p
 from ..errors import BrokerUnavailable, ParrotError, ToolError
 from ..os.paths import default_socket_path
+from .mcp_channel import CHANNEL_CAPABILITY, channel_stdio, start_hook_service, with_channel_instructions
 from .mcp_link import BrokerLink
 from .mcp_tools import TOOL_NAMES, TOOLS, check_args, check_content, format_messages, name_text
 from .trio_client import AsyncClient
@@ -150,9 +150,9 @@ class Bridge:
                                     structured_content=structured)
 
     async def _t_send(self, arguments: dict[str, Any] | None) -> tuple[str, Any]:
-        a = check_args("send", arguments, {"to": (str, True), "content": (str, True)})
+        a = check_args("send", arguments, {"to": (str, True), "content": (str, True), "reply_to": (str, False)})
         check_content("send", a["content"])
-        res = await self.link.call(lambda c: c.send(a["to"], a["content"]))
+        res = await self.link.call(lambda c: c.send(a["to"], a["content"], reply_to=a.get("reply_to")))
         note = " (forwarded: that name was renamed)" if res.status == "forwarded" else ""
         return f"Sent message {res.id} to {res.to}{note}.", msgspec.to_builtins(res)
 
@@ -240,9 +240,11 @@ async def serve_bridge(instance: str, socket_path: str) -> None:
         instructions = f"{instructions}\n\n{name_text(instance)}"
         if protected:
             log.info("parrot-ipc mcp: serving %s with the broker's instructions", link.instance)
-        server = build_server(Bridge(link), instructions)
-        async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+        server = build_server(Bridge(link), with_channel_instructions(instructions))
+        await start_hook_service(nursery, link)  # issue 15: hooks and channels, client/mcp_channel.py
+        async with channel_stdio(link) as (read_stream, write_stream):
+            await server.run(read_stream, write_stream,
+                             server.create_initialization_options(experimental_capabilities=CHANNEL_CAPABILITY))
         nursery.cancel_scope.cancel()
 
 

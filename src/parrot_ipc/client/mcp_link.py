@@ -140,6 +140,11 @@ class BrokerLink:
         self._token, self._claimed, self._taken_over = tok.token, True, False
         self.instance, self.scopes = tok.instance_id, list(tok.scopes)
 
+    def token(self) -> str | None:
+        """The session's token (None before the claim), for this bridge's own second connection
+        (the channel pusher, client/mcp_channel.py, issue 15); never logged or written."""
+        return self._token
+
     async def connect(self) -> AsyncClient:
         """The live connection, opening (and authenticating) one if needed.
 

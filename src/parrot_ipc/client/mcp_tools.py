@@ -47,7 +47,9 @@ TOOLS: Final[tuple[types.Tool, ...]] = (
         "send",
         "Send a text message to one other agent (an instance id such as 'gemini-1'). The sender is "
         "always you; mail to a name nobody holds yet waits for it. Returns the message id.",
-        {"to": {**_INSTANCE, "description": "The recipient's instance id."}, "content": _TEXT},
+        {"to": {**_INSTANCE, "description": "The recipient's instance id."}, "content": _TEXT,
+         "reply_to": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$",
+                      "description": "Optional: the id of the message you are answering."}},
         required=("to", "content"),
     ),
     _tool(
@@ -126,13 +128,15 @@ def check_args(name: str, given: dict[str, Any] | None,
 
 def format_messages(instance: str, msgs: list[p.Message]) -> str:
     """The text ``check_messages`` shows the model: a count, then each message's sender, time
-    (RFC 3339 UTC), id, data (JSON) and text between markers, or a line saying there is none."""
+    (RFC 3339 UTC), id, the id it replies to, data (JSON) and text between markers, or a line saying there is none."""
     if not msgs:
         return f"No new messages for {instance}."
     lines = [f"{len(msgs)} new message(s) for {instance} (now marked read):"]
     for i, m in enumerate(msgs, 1):
         lines.append(f"\n--- message {i} of {len(msgs)} ---")
         lines.append(f"from: {m.from_}\nsent: {m.sent_at}\nid: {m.id}")
+        if m.reply_to is not msgspec.UNSET:
+            lines.append(f"in reply to: {m.reply_to}")
         if m.data is not msgspec.UNSET:
             lines.append(f"data: {msgspec.json.encode(m.data).decode()}")
         lines.append(f"text:\n{m.content}")

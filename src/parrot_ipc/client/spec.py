@@ -204,12 +204,14 @@ def _whoami() -> None:
 
 
 def _send(to: str, content: str, *, data: dict[str, Any] | None = None,
-          idempotency_key: str | None = None) -> p.SendParams:
+          idempotency_key: str | None = None, reply_to: str | None = None) -> p.SendParams:
     """Send text ``content`` (and ``data``, a JSON object) to instance ``to``: ``SendResult
     {id, to, status}``, status ``"queued"`` or ``"forwarded"`` (``to`` was renamed). The sender
     is always the session. Repeating ``idempotency_key`` (1-128 chars) within 24 h returns the
-    first message's id and queues nothing. -32007 if the mailbox is full."""
-    return p.SendParams(to=to, content=content, data=data, idempotency_key=idempotency_key)
+    first message's id and queues nothing. ``reply_to``: the id of the message this answers
+    (shown with it). -32007 if the mailbox is full."""
+    return p.SendParams(to=to, content=content, data=data, idempotency_key=idempotency_key,
+                        reply_to=reply_to)
 
 
 def _broadcast(content: str, *, data: dict[str, Any] | None = None) -> p.BroadcastParams:

@@ -89,11 +89,13 @@ class Delivery:
         return name, forwarded
 
     def enqueue(self, sender: str, target: str, content: str, data: dict[str, Any] | None,
-                now: float, *, to: str | None = None, sender_uid: int | None = None) -> p.Message:
+                now: float, reply_to: str | None = None, *, to: str | None = None,
+                sender_uid: int | None = None) -> p.Message:
         """Queue one message from ``sender`` in ``target``'s mailbox (not yet delivered: see
-        :meth:`deliver`). Returns the stored message, with a fresh id and ``sent_at``; its
-        ``to`` is ``to`` if given (a ``name@node`` queued in the outbox), else ``target``. With
-        ``sender_uid``, mail to another name is charged to that UID (:class:`SenderQuota`).
+        :meth:`deliver`), answering message ``reply_to`` if given. Returns the stored message,
+        with a fresh id and ``sent_at``; its ``to`` is ``to`` if given (a ``name@node`` queued
+        in the outbox), else ``target``. With ``sender_uid``, mail to another name is charged
+        to that UID (:class:`SenderQuota`).
 
         Raises:
             RpcError: -32007 ``sender_quota_exceeded`` past ``max_sender_queued_messages`` or
@@ -111,7 +113,8 @@ class Delivery:
         if count == 0 and not self.held(target, now):
             check_unclaimed(self._config, target, self._unclaimed(now))
         msg = p.Message(id=self._ids.next(now), from_=sender, to=to or target, content=content,
-                        data=UNSET if data is None else data, sent_at=rfc3339(now))
+                        data=UNSET if data is None else data, sent_at=rfc3339(now),
+                        reply_to=UNSET if reply_to is None else reply_to)
         self._store.enqueue(StoredMessage(msg, target, size))
         if payer is not None:
             self.quota.charge(payer, msg.id, size)

@@ -124,7 +124,8 @@ def send(b: Broker, conn: Connection, prm: p.SendParams, rid: p.RequestId) -> p.
                                 "to": prm.to, "rule": adm.rule})
         raise RpcError(ErrorCode.FORBIDDEN, "recipient_not_allowed",
                        f"This peer may not send to {prm.to!r}.", to=prm.to)
-    msg = b.delivery.enqueue(sender, target, prm.content, prm.data, now, sender_uid=conn.peer.uid)
+    msg = b.delivery.enqueue(sender, target, prm.content, prm.data, now, prm.reply_to,
+                             sender_uid=conn.peer.uid)
     b.stats.count(queued=1)
     result = p.SendResult(id=msg.id, to=target, status="forwarded" if forwarded else "queued")
     if key is not None:

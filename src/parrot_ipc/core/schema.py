@@ -117,13 +117,16 @@ class AuthenticateParams(_Params):
 
 class SendParams(_Params):
     """``send``: ``to`` (an instance id, or ``name@node`` for another broker: docs/federation.md), ``content`` (any string), optional ``data`` (a JSON
-    object) and ``idempotency_key`` (1-128 characters; a repeat within ``idempotency_ttl_s`` from
+    object), ``reply_to`` (a message id: 1-64 of ``A-Z a-z 0-9 _ . : -``) and ``idempotency_key`` (1-128 characters; a repeat within ``idempotency_ttl_s`` from
     the same sender returns the first result). ``from``/``from_id`` are accepted and ignored."""
 
     to: Address
     content: str
     data: dict[str, Any] | None = None
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    #: The id of the message this one answers (1-64 of ``A-Z a-z 0-9 _ . : -``, so it is safe to
+    #: show inside a tag; not checked to exist: it may be acked already). Added by issue 15.
+    reply_to: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] | None = None
     # Accepted and ignored: the sender is always the session (claude-ipc compatibility).
     from_: Any = field(default=None, name="from")
     from_id: Any = None
@@ -180,7 +183,8 @@ class GetResourceParams(_Params):
 
 # --------------------------------------------------------------------------- results
 class Message(Struct, kw_only=True, omit_defaults=True):
-    """One message. ``id`` sorts by arrival; ``sent_at`` is RFC 3339 UTC."""
+    """One message. ``id`` sorts by arrival; ``sent_at`` is RFC 3339 UTC; ``reply_to`` (left
+    out when unset) is the id of the message it answers, as the sender gave it."""
 
     id: str
     from_: str = field(name="from")
@@ -188,6 +192,7 @@ class Message(Struct, kw_only=True, omit_defaults=True):
     content: str
     data: dict[str, Any] | UnsetType = UNSET
     sent_at: str
+    reply_to: str | UnsetType = UNSET
 
 
 class TokenResult(Struct, kw_only=True):

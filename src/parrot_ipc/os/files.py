@@ -378,3 +378,9 @@ def lock_exclusive(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def make_dirs(path: str | os.PathLike[str], mode: int = 0o755) -> None:
+    """Create directory ``path`` and its missing parents (mkdir(2), ``mode`` less the umask);
+    nothing if it exists. Raises OSError if it cannot (or a non-directory is in the way)."""
+    os.makedirs(path, mode=mode, exist_ok=True)

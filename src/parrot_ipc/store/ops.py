@@ -45,7 +45,8 @@ class Op(msgspec.Struct, frozen=True, gc=False):
 class PutMessage(Op, frozen=True, gc=False):
     """Insert (or replace) a queued message, ready (``lease_until`` 0).
 
-    ``data`` is the message's ``data`` object as JSON bytes, or None when it has none;
+    ``data`` is the message's ``data`` column (:func:`encode_data`: its ``data`` object as JSON
+    bytes, or None when it has none, or a JSON array when it carries a ``reply_to``);
     ``recipient`` is the name it was sent to (``Message.to``); ``size_bytes`` its counted size.
     """
 
@@ -62,8 +63,33 @@ class PutMessage(Op, frozen=True, gc=False):
     def of(cls, item: StoredMessage) -> PutMessage:
         """The op that stores ``item`` (its ``data`` encoded to JSON now)."""
         m = item.message
-        data = None if m.data is UNSET else msgspec.json.encode(m.data)
+        data = encode_data(m.data, m.reply_to)
         return cls(m.id, item.mailbox, m.from_, m.content, data, m.sent_at, item.size_bytes, m.to)
+
+
+def encode_data(data: Any, reply_to: Any) -> bytes | None:
+    """The ``messages.data`` column for a message's ``data`` and ``reply_to`` (either UNSET).
+
+    Without ``reply_to``: the ``data`` object as JSON, or None (as schema version 1 wrote it).
+    With one: the JSON array ``[data or null, {"reply_to": ...}]``. ``data`` is always a JSON
+    object (``docs/protocol.md``, send), so an array never collides with an older row, and
+    ``reply_to`` needs no schema migration. :func:`decode_data` reads both forms back.
+    """
+    if reply_to is UNSET:
+        return None if data is UNSET else msgspec.json.encode(data)
+    return msgspec.json.encode([None if data is UNSET else data, {"reply_to": reply_to}])
+
+
+def decode_data(blob: bytes | None) -> tuple[Any, Any]:
+    """``(data, reply_to)`` of a ``messages.data`` column written by :func:`encode_data`
+    (UNSET where absent). Raises msgspec.DecodeError if the column is not valid JSON."""
+    if blob is None:
+        return UNSET, UNSET
+    value = msgspec.json.decode(blob)
+    if not isinstance(value, list):
+        return value, UNSET
+    data, extra = value
+    return (UNSET if data is None else data), extra.get("reply_to", UNSET)
 
 
 class SetLease(Op, frozen=True, gc=False):

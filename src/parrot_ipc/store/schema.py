@@ -14,12 +14,11 @@ import urllib.parse
 from typing import Final, Literal
 
 import msgspec
-from msgspec import UNSET
 
 from ..core.protocol import Message, SendResult
 from .base import Session, StoredMessage
 from .memory import MemoryStore
-from .ops import Purge, write
+from .ops import Purge, decode_data, write
 from .statedir import refuse
 
 # Schema migrations: MIGRATIONS[i] takes a database from version i to version i + 1.
@@ -191,8 +190,9 @@ def load(db: sqlite3.Connection, mirror: MemoryStore) -> str | None:
     for mid, box, sender, content, data, sent_at, size, to, until in db.execute(
             "SELECT id, mailbox, sender, content, data, sent_at, size_bytes, recipient, lease_until "
             "FROM messages ORDER BY id"):
+        payload, reply_to = decode_data(data)
         msg = Message(id=mid, from_=sender, to=to or box, content=content,
-                      data=UNSET if data is None else msgspec.json.decode(data), sent_at=sent_at)
+                      data=payload, sent_at=sent_at, reply_to=reply_to)
         mirror.restore(StoredMessage(msg, box, size, until))
         max_id = mid
     for old, new, until in db.execute("SELECT old, new, until FROM forwards"):
