@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType, field
 
+from .admin_schema import *  # noqa: F403  (list_sessions, admin_stats)
 from .federation_schema import *  # noqa: F403  (issue 18: list_nodes and the relay's methods)
 
 # Re-exported: the framing moved to .framing; ``p.FrameBuffer`` and this import path stay.
