@@ -33,8 +33,11 @@ from parrot_ipc.core import BrokerConfig
 def _serve(socket_path: str, state_dir: str, durability: str) -> None:
     from parrot_ipc.app.daemon import run_broker
 
+    # The limits a real broker keeps (rate limit, sender quota, mailbox bounds) are lifted:
+    # this measures commits, not refusals.
     cfg = BrokerConfig(durability=durability, max_mailbox_messages=10_000_000,  # type: ignore[arg-type]
-                       max_mailbox_bytes=1 << 40)
+                       max_mailbox_bytes=1 << 40, rate_per_s=1e9, burst=1e9,
+                       max_sender_queued_messages=10_000_000, max_sender_queued_bytes=1 << 40)
     run_broker(socket_path, cfg, store="sqlite", state_dir=state_dir)
 
 
