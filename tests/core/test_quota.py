@@ -3,7 +3,7 @@ mailboxes; counted on enqueue, given back on ack, expiry and release, rebuilt at
 
 from __future__ import annotations
 
-from core_harness import BROKER_UID, AuditLog, FakeClock, Harness
+from core_harness import BROKER_UID, AuditLog, FakeClock, Harness, Peer
 
 from parrot_ipc.core import Broker, BrokerConfig, DefaultPolicy
 
@@ -14,6 +14,16 @@ OTHER = 0  # root: the default policy admits the broker UID and root
 def _cfg(**kw: int) -> BrokerConfig:
     return BrokerConfig(max_sender_queued_messages=kw.get("msgs", 3), max_sender_queued_bytes=kw.get("bytes", 10**6),
                         max_unclaimed_mailboxes=100)
+
+
+def _a_sent_to_b(make_harness: type[Harness], msgs: int, sent: int = 1) -> tuple[Harness, Peer, Peer]:
+    """A harness whose sender quota is ``msgs`` messages, with ``a`` and ``b`` registered (both as
+    BROKER_UID) and ``sent`` messages "1", "2", ... already sent from a to b."""
+    h = make_harness(_cfg(msgs=msgs))
+    a, b = h.register("a"), h.register("b")
+    for i in range(1, sent + 1):
+        a.ok("send", {"to": "b", "content": str(i)})
+    return h, a, b
 
 
 def test_past_the_message_quota_sends_get_32007_with_the_quota(make_harness: type[Harness]) -> None:
@@ -40,10 +50,7 @@ def test_the_byte_quota_counts_content_bytes_over_all_mailboxes(make_harness: ty
 
 
 def test_ack_gives_the_charge_back(make_harness: type[Harness]) -> None:
-    h = make_harness(_cfg(msgs=2))
-    a, b = h.register("a"), h.register("b")
-    a.ok("send", {"to": "b", "content": "1"})
-    a.ok("send", {"to": "b", "content": "2"})
+    h, a, b = _a_sent_to_b(make_harness, msgs=2, sent=2)
     assert a.err("send", {"to": "b", "content": "3"})["data"]["reason"] == "sender_quota_exceeded"
     msgs = b.receive(max=1)
     assert h.broker.quota.usage(BROKER_UID) == (2, 2)  # leased is still queued
@@ -53,9 +60,7 @@ def test_ack_gives_the_charge_back(make_harness: type[Harness]) -> None:
 
 
 def test_a_lease_running_out_keeps_the_charge(make_harness: type[Harness]) -> None:
-    h = make_harness(_cfg(msgs=5))
-    a, b = h.register("a"), h.register("b")
-    a.ok("send", {"to": "b", "content": "1"})
+    h, _, b = _a_sent_to_b(make_harness, msgs=5)
     b.receive()
     h.clock.advance(h.broker.config.lease_s + 1)
     h.broker.tick()
@@ -74,9 +79,7 @@ def test_expired_unclaimed_mail_gives_the_charge_back(make_harness: type[Harness
 
 
 def test_release_gives_the_charge_back(make_harness: type[Harness]) -> None:
-    h = make_harness(_cfg(msgs=1))
-    a, b = h.register("a"), h.register("b")
-    a.ok("send", {"to": "b", "content": "1"})
+    h, _, b = _a_sent_to_b(make_harness, msgs=1)
     b.ok("release", {"instance_id": "b"})
     assert h.broker.quota.usage(BROKER_UID) == (0, 0)
 
@@ -92,9 +95,7 @@ def test_the_quota_is_per_uid_and_mail_to_ones_own_name_is_free(make_harness: ty
 
 
 def test_refusals_are_audited_once_per_stretch(make_harness: type[Harness]) -> None:
-    h = make_harness(_cfg(msgs=1))
-    a, b = h.register("a"), h.register("b")
-    a.ok("send", {"to": "b", "content": "1"})
+    h, a, b = _a_sent_to_b(make_harness, msgs=1)
     for _ in range(5):
         a.err("send", {"to": "b", "content": "x"})
     assert len(h.audit.named("sender_quota_exceeded")) == 1

@@ -42,28 +42,37 @@ def _count(node: Node, name: str, want: int, timeout_s: float) -> collections.Co
     return collections.Counter(m.content for m in got)
 
 
-def test_nats_down_mid_stream_loses_and_doubles_nothing(nodes) -> None:
+def _alice_and_bob(nodes) -> tuple[Node, Node, Sender]:
+    """Nodes h1 and h2, bob registered on h2 (so mail for him is delivered, not unclaimed) and
+    alice sending from h1."""
     h1, h2 = nodes("h1"), nodes("h2")
     h2.client("bob")
-    alice = Sender(h1)
+    return h1, h2, Sender(h1)
+
+
+def _assert_each_key_once(h2: Node, keys: list[str], timeout_s: float, label: str) -> None:
+    """Every key reached bob@h2 exactly once: none lost, none doubled; prints the tally."""
+    counts = _count(h2, "bob", len(keys), timeout_s)
+    lost = [k for k in keys if counts[k] == 0]
+    doubled = {k: n for k, n in counts.items() if n > 1}
+    assert (lost, doubled) == ([], {}), f"lost {len(lost)} (e.g. {lost[:5]}), doubled {len(doubled)}"
+    assert sum(counts.values()) == len(keys)
+    print(f"{label}: sent {len(keys)}, delivered {sum(counts.values())}, lost {len(lost)}, doubled {len(doubled)}")
+
+
+def test_nats_down_mid_stream_loses_and_doubles_nothing(nodes) -> None:
+    h1, h2, alice = _alice_and_bob(nodes)
     keys = [f"k{i}" for i in range(1000)]
     for i, key in enumerate(keys):
         if i == 300:
             h1.nats.stop()
         alice.send("bob@h2", key)  # still accepted: it goes to the outbox
     h1.nats.start()
-    counts = _count(h2, "bob", len(keys), 60)
-    lost = [k for k in keys if counts[k] == 0]
-    doubled = {k: n for k, n in counts.items() if n > 1}
-    assert (lost, doubled) == ([], {}), f"lost {len(lost)}, doubled {len(doubled)}"
-    assert sum(counts.values()) == len(keys)
-    print(f"NATS down: sent {len(keys)}, delivered {sum(counts.values())}, lost {len(lost)}, doubled {len(doubled)}")
+    _assert_each_key_once(h2, keys, 60, "NATS down")
 
 
 def test_sigkill_of_each_relay_and_each_broker_loses_and_doubles_nothing(nodes) -> None:
-    h1, h2 = nodes("h1"), nodes("h2")
-    h2.client("bob")
-    alice = Sender(h1)
+    h1, h2, alice = _alice_and_bob(nodes)
     keys = [f"k{i}" for i in range(5000)]
     faults = {1000: (h1, "relay"), 2000: (h2, "relay"), 3000: (h2, "broker"), 4000: (h1, "broker")}
     for i, key in enumerate(keys):
@@ -72,12 +81,7 @@ def test_sigkill_of_each_relay_and_each_broker_loses_and_doubles_nothing(nodes) 
             node.kill(which)  # SIGKILL
             getattr(node, f"start_{which}")()
         alice.send("bob@h2", key)
-    counts = _count(h2, "bob", len(keys), 120)
-    lost = [k for k in keys if counts[k] == 0]
-    doubled = {k: n for k, n in counts.items() if n > 1}
-    assert (len(lost), doubled) == (0, {}), f"lost {len(lost)} (e.g. {lost[:5]}), doubled {len(doubled)}"
-    assert sum(counts.values()) == len(keys)
-    print(f"SIGKILL x4: sent {len(keys)}, delivered {sum(counts.values())}, lost {len(lost)}, doubled {len(doubled)}")
+    _assert_each_key_once(h2, keys, 120, "SIGKILL x4")
 
 
 def test_the_outbox_holds_mail_while_the_far_side_is_down(nodes) -> None:

@@ -79,6 +79,17 @@ def _no_traceback(res: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in res.stderr + res.stdout, res.stderr
 
 
+def _refused_in_words(res: subprocess.CompletedProcess[str], *said: str, unsaid: str | None = None) -> None:
+    """A usage error explained in words: no traceback, exit code 2, every one of ``said`` on
+    stderr and ``unsaid`` (when given) not on it."""
+    _no_traceback(res)
+    assert res.returncode == 2, res.stderr
+    for words in said:
+        assert words in res.stderr, res.stderr
+    if unsaid is not None:
+        assert unsaid not in res.stderr, res.stderr
+
+
 @pytest.fixture(scope="module")
 def newcomer(accounts) -> Iterator[Newcomer]:
     if not os.access(SYSTEM_PYTHON, os.X_OK) or not shutil.which("setpriv"):
@@ -190,28 +201,20 @@ def test_2_doctor_as_a_user_against_roots_broker_gives_a_row_not_a_traceback(new
 def test_3_a_message_that_is_not_utf8_is_refused_in_words(newcomer: Newcomer, own_broker: str) -> None:
     assert newcomer.run("register", "alice", PARROT_IPC_SOCKET=own_broker).returncode == 0
     res = newcomer.run("send", "alice", "-", stdin=b"caf\xe9", PARROT_IPC_SOCKET=own_broker)
-    _no_traceback(res)
-    assert res.returncode == 2
-    assert "the message is not UTF-8 text (byte 0xe9 at offset 3)" in res.stderr
+    _refused_in_words(res, "the message is not UTF-8 text (byte 0xe9 at offset 3)")
 
 
 def test_4_a_10_mb_message_is_refused_before_sending_with_the_limit(newcomer: Newcomer, own_broker: str) -> None:
     assert newcomer.run("register", "alice", PARROT_IPC_SOCKET=own_broker).returncode == 0
     res = newcomer.run("send", "alice", "-", stdin=b"a" * 10_000_000, PARROT_IPC_SOCKET=own_broker)
-    _no_traceback(res)
-    assert res.returncode == 2
-    assert "the broker takes at most 65536 bytes per request" in res.stderr
-    assert "Put the data in a file and send its path" in res.stderr
-    assert "cannot reach the broker" not in res.stderr
+    _refused_in_words(res, "the broker takes at most 65536 bytes per request",
+                      "Put the data in a file and send its path", unsaid="cannot reach the broker")
 
 
 def test_5_a_bad_instance_name_is_explained_in_words(newcomer: Newcomer, own_broker: str) -> None:
     res = newcomer.run("register", "my agent", PARROT_IPC_SOCKET=own_broker)
-    _no_traceback(res)
-    assert res.returncode == 2
-    assert "' ' at position 3 is not allowed" in res.stderr
-    assert "1-64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit" in res.stderr
-    assert "regex" not in res.stderr
+    _refused_in_words(res, "' ' at position 3 is not allowed",
+                      "1-64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit", unsaid="regex")
 
 
 def test_6_a_typo_in_the_recipient_names_the_closest_instance(newcomer: Newcomer, own_broker: str) -> None:
@@ -226,9 +229,7 @@ def test_6_a_typo_in_the_recipient_names_the_closest_instance(newcomer: Newcomer
 def test_9_register_will_not_silently_take_over_a_live_session(newcomer: Newcomer, own_broker: str) -> None:
     assert newcomer.run("register", "bob", PARROT_IPC_SOCKET=own_broker).returncode == 0
     res = newcomer.run("register", "carol", PARROT_IPC_SOCKET=own_broker)
-    _no_traceback(res)
-    assert res.returncode == 2
-    assert "holds the live session of 'bob'" in res.stderr and "--force" in res.stderr
+    _refused_in_words(res, "holds the live session of 'bob'", "--force")
     who = newcomer.run("whoami", PARROT_IPC_SOCKET=own_broker)
     assert who.returncode == 0 and who.stdout.startswith("bob "), who
     forced = newcomer.run("register", "carol", "--force", PARROT_IPC_SOCKET=own_broker)

@@ -205,17 +205,21 @@ scopes = ["send", "receive", "list", "admin"]
 """
 
 
+def policy_toml(server: dict[str, Any], *peers: dict[str, Any]) -> str:
+    """The text of a policy file: a ``[server]`` table with ``server``'s keys, one ``[[peers]]``
+    table per entry of ``peers``, then ROOT_RULE (root may always connect). Values are strings,
+    integers or lists of them, written as JSON, which for these is also TOML (TOML 1.0, "String",
+    "Integer", "Array")."""
+    tables = [("[server]", server), *(("[[peers]]", peer) for peer in peers)]
+    text = "\n\n".join("\n".join([head, *(f"{k} = {json.dumps(v)}" for k, v in keys.items())])
+                       for head, keys in tables)
+    return f"\n{text}\n{ROOT_RULE}"
+
+
 # --------------------------------------------------------------------------- groups
 def test_group_member_admitted_through_socket_group_messages_the_broker_user(people: People, policy_broker) -> None:
-    b = policy_broker(f"""
-[server]
-socket_group = "{people.group}"
-
-[[peers]]
-name = "agents"
-groups = ["{people.group}"]
-scopes = ["send", "receive", "list"]
-{ROOT_RULE}""")
+    b = policy_broker(policy_toml({"socket_group": people.group},
+                                  {"name": "agents", "groups": [people.group], "scopes": ["send", "receive", "list"]}))
     d, s = os.stat(os.path.dirname(b.socket)), os.stat(b.socket)
     assert (stat.S_IMODE(d.st_mode), d.st_gid) == (0o750, people.gid)
     assert (stat.S_IMODE(s.st_mode), s.st_gid) == (0o660, people.gid)
@@ -472,13 +476,7 @@ def test_a_connection_flood_past_the_per_uid_cap_is_refused_and_another_uid_stil
         people: People, policy_broker) -> None:
     import socket as stdsocket
 
-    b = policy_broker(f"""
-[server]
-max_connections_per_uid = 20
-
-[[peers]]
-uids = [{people.u2.uid}]
-{ROOT_RULE}""")
+    b = policy_broker(policy_toml({"max_connections_per_uid": 20}, {"uids": [people.u2.uid]}))
     b.open_up()
     flood = []
     try:

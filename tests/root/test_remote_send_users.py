@@ -5,27 +5,17 @@ neither may act as the relay."""
 from __future__ import annotations
 
 import pytest
-from test_policy_users import ROOT_RULE, People, _error, people, policy_broker
+from test_policy_users import People, _error, people, policy_broker, policy_toml
 
 pytestmark = pytest.mark.root
 __all__ = ["people", "policy_broker"]  # fixtures used here
 
 
 def test_a_user_without_remote_send_cannot_send_off_host(people: People, policy_broker) -> None:
-    b = policy_broker(f"""
-[server]
-node = "h1"
-
-[[peers]]
-name = "far"
-users = ["{people.u2.name}"]
-scopes = ["send", "receive", "remote_send"]
-
-[[peers]]
-name = "near"
-users = ["{people.u3.name}"]
-scopes = ["send", "receive"]
-{ROOT_RULE}""")
+    b = policy_broker(policy_toml(
+        {"node": "h1"},
+        {"name": "far", "users": [people.u2.name], "scopes": ["send", "receive", "remote_send"]},
+        {"name": "near", "users": [people.u3.name], "scopes": ["send", "receive"]}))
     b.open_up()
     off_host = ["send", {"to": "bob@h2", "content": "x"}]
     near = people.rpc(people.u3, b.socket, [["get_token", {"instance_id": "near"}], off_host,

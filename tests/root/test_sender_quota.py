@@ -11,7 +11,7 @@ with /usr/bin/python3 through runuser) and the broker with an audit log come fro
 from __future__ import annotations
 
 import pytest
-from test_policy_users import ROOT_RULE, People, _error, people, policy_broker
+from test_policy_users import People, _error, people, policy_broker, policy_toml
 
 from parrot_ipc import Client
 
@@ -25,14 +25,8 @@ def _sends(n: int, to: str, tag: str) -> list[list[object]]:
 
 def test_one_users_sends_past_its_quota_are_refused_while_another_user_still_sends(
         people: People, policy_broker) -> None:
-    b = policy_broker(f"""
-[server]
-max_sender_queued_messages = 3
-
-[[peers]]
-name = "agents"
-uids = [{people.u2.uid}, {people.u3.uid}]
-{ROOT_RULE}""")
+    b = policy_broker(policy_toml({"max_sender_queued_messages": 3},
+                                  {"name": "agents", "uids": [people.u2.uid, people.u3.uid]}))
     b.open_up()
     with Client(b.socket) as boss:
         boss.get_token("boss")

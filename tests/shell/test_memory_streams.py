@@ -54,7 +54,11 @@ class Rig:
 
 
 @pytest.fixture
-def make_rig(nursery: trio.Nursery) -> Callable[..., Any]:
+async def make_rig(nursery: trio.Nursery) -> AsyncIterator[Callable[..., Any]]:
+    """``await make_rig(**BrokerConfig fields)`` serves a broker in the test's nursery; every
+    server made is shut down when the test ends."""
+    made: list[Rig] = []
+
     async def make(**cfg: Any) -> Rig:
         clock = trio_wall_clock()
         audit: list[tuple[str, dict[str, Any]]] = []
@@ -64,16 +68,18 @@ def make_rig(nursery: trio.Nursery) -> Callable[..., Any]:
         peer = PeerCredentials(pid=os.getpid(), uid=os.geteuid(), gid=os.getegid())
         server = BrokerServer(broker, listener, identify=lambda stream: peer, clock=clock)
         await nursery.start(server.serve)
-        return Rig(server, listener, audit)
+        made.append(Rig(server, listener, audit))
+        return made[-1]
 
-    return make
+    yield make
+    for r in made:
+        r.server.shutdown()
 
 
 @pytest.fixture
-async def rig(make_rig: Callable[..., Any]) -> AsyncIterator[Rig]:
+async def rig(make_rig: Callable[..., Any]) -> Rig:
     r: Rig = await make_rig()
-    yield r
-    r.server.shutdown()
+    return r
 
 
 def _req(rid: int, method: str, **params: Any) -> bytes:
@@ -97,6 +103,18 @@ async def _call(stream: trio.abc.Stream, rid: int, method: str, **params: Any) -
     (resp,) = await _lines(stream, 1)
     assert resp["id"] == rid, resp
     return resp
+
+
+async def _connect(r: Rig, *instance_ids: str | None) -> list[trio.abc.Stream]:
+    """One connection to ``r`` per entry; each entry not None takes that instance name
+    (``get_token`` as request id 1)."""
+    streams = []
+    for instance_id in instance_ids:
+        c = await r.listener.connect()
+        if instance_id is not None:
+            await _call(c, 1, "get_token", instance_id=instance_id)
+        streams.append(c)
+    return streams
 
 
 async def _until_eof(stream: trio.abc.Stream) -> bytes:
@@ -130,14 +148,12 @@ async def test_the_handshake_timeout_closes_a_slow_connection_at_the_mock_deadli
     assert json.loads(line)["error"]["data"]["reason"] == "frame_not_terminated"
     assert trio.current_time() - t0 == pytest.approx(7.0, abs=1e-6)
     assert [e for e, _ in r.audit if e.endswith("_timeout")] == ["handshake_timeout"]
-    r.server.shutdown()
 
 
 async def test_the_idle_timeout_closes_an_idle_connection_but_keeps_a_subscriber(
         make_rig: Callable[..., Any], autojump_clock: trio.testing.MockClock) -> None:
     r: Rig = await make_rig(idle_timeout_s=300.0)
-    idle, sub = await r.listener.connect(), await r.listener.connect()
-    await _call(sub, 1, "get_token", instance_id="listener")
+    idle, sub = await _connect(r, None, "listener")
     await _call(sub, 2, "subscribe")
     assert (await _call(idle, 1, "ping"))["result"] == "pong"
     t0 = trio.current_time()
@@ -146,15 +162,12 @@ async def test_the_idle_timeout_closes_an_idle_connection_but_keeps_a_subscriber
     assert [e for e, _ in r.audit if e.endswith("_timeout")] == ["idle_timeout"]
     await trio.sleep(3 * 300.0)  # three idle timeouts (mock time): a subscriber waits for pushes
     assert (await _call(sub, 3, "ping"))["result"] == "pong"
-    r.server.shutdown()
 
 
 async def test_an_unacked_message_is_delivered_again_when_its_lease_runs_out_by_the_mock_clock(
         make_rig: Callable[..., Any], autojump_clock: trio.testing.MockClock) -> None:
     r: Rig = await make_rig(lease_s=30.0)
-    a, b = await r.listener.connect(), await r.listener.connect()
-    await _call(a, 1, "get_token", instance_id="a")
-    await _call(b, 1, "get_token", instance_id="b")
+    a, b = await _connect(r, "a", "b")
     await _call(a, 2, "send", to="b", content="once more")
     first = (await _call(b, 2, "receive"))["result"]["messages"]
     assert [m["content"] for m in first] == ["once more"]
@@ -163,7 +176,6 @@ async def test_an_unacked_message_is_delivered_again_when_its_lease_runs_out_by_
     again = (await _call(b, 4, "receive", wait_s=60.0))["result"]["messages"]
     assert [m["id"] for m in again] == [first[0]["id"]]
     assert trio.current_time() - t0 == pytest.approx(30.0, abs=1.0)
-    r.server.shutdown()
 
 
 async def test_past_max_connections_a_new_peer_gets_one_server_full_line_then_eof(
@@ -181,7 +193,6 @@ async def test_past_max_connections_a_new_peer_gets_one_server_full_line_then_eo
     while r.server._streams >= 2:
         await trio.sleep(0.01)
     assert (await _call(await r.listener.connect(), 1, "ping"))["result"] == "pong"
-    r.server.shutdown()
 
 
 async def test_shutdown_finishes_a_long_poll_and_closes_every_connection(rig: Rig, autojump_clock: trio.testing.MockClock) -> None:
