@@ -52,7 +52,7 @@ from .mcp_channel import CHANNEL_CAPABILITY, channel_stdio, start_hook_service, 
 from .mcp_link import BrokerLink
 from .mcp_tools import TOOL_NAMES, TOOLS, check_args, check_content, format_messages, name_text
 from .trio_client import AsyncClient
-from .wire import start_hint
+from .wire import unreachable_hint
 
 __all__ = [
     "GENERIC_INSTRUCTIONS",
@@ -107,7 +107,7 @@ async def fetch_instructions(link: BrokerLink, cache: InstructionCache,
             res = await link.call(lambda c: c.get_resource(INSTRUCTIONS_RESOURCE), claim=False)
         return cache.accept(res), True
     except BrokerUnavailable as exc:
-        why = f"{exc.message}. {start_hint(link.socket_path)}"
+        why = f"{exc.message}. {unreachable_hint(exc, link.socket_path)}"
     except ParrotError as exc:
         if exc.reason == "resource_not_found":  # none configured: the generic text, without a word
             log.info("parrot-ipc mcp: the broker has no 'instructions' resource; using generic instructions")
@@ -138,7 +138,8 @@ class Bridge:
         except ToolError as exc:
             return _error(str(exc))
         except BrokerUnavailable as exc:
-            return _error(f"Cannot reach the parrot-ipc broker: {exc.message}. {start_hint(self.link.socket_path)}")
+            return _error(f"Cannot reach the parrot-ipc broker: {exc.message}. "
+                          f"{unreachable_hint(exc, self.link.socket_path)}")
         except ParrotError as exc:
             return _error(f"The broker refused {name}: {exc.message} (code {exc.code}, reason {exc.reason}).")
         except trio.TooSlowError:

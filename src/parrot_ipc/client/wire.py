@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from ..core import protocol as p
-from ..errors import BrokerUnavailable, ParrotError
+from ..errors import BrokerUnavailable, ParrotError, UntrustedBroker
 from ..os.paths import client_dir_problem, default_socket_path
 
 #: Bytes asked of the socket per read.
@@ -46,6 +46,13 @@ def check_socket_dir(path: str) -> None:
     problem = client_dir_problem(path)
     if problem is not None:
         raise BrokerUnavailable(path, f"refusing an unsafe socket directory: {problem}")
+
+
+def unreachable_hint(exc: BrokerUnavailable, socket_path: str) -> str:
+    """What to do about ``exc``: for a listener this client does not trust
+    (:class:`~parrot_ipc.errors.UntrustedBroker`) its own hint (run ``parrot-ipc doctor``);
+    else how to start a broker at ``socket_path`` (:func:`start_hint`)."""
+    return exc.hint if isinstance(exc, UntrustedBroker) else start_hint(socket_path)
 
 
 def start_hint(socket_path: str) -> str:
