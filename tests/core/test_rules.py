@@ -357,6 +357,33 @@ def test_shared_secret_correct_proof_gets_a_token(make_harness: type[Harness]) -
            -32002, "bad_shared_secret_proof")
 
 
+def _two_uids_with_a_secret(make_harness: type[Harness]) -> Harness:
+    rules = RulePolicy([PeerRule("both", uids=frozenset({BROKER_UID, OTHER_UID}))])
+    return make_harness(policy=rules, shared_secret=SECRET)
+
+
+def test_a_wrong_proof_is_refused_before_the_names_owner_is_looked_at(make_harness: type[Harness]) -> None:
+    h = _two_uids_with_a_secret(make_harness)
+    h.connect().ok("get_token", {"instance_id": "alpha", "shared_secret_proof": proof("alpha")})
+    stranger = h.connect(uid=OTHER_UID)
+    # Without the secret, the peer learns nothing about the name: not -32006 (owned by another UID).
+    expect(stranger.err("get_token", {"instance_id": "alpha", "shared_secret_proof": "x" * 64}),
+           -32002, "bad_shared_secret_proof")
+    # With it, it is told the name is another UID's.
+    assert stranger.err("get_token", {"instance_id": "alpha",
+                                      "shared_secret_proof": proof("alpha")})["code"] == -32006
+
+
+def test_a_suffixed_name_takes_the_proof_of_the_name_asked_for(make_harness: type[Harness]) -> None:
+    h = _two_uids_with_a_secret(make_harness)
+    first = h.connect()
+    first.ok("get_token", {"instance_id": "alpha", "shared_secret_proof": proof("alpha")})
+    second = h.connect()
+    res = second.ok("get_token", {"instance_id": "alpha", "if_taken": "suffix",
+                                  "shared_secret_proof": proof("alpha")})
+    assert res["instance_id"] == "alpha-2"
+
+
 @pytest.mark.parametrize(
     "params",
     [

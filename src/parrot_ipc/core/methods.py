@@ -79,8 +79,9 @@ def get_token(b: Broker, conn: Connection, prm: p.GetTokenParams, rid: p.Request
     the name :meth:`~parrot_ipc.core.names.Names.pick` chose); the caller's UID owns the name
     from now on; mail waiting for it is delivered. Raises the errors of ``Names.pick`` and
     :meth:`~parrot_ipc.core.sessions.Sessions.get_token`."""
+    b.sessions.check_secret_proof(conn, prm.instance_id, prm.shared_secret_proof)  # before any name lookup
     name = b.names.pick(conn, prm.instance_id, prm.if_taken)
-    token, s = b.sessions.get_token(conn, name, prm.shared_secret_proof)
+    token, s = b.sessions.get_token(conn, name)
     b.names.claim(conn, name, "get_token")
     b.delivery.deliver(s.instance_id)
     return p.TokenResult(token=token, instance_id=s.instance_id, expires_at=rfc3339(s.expires_at),

@@ -95,15 +95,19 @@ class Sessions:
         self._store.touch_instance(s.instance_id, now)
         return s
 
-    def _check_secret_proof(self, conn: Connection, name: str, proof: str | None, now: float) -> None:
-        """claude-ipc compatibility: ``proof`` must be :func:`secret_proof` (compared in
-        constant time).
+    def check_secret_proof(self, conn: Connection, name: str, proof: str | None) -> None:
+        """claude-ipc compatibility: with a shared secret configured, ``proof`` must be
+        :func:`secret_proof` of the requested ``name`` (compared in constant time). Without
+        one, nothing is checked. Called before anything else about the name is looked at, so
+        a peer without the secret learns nothing (not even who owns the name).
 
         Raises:
             RpcError: -32003 ``secret_rate_limited`` past ``max_secret_failures`` wrong proofs
                 from the UID in ``secret_failure_window_s``; -32002 ``bad_shared_secret_proof``.
         """
-        assert self._shared_secret is not None
+        if self._shared_secret is None:
+            return
+        now = self._clock()
         uid, fields = conn.peer.uid, _fields(conn, instance=name)
         wait = self._secret_failures.retry_after(uid, now)
         if wait is not None:
@@ -118,20 +122,19 @@ class Sessions:
                            "The shared-secret proof is missing or wrong.")
 
     # ------------------------------------------------------------------ life
-    def get_token(self, conn: Connection, name: str, proof: str | None) -> tuple[str, Session]:
+    def get_token(self, conn: Connection, name: str) -> tuple[str, Session]:
         """Issue a fresh token for instance ``name`` and bind ``conn`` to its new session.
 
         Any earlier session of ``name`` ends (``replaced``) and its rename forward is dropped.
         Returns ``(token, session)``; the token is shown once and only its hash is stored.
 
+        The caller checks the shared-secret proof first (:meth:`check_secret_proof`).
+
         Raises:
-            RpcError: -32006 ``instance_held_by_other_uid``; the shared-secret errors of
-                :meth:`_check_secret_proof` when a secret is configured.
+            RpcError: -32006 ``instance_held_by_other_uid``.
         """
         now = self._clock()
         fields = _fields(conn, instance=name)
-        if self._shared_secret is not None:
-            self._check_secret_proof(conn, name, proof, now)
         held = self._store.session_of(name)
         if held is not None:
             if held.live(now) and held.uid != conn.peer.uid:
