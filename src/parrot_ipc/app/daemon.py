@@ -69,13 +69,17 @@ def open_audit_file(path: str) -> None:
 
 
 def _fit_nofile_limit(max_connections: int) -> None:
-    """Raise RLIMIT_NOFILE to fit ``max_connections``; say so in the log if the hard limit is lower."""
-    wanted = max_connections + _FD_HEADROOM
+    """Raise RLIMIT_NOFILE to fit ``max_connections``; say so in the log if the hard limit is lower.
+
+    Each connection may hold two descriptors (its socket, and the pidfd kept while its rule pins
+    the peer's executable: issue 13), plus :data:`_FD_HEADROOM` for the listener, store and logs.
+    """
+    wanted = 2 * max_connections + _FD_HEADROOM
     soft, hard = os_limits.raise_nofile_limit(wanted)
     if soft < wanted:
-        log.warning("RLIMIT_NOFILE hard limit is %d, lower than max_connections + %d = %d: about %d "
-                    "connections fit (raise LimitNOFILE= or ulimit -Hn)", hard, _FD_HEADROOM, wanted,
-                    max(0, soft - _FD_HEADROOM))
+        log.warning("RLIMIT_NOFILE hard limit is %d, lower than max_connections x 2 + %d = %d (a socket and "
+                    "a pidfd each): about %d connections fit (raise LimitNOFILE= or ulimit -Hn)", hard,
+                    _FD_HEADROOM, wanted, max(0, (soft - _FD_HEADROOM) // 2))
     else:
         log.debug("RLIMIT_NOFILE soft limit %d (max_connections %d)", soft, max_connections)
 
