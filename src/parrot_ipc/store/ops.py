@@ -25,6 +25,8 @@ import msgspec
 from msgspec import UNSET
 from msgspec.structs import astuple
 
+from .rows import row_checksum
+
 if TYPE_CHECKING:
     import sqlite3
 
@@ -47,7 +49,8 @@ class PutMessage(Op, frozen=True, gc=False):
 
     ``data`` is the message's ``data`` column (:func:`encode_data`: its ``data`` object as JSON
     bytes, or None when it has none, or a JSON array when it carries a ``reply_to``);
-    ``recipient`` is the name it was sent to (``Message.to``); ``size_bytes`` its counted size.
+    ``recipient`` is the name it was sent to (``Message.to``); ``size_bytes`` its counted size;
+``checksum`` the row's (:func:`parrot_ipc.store.rows.row_checksum`, schema version 5).
     """
 
     id: str
@@ -58,13 +61,16 @@ class PutMessage(Op, frozen=True, gc=False):
     sent_at: str
     size_bytes: int
     recipient: str
+    checksum: int
 
     @classmethod
     def of(cls, item: StoredMessage) -> PutMessage:
-        """The op that stores ``item`` (its ``data`` encoded to JSON now)."""
+        """The op that stores ``item`` (its ``data`` encoded to JSON now, and the row's
+        checksum computed now: :func:`parrot_ipc.store.rows.row_checksum`)."""
         m = item.message
         data = encode_data(m.data, m.reply_to)
-        return cls(m.id, item.mailbox, m.from_, m.content, data, m.sent_at, item.size_bytes, m.to)
+        return cls(m.id, item.mailbox, m.from_, m.content, data, m.sent_at, item.size_bytes, m.to,
+                   row_checksum(m.id, m.from_, m.to, m.content, data, m.sent_at))
 
 
 def encode_data(data: Any, reply_to: Any) -> bytes | None:
@@ -242,7 +248,7 @@ class Write:
 #: keeps the order that matters.
 SQL: Final[Mapping[type[Op], tuple[Write, ...]]] = {
     PutMessage: (Write("INSERT OR REPLACE INTO messages (id, mailbox, sender, content, data, sent_at, "
-                       "size_bytes, recipient, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"),),
+                       "size_bytes, recipient, checksum, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"),),
     SetLease: (Write("UPDATE messages SET lease_until = ? WHERE id = ?", _lease_rows),),
     DeleteMessages: (Write("DELETE FROM messages WHERE id = ?", _id_rows),),
     MoveMailbox: (Write("UPDATE messages SET mailbox = ?2 WHERE mailbox = ?1"),),

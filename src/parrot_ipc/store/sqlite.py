@@ -56,7 +56,7 @@ from .ops import (
     TouchInstances,
     write,
 )
-from .schema import MIGRATIONS, RESTORE_HINT, SCHEMA_VERSION, connect, load, migrate
+from .schema import MIGRATIONS, RESTORE_HINT, SCHEMA_VERSION, connect, load, migrate, quarantine
 from .statedir import (
     DB_NAME,
     LOCK_NAME,
@@ -94,6 +94,9 @@ class SqliteStore:
         written_seq: mutations since open (the seq :meth:`take_pending` reports).
         max_id: the highest message id found in the database at open (seed for the id
             generator), or None for a new database.
+        quarantined: ``(id, mailbox)`` of each message row that failed its checksum at open
+            and was moved to the ``quarantine`` table (never delivered; issue 14). The daemon
+            audits each as ``message_quarantined``.
     """
 
     def __init__(self, db: sqlite3.Connection, path: str, lock_fd: int | None) -> None:
@@ -106,6 +109,7 @@ class SqliteStore:
         self._dirty_seen: dict[str, float] = {}
         self.written_seq = 0
         self.max_id: str | None = None
+        self.quarantined: list[tuple[str, str]] = []
         self._commits_since_checkpoint = 0
 
     # ------------------------------------------------------------------ open / close
@@ -118,7 +122,8 @@ class SqliteStore:
         default the effective UID), takes ``broker.lock``, sets WAL mode and ``synchronous``
         (NORMAL, or FULL for ``durability="fsync"``; https://sqlite.org/pragma.html#pragma_synchronous),
         migrates the schema, drops sessions/forwards/idempotency keys expired by ``clock()``
-        (seconds since the epoch), and loads the rest.
+        (seconds since the epoch), and loads the rest. Message rows that fail their checksum
+        are moved to the ``quarantine`` table instead (listed in :attr:`quarantined`).
 
         Raises:
             StartupError: one line, ``refusing to start: ...``, with the path and the cause:
@@ -138,7 +143,10 @@ class SqliteStore:
             finally:
                 os.umask(old_umask)
             store = cls(db, path, lock_fd)
-            store.max_id = load(db, store._mirror)
+            bad: list[bytes] = []
+            store.max_id = load(db, store._mirror, bad)
+            if bad:
+                store.quarantined = quarantine(db, bad, clock())
             return store
         except BaseException as exc:
             close_quietly(db, lock_fd)
