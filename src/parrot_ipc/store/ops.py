@@ -99,10 +99,13 @@ def decode_data(blob: bytes | None) -> tuple[Any, Any]:
 
 
 class SetLease(Op, frozen=True, gc=False):
-    """Set ``lease_until`` (seconds since the epoch; 0 = ready again) on the messages ``ids``."""
+    """Set ``lease_until`` (seconds since the epoch; 0 = ready again) on the messages ``ids``;
+    ``mailbox`` is the mailbox a lease (``until`` > 0) was taken in, so a failed commit can
+    roll the lease back in memory (``""`` when releasing: not written to the database)."""
 
     until: float
     ids: tuple[str, ...]
+    mailbox: str = ""
 
 
 class DeleteMessages(Op, frozen=True, gc=False):

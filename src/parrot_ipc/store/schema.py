@@ -16,6 +16,7 @@ from typing import Final, Literal
 import msgspec
 
 from ..core.protocol import Message, SendResult
+from ..errors import StartupError
 from .base import Session, StoredMessage
 from .memory import MemoryStore
 from .ops import Purge, decode_data, write
@@ -306,3 +307,22 @@ def quick_check(path: str, timeout_s: float = 2.0) -> str | None:
         return str(exc)
     return None if rows == ["ok"] else f"quick_check: {'; '.join(rows[:3])}"
 
+
+def startup_error(path: str, exc: BaseException) -> BaseException:
+    """The one-line StartupError for ``exc``, which failed opening the database ``path``
+    (:meth:`parrot_ipc.store.sqlite.SqliteStore.open`); other exceptions are returned as they are."""
+    if isinstance(exc, StartupError):
+        return exc
+    if isinstance(exc, sqlite3.DatabaseError):
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            return refuse(f"state database {path} is corrupt or not a database: {exc}; {RESTORE_HINT}")
+        return refuse(f"state database {path} cannot be used: {exc}")
+    if isinstance(exc, ValueError | OSError | msgspec.MsgspecError):  # newer schema, bad rows, I/O
+        return refuse(f"state database {path}: {exc}")
+    if isinstance(exc, TypeError | KeyError | IndexError | AttributeError):
+        # A row whose values have the wrong types (a damaged page that quick_check let
+        # through): one line, never a traceback (issue 14).
+        line = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return refuse(f"state database {path} has a row this broker cannot read ({line}); {RESTORE_HINT}")
+    return exc

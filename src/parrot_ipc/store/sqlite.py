@@ -32,10 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-import msgspec
-
 from ..core.protocol import Message, SendResult
-from ..errors import StartupError
 from .base import Session, StoredMessage
 from .memory import MemoryStore
 from .ops import (
@@ -56,7 +53,7 @@ from .ops import (
     TouchInstances,
     write,
 )
-from .schema import MIGRATIONS, RESTORE_HINT, SCHEMA_VERSION, connect, load, migrate, quarantine
+from .schema import MIGRATIONS, SCHEMA_VERSION, connect, load, migrate, quarantine, startup_error
 from .statedir import (
     DB_NAME,
     LOCK_NAME,
@@ -66,7 +63,6 @@ from .statedir import (
     ensure_db_file,
     ensure_state_dir,
     lock_state,
-    refuse,
 )
 
 __all__ = ["CHECKPOINT_EVERY_COMMITS", "DB_NAME", "LOCK_NAME", "MIGRATIONS", "SCHEMA_VERSION",
@@ -150,7 +146,7 @@ class SqliteStore:
             return store
         except BaseException as exc:
             close_quietly(db, lock_fd)
-            err = _startup_error(path, exc)
+            err = startup_error(path, exc)
             if err is exc:
                 raise
             raise err from None
@@ -192,9 +188,25 @@ class SqliteStore:
             self._dirty_seen = {}
         return ops, self.written_seq
 
-    def requeue(self, ops: list[Op]) -> None:
-        """Put back ops whose commit failed, ahead of newer ones, to be retried (all are idempotent)."""
-        self._pending[:0] = ops
+    def requeue(self, ops: list[Op], keep_lease: Callable[[str], bool] | None = None) -> None:
+        """Put back ops whose commit failed, ahead of newer ones, to be retried (all are idempotent).
+
+        A lease taken in the failed batch does not survive it (issue 14): the messages are ready
+        again in the mirror at once and the op becomes a :class:`~parrot_ipc.store.ops.SetLease`
+        to 0, except the ids for which ``keep_lease(id)`` is True (pushes still waiting for a
+        commit to be sent: their lease stands and is retried with them).
+        """
+        self._pending[:0] = [self._roll_back(op, keep_lease) if isinstance(op, SetLease) and op.until > 0 else op
+                             for op in ops]
+
+    def _roll_back(self, op: SetLease, keep_lease: Callable[[str], bool] | None) -> Op:
+        """The op that replaces lease ``op`` after its commit failed (see :meth:`requeue`)."""
+        kept = tuple(mid for mid in op.ids if keep_lease(mid)) if keep_lease else ()
+        back = [mid for mid in op.ids if mid not in kept] if kept else list(op.ids)
+        freed = self._mirror.unlease(op.mailbox, back, op.until)
+        if kept:  # the freed ones are 0 in the database already (their lease was never committed)
+            return SetLease(op.until, kept, op.mailbox)
+        return SetLease(0.0, tuple(freed))
 
     def apply_ops(self, ops: list[Op]) -> None:
         """Write ``ops`` in one transaction and commit (:func:`parrot_ipc.store.ops.write`:
@@ -318,7 +330,7 @@ class SqliteStore:
         """Mirror, then journal :class:`~parrot_ipc.store.ops.SetLease` if anything was leased."""
         out = self._mirror.lease(mailbox, max_count, lease_until)
         if out:
-            self._journal(SetLease(lease_until, tuple(m.id for m in out)))
+            self._journal(SetLease(lease_until, tuple(m.id for m in out), mailbox))
         return out
 
     def ack(self, mailbox: str, ids: Iterable[str]) -> list[str]:
@@ -394,21 +406,3 @@ class SqliteStore:
         self._mirror.purge(now)
         self._journal(Purge(now))
 
-
-def _startup_error(path: str, exc: BaseException) -> BaseException:
-    """The one-line StartupError for a failed :meth:`SqliteStore.open` (others pass through)."""
-    if isinstance(exc, StartupError):
-        return exc
-    if isinstance(exc, sqlite3.DatabaseError):
-        text = str(exc)
-        if "not a database" in text or "malformed" in text:
-            return refuse(f"state database {path} is corrupt or not a database: {exc}; {RESTORE_HINT}")
-        return refuse(f"state database {path} cannot be used: {exc}")
-    if isinstance(exc, ValueError | OSError | msgspec.MsgspecError):  # newer schema, bad rows, I/O
-        return refuse(f"state database {path}: {exc}")
-    if isinstance(exc, TypeError | KeyError | IndexError | AttributeError):
-        # A row whose values have the wrong types (a damaged page that quick_check let
-        # through): one line, never a traceback (issue 14).
-        line = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-        return refuse(f"state database {path} has a row this broker cannot read ({line}); {RESTORE_HINT}")
-    return exc
