@@ -179,7 +179,7 @@ class MemoryStore:
             out.append(item)
         return out
 
-    def unlease(self, mailbox: str, ids: Iterable[str], until: float) -> list[str]:
+    def unlease(self, mailbox: str, ids: list[str], until: float) -> list[str]:
         """Make the messages ``ids`` of ``mailbox`` ready again if they are still leased until
         ``until`` (a lease whose commit failed, issue 14); their lease-heap entries go stale.
         Not a :class:`~parrot_ipc.store.base.Store` method. Returns the ids made ready; O(k log n)."""

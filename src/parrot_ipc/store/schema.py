@@ -185,7 +185,7 @@ def check_integrity(db: sqlite3.Connection, path: str) -> None:
 def load(db: sqlite3.Connection, mirror: MemoryStore, bad: list[bytes]) -> str | None:
     """Load every row of ``db`` into ``mirror`` (an empty :class:`MemoryStore`), leases
     included. Returns the highest message id ever issued (messages, idempotency keys and the
-    ``meta`` row ``last_id``), or None for an empty database.
+    ``meta`` row ``last_id``, quarantined rows), or None for an empty database.
 
     Message rows go through :func:`message_from_row`; the ids (raw bytes) of those that fail
     their checksum are appended to ``bad`` and not loaded (:func:`quarantine` moves them).
@@ -209,6 +209,7 @@ def load(db: sqlite3.Connection, mirror: MemoryStore, bad: list[bytes]) -> str |
         item = message_from_row(*row)
         if item is None:
             bad.append(row[0])
+            max_id = max(max_id, bytes(row[0]).decode(errors="replace"))
             continue
         mirror.restore(item)
         max_id = item.message.id
@@ -218,8 +219,9 @@ def load(db: sqlite3.Connection, mirror: MemoryStore, bad: list[bytes]) -> str |
             "SELECT sender, key, id, recipient, status, until FROM idempotency ORDER BY until"):
         mirror.put_idempotent(sender, key, SendResult(id=mid, to=to, status=status), until)
         max_id = max(max_id, mid)
-    for (last_id,) in db.execute("SELECT value FROM meta WHERE key = 'last_id'"):
-        max_id = max(max_id, last_id)
+    for (last_id,) in db.execute("SELECT value FROM meta WHERE key = 'last_id' UNION ALL "
+                                 "SELECT CAST(max(id) AS TEXT) FROM quarantine WHERE id IS NOT NULL"):
+        max_id = max(max_id, last_id or "")
     return max_id or None
 
 

@@ -51,6 +51,7 @@ from .ops import (
     PutSession,
     SetLease,
     TouchInstances,
+    roll_back_lease,
     write,
 )
 from .schema import MIGRATIONS, SCHEMA_VERSION, connect, load, migrate, quarantine, startup_error
@@ -70,6 +71,10 @@ __all__ = ["CHECKPOINT_EVERY_COMMITS", "DB_NAME", "LOCK_NAME", "MIGRATIONS", "SC
 
 #: Commits between WAL checkpoints (autocheckpoint is off; see :meth:`SqliteStore.checkpoint`).
 CHECKPOINT_EVERY_COMMITS = 256
+#: Seconds a stored ``last_seen`` may lag the mirror's: an instance's row is rewritten only once
+#: it is this much older (issue 14: a page less per commit of a busy sender). :meth:`SqliteStore.close`
+#: writes the exact values.
+LAST_SEEN_LAG_S = 1.0
 
 
 class SqliteStore:
@@ -103,6 +108,7 @@ class SqliteStore:
         self._mirror = MemoryStore()
         self._pending: list[Op] = []
         self._dirty_seen: dict[str, float] = {}
+        self._stored_seen: dict[str, float] = {}  # last_seen as last journaled, per instance
         self.written_seq = 0
         self.max_id: str | None = None
         self.quarantined: list[tuple[str, str]] = []
@@ -161,6 +167,10 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
+        for name in self._stored_seen:  # the exact last_seen of every instance touched
+            seen = self._mirror.last_seen(name)
+            if seen is not None and seen != self._stored_seen[name]:
+                self._dirty_seen[name] = seen
         try:
             ops, _ = self.take_pending()
             if ops:
@@ -196,17 +206,8 @@ class SqliteStore:
         to 0, except the ids for which ``keep_lease(id)`` is True (pushes still waiting for a
         commit to be sent: their lease stands and is retried with them).
         """
-        self._pending[:0] = [self._roll_back(op, keep_lease) if isinstance(op, SetLease) and op.until > 0 else op
-                             for op in ops]
-
-    def _roll_back(self, op: SetLease, keep_lease: Callable[[str], bool] | None) -> Op:
-        """The op that replaces lease ``op`` after its commit failed (see :meth:`requeue`)."""
-        kept = tuple(mid for mid in op.ids if keep_lease(mid)) if keep_lease else ()
-        back = [mid for mid in op.ids if mid not in kept] if kept else list(op.ids)
-        freed = self._mirror.unlease(op.mailbox, back, op.until)
-        if kept:  # the freed ones are 0 in the database already (their lease was never committed)
-            return SetLease(op.until, kept, op.mailbox)
-        return SetLease(0.0, tuple(freed))
+        self._pending[:0] = [roll_back_lease(op, self._mirror.unlease, keep_lease)
+                             if isinstance(op, SetLease) and op.until > 0 else op for op in ops]
 
     def apply_ops(self, ops: list[Op]) -> None:
         """Write ``ops`` in one transaction and commit (:func:`parrot_ipc.store.ops.write`:
@@ -272,9 +273,12 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ instances
     def touch_instance(self, instance_id: str, now: float) -> None:
-        """Mirror; the row is written with the next batch (coalesced, no seq of its own)."""
+        """Mirror; the row is written with the next batch (coalesced, no seq of its own), and
+        only if the stored value is :data:`LAST_SEEN_LAG_S` or more older (else at close)."""
         self._mirror.touch_instance(instance_id, now)
-        self._dirty_seen[instance_id] = now
+        if now - self._stored_seen.get(instance_id, float("-inf")) >= LAST_SEEN_LAG_S:
+            self._dirty_seen[instance_id] = now
+            self._stored_seen[instance_id] = now
 
     def last_seen(self, instance_id: str) -> float | None:
         """Read from the mirror (:meth:`MemoryStore.last_seen`): seconds since the epoch."""
@@ -290,6 +294,8 @@ class SqliteStore:
         self._mirror.rename_instance(old, new, now)
         self._dirty_seen.pop(old, None)
         self._dirty_seen.pop(new, None)
+        self._stored_seen.pop(old, None)
+        self._stored_seen[new] = now
         self._journal(DeleteInstance(old))
         self._journal(TouchInstances(((new, now),)))
 
