@@ -199,7 +199,7 @@ class _FakeJournal:
         ops, self.pending = self.pending, []
         return ops, self.written_seq
 
-    def requeue(self, ops: list[Any]) -> None:
+    def requeue(self, ops: list[Any], keep_lease: Any = None) -> None:
         self.pending[:0] = ops
 
     def apply_ops(self, ops: list[Any]) -> None:

@@ -172,7 +172,7 @@ def test_migration_from_version_1_keeps_the_data(tmp_path: Path) -> None:
     assert s.max_id == "000000000005000000"
     s.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('index', 'table')")}
     assert {"idempotency_by_until", "forwards_by_until", "sessions_by_expiry", "meta"} <= names
     plan = " ".join(str(r) for r in db.execute("EXPLAIN QUERY PLAN DELETE FROM idempotency WHERE until <= 1"))

@@ -87,7 +87,8 @@ def _fit_nofile_limit(max_connections: int) -> None:
 def open_store(kind: Literal["sqlite", "memory"], state_dir: str | None, config: BrokerConfig) -> Store:
     """The broker's store: a :class:`~parrot_ipc.store.sqlite.SqliteStore` in ``state_dir``
     (default :func:`parrot_ipc.store.sqlite.default_state_dir`), or a throwaway
-    :class:`~parrot_ipc.store.MemoryStore`.
+    :class:`~parrot_ipc.store.MemoryStore`. Each message the SQLite store quarantined at
+    open (a row that failed its checksum) is audited as ``message_quarantined`` (id, mailbox).
 
     Raises:
         StartupError: the state directory or database cannot be used (one line).
@@ -99,6 +100,8 @@ def open_store(kind: Literal["sqlite", "memory"], state_dir: str | None, config:
     path = state_dir or default_state_dir()
     store = SqliteStore.open(path, durability=config.durability)
     log.info("state: %s (durability %s)", store.path, config.durability)
+    for mid, mailbox in store.quarantined:  # never the content (issue 14)
+        audit_sink("message_quarantined", {"id": mid, "mailbox": mailbox})
     return store
 
 

@@ -121,6 +121,10 @@ class Bindings:
         conn._inflight[message_id] = None
         self._pushed[message_id] = conn
 
+    def is_pushed(self, message_id: str) -> bool:
+        """True while ``message_id`` is pushed to some connection and not yet settled."""
+        return message_id in self._pushed
+
     def settle(self, message_ids: Iterable[str]) -> None:
         """Forget pushes of ``message_ids`` (acked, re-queued or expired); frees window room."""
         pushed = self._pushed

@@ -9,7 +9,10 @@ this module decides where and when a commit runs:
   connection back after one yield, so the requests other connections have ready join it;
 - bigger batches, every ``"fsync"`` commit, and every WAL checkpoint run in a worker thread
   (``trio.to_thread``), so the loop never waits on an fsync (https://sqlite.org/wal.html#ckpt);
-- a failed commit is retried by the committer task with a backoff (50 ms doubling to 1 s).
+- a failed commit is retried by the committer task with a backoff (50 ms doubling to 1 s), cut
+  short by any request that waits for a commit meanwhile: that request gets its answer (its
+  -32603 on a full disk, issue 14) after one attempt, not after the backoff, and the first
+  attempt after space returns succeeds.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class GroupCommit:
         self._on_commit = on_commit
         self._inline_ops = INLINE_COMMIT_OPS if durability == "normal" else 0
         self._kick = trio.Event()
+        self._retry = trio.Event()  # set by a request waiting while commits fail: retry now
         self._done = trio.Event()
         self._in_thread = False  # a commit or checkpoint runs in the worker thread
 
@@ -89,13 +93,16 @@ class GroupCommit:
         while not c.is_durable(seq):
             if c.failed_since(failures, seq):
                 return False
+            if not c.healthy:
+                self._retry.set()  # one attempt now, not after the backoff (issue 14)
             await self._done.wait()
         return True
 
     async def run(self) -> None:
         """The committer task: commit ALL pending ops per round, then wake the waiters.
 
-        Never returns; cancel it. A failed commit is retried after a backoff.
+        Never returns; cancel it. A failed commit is retried after a backoff, or as soon as a
+        request waits for a commit (:meth:`durable`).
         """
         c = self.committer
         backoff = 0.0
@@ -103,6 +110,7 @@ class GroupCommit:
             while not self.dirty() and not c.checkpoint_due():
                 ev = self._kick = trio.Event()
                 await ev.wait()
+            self._retry = trio.Event()  # a request waiting from now on cuts the backoff short
             if not self.dirty():  # only a checkpoint is due (after inline commits)
                 ok = True
             elif c.backlog <= self._inline_ops:
@@ -115,7 +123,8 @@ class GroupCommit:
                     await self._checkpoint()
             else:
                 backoff = min(_MAX_BACKOFF_S, backoff * 2 or _FIRST_BACKOFF_S)
-                await trio.sleep(backoff)
+                with trio.move_on_after(backoff):
+                    await self._retry.wait()
 
     def _can_inline(self) -> bool:
         return bool(self._inline_ops) and self.committer.healthy and not self._in_thread

@@ -102,7 +102,8 @@ class BrokerServer:
         store = broker.store
         self.group: GroupCommit | None = None
         if isinstance(store, Journaled):
-            self.group = GroupCommit(Committer(store), broker.config.durability, on_commit=self._release_deferred)
+            committer = Committer(store, keep_lease=broker.bindings.is_pushed)  # a push's lease waits for its commit
+            self.group = GroupCommit(committer, broker.config.durability, on_commit=self._release_deferred)
         self._full_frame = p.encode_error(
             None, ErrorCode.RATE_LIMITED,
             f"The broker is at max_connections ({self.config.max_connections}); retry later.",

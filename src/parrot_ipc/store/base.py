@@ -14,7 +14,7 @@ restart, so reads never mutate.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -250,8 +250,10 @@ class Journaled(Protocol):
         """Hand over every pending op and the ``written_seq`` they reach: ``(ops, seq)``."""
         ...
 
-    def requeue(self, ops: list[Op]) -> None:
-        """Put back ``ops`` whose commit failed, ahead of newer ones (every op is idempotent)."""
+    def requeue(self, ops: list[Op], keep_lease: Callable[[str], bool] | None = None) -> None:
+        """Put back ``ops`` whose commit failed, ahead of newer ones (every op is idempotent).
+        Leases they took are rolled back (ready at once), except the message ids for which
+        ``keep_lease(id)`` is True (issue 14: a failed commit leases nothing)."""
         ...
 
     def apply_ops(self, ops: list[Op]) -> None:

@@ -15,6 +15,7 @@ of the journal (:meth:`Committer.failed`) and written again by the next commit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,8 @@ class Committer:
     Args:
         journal: the store; ``durable_seq`` starts at its ``written_seq`` (what it loaded
             from disk is durable).
+        keep_lease: for a failed batch, the message ids whose lease stands (pushes waiting
+            for a later commit); every other lease of the batch is rolled back (issue 14).
 
     Attributes:
         journal: the store.
@@ -51,8 +54,9 @@ class Committer:
         healthy: the last commit succeeded.
     """
 
-    def __init__(self, journal: Journaled) -> None:
+    def __init__(self, journal: Journaled, keep_lease: Callable[[str], bool] | None = None) -> None:
         self.journal = journal
+        self.keep_lease = keep_lease
         self.durable_seq: int = journal.written_seq
         self.failures = 0
         self.failed_through = 0
@@ -89,14 +93,21 @@ class Committer:
     def done(self, batch: Batch) -> None:
         """Record that ``batch`` was written: ``durable_seq`` moves up to its seq."""
         self.durable_seq = max(self.durable_seq, batch.seq)
+        if not self.healthy:
+            log.warning("store writes succeed again (up to seq %d)", batch.seq)
         self.healthy = True
 
     def failed(self, batch: Batch) -> None:
-        """Record that writing ``batch`` failed: log it, put its ops back (``journal.requeue``)
-        so the next commit writes them again, and count the failure."""
-        log.exception("store write failed (%d op(s) up to seq %d): answering -32603, will retry",
-                      len(batch.ops), batch.seq)
-        self.journal.requeue(batch.ops)
+        """Record that writing ``batch`` failed: log it (with its traceback once per stretch of
+        failures, then one debug line each: a full disk must not fill the log too), put its ops
+        back (``journal.requeue``, which rolls back their leases but ``keep_lease``'s) so the
+        next commit writes them again, and count the failure."""
+        if self.healthy:
+            log.exception("store write failed (%d op(s) up to seq %d): answering -32603, will retry",
+                          len(batch.ops), batch.seq)
+        else:
+            log.debug("store write failed again (%d op(s) up to seq %d)", len(batch.ops), batch.seq)
+        self.journal.requeue(batch.ops, self.keep_lease)
         self.failed_through = batch.seq
         self.failures += 1
         self.healthy = False

@@ -179,6 +179,22 @@ class MemoryStore:
             out.append(item)
         return out
 
+    def unlease(self, mailbox: str, ids: list[str], until: float) -> list[str]:
+        """Make the messages ``ids`` of ``mailbox`` ready again if they are still leased until
+        ``until`` (a lease whose commit failed, issue 14); their lease-heap entries go stale.
+        Not a :class:`~parrot_ipc.store.base.Store` method. Returns the ids made ready; O(k log n)."""
+        box = self._boxes.get(mailbox)
+        if box is None:
+            return []
+        done = []
+        for mid in ids:
+            item = box.msgs.get(mid)
+            if item is not None and item.lease_until == until:
+                item.lease_until = 0.0
+                heapq.heappush(box.ready, mid)
+                done.append(mid)
+        return done
+
     def next_lease_expiry(self) -> float | None:
         """:meth:`~parrot_ipc.store.base.Store.next_lease_expiry`: seconds since the epoch, or None; O(1)."""
         return self._lease_heap[0][0] if self._lease_heap else None

@@ -25,6 +25,8 @@ import msgspec
 from msgspec import UNSET
 from msgspec.structs import astuple
 
+from .rows import row_checksum
+
 if TYPE_CHECKING:
     import sqlite3
 
@@ -47,7 +49,8 @@ class PutMessage(Op, frozen=True, gc=False):
 
     ``data`` is the message's ``data`` column (:func:`encode_data`: its ``data`` object as JSON
     bytes, or None when it has none, or a JSON array when it carries a ``reply_to``);
-    ``recipient`` is the name it was sent to (``Message.to``); ``size_bytes`` its counted size.
+    ``recipient`` is the name it was sent to (``Message.to``); ``size_bytes`` its counted size;
+``checksum`` the row's (:func:`parrot_ipc.store.rows.row_checksum`, schema version 5).
     """
 
     id: str
@@ -58,13 +61,16 @@ class PutMessage(Op, frozen=True, gc=False):
     sent_at: str
     size_bytes: int
     recipient: str
+    checksum: int
 
     @classmethod
     def of(cls, item: StoredMessage) -> PutMessage:
-        """The op that stores ``item`` (its ``data`` encoded to JSON now)."""
+        """The op that stores ``item`` (its ``data`` encoded to JSON now, and the row's
+        checksum computed now: :func:`parrot_ipc.store.rows.row_checksum`)."""
         m = item.message
         data = encode_data(m.data, m.reply_to)
-        return cls(m.id, item.mailbox, m.from_, m.content, data, m.sent_at, item.size_bytes, m.to)
+        return cls(m.id, item.mailbox, m.from_, m.content, data, m.sent_at, item.size_bytes, m.to,
+                   row_checksum(m.id, m.from_, m.to, m.content, data, m.sent_at))
 
 
 def encode_data(data: Any, reply_to: Any) -> bytes | None:
@@ -93,10 +99,13 @@ def decode_data(blob: bytes | None) -> tuple[Any, Any]:
 
 
 class SetLease(Op, frozen=True, gc=False):
-    """Set ``lease_until`` (seconds since the epoch; 0 = ready again) on the messages ``ids``."""
+    """Set ``lease_until`` (seconds since the epoch; 0 = ready again) on the messages ``ids``;
+    ``mailbox`` is the mailbox a lease (``until`` > 0) was taken in, so a failed commit can
+    roll the lease back in memory (``""`` when releasing: not written to the database)."""
 
     until: float
     ids: tuple[str, ...]
+    mailbox: str = ""
 
 
 class DeleteMessages(Op, frozen=True, gc=False):
@@ -207,6 +216,20 @@ class Purge(Op, frozen=True, gc=False):
     now: float
 
 
+def roll_back_lease(op: SetLease, unlease: Callable[[str, list[str], float], list[str]],
+                    keep_lease: Callable[[str], bool] | None) -> Op:
+    """The op that replaces lease ``op`` (``until`` > 0) after its commit failed (issue 14).
+
+    ``unlease(mailbox, ids, until)`` makes the ids ready again in memory and returns those it
+    freed (:meth:`parrot_ipc.store.memory.MemoryStore.unlease`); every id of ``op`` goes back
+    but those for which ``keep_lease(id)`` is True, whose lease the returned op keeps. The
+    freed ones are 0 in the database already: their lease was never committed.
+    """
+    kept = tuple(mid for mid in op.ids if keep_lease(mid)) if keep_lease else ()
+    freed = unlease(op.mailbox, [mid for mid in op.ids if mid not in kept], op.until)
+    return SetLease(op.until, kept, op.mailbox) if kept else SetLease(0.0, tuple(freed))
+
+
 Rows = Callable[[Any], Iterable[Sequence[object]]]
 """How to get one op's parameter rows: called with an op of the entry's class."""
 
@@ -242,7 +265,7 @@ class Write:
 #: keeps the order that matters.
 SQL: Final[Mapping[type[Op], tuple[Write, ...]]] = {
     PutMessage: (Write("INSERT OR REPLACE INTO messages (id, mailbox, sender, content, data, sent_at, "
-                       "size_bytes, recipient, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"),),
+                       "size_bytes, recipient, checksum, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"),),
     SetLease: (Write("UPDATE messages SET lease_until = ? WHERE id = ?", _lease_rows),),
     DeleteMessages: (Write("DELETE FROM messages WHERE id = ?", _id_rows),),
     MoveMailbox: (Write("UPDATE messages SET mailbox = ?2 WHERE mailbox = ?1"),),
@@ -264,27 +287,38 @@ SQL: Final[Mapping[type[Op], tuple[Write, ...]]] = {
             Write("DELETE FROM sessions WHERE expires_at <= ?")),
 }
 
-#: Written once per batch that stored a message: the highest id issued, so ids stay unique
-#: across restarts even when every message has been acked (ids sort by arrival).
+#: Written only by a batch whose deletes remove the highest message id stored (issue 14: a send
+#: writes no ``meta`` page): the highest id issued, so ids stay unique across restarts even when
+#: every message has been acked (ids sort by arrival; at load the highest id is the larger of
+#: this row and the ``messages``, ``quarantine`` and ``idempotency`` tables').
 SET_LAST_ID: Final = "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_id', ?)"
+#: The highest message id stored: the end of the primary key's b-tree, O(log n).
+MAX_ID: Final = "SELECT max(id) FROM messages"
 
 
 def write(db: sqlite3.Connection, ops: Sequence[Op]) -> None:
     """Run ``ops`` in order on ``db``, inside the caller's transaction (no BEGIN or COMMIT).
 
     Each run of consecutive ops of one class costs one ``executemany`` per statement of its
-    :data:`SQL` entry; then, if the batch stored a message, :data:`SET_LAST_ID` with the last one.
+    :data:`SQL` entry. A batch that deletes messages also reads :data:`MAX_ID` before its
+    first delete and after its last op; if the highest id it saw or stored is gone,
+    :data:`SET_LAST_ID` keeps it. A batch without deletes leaves ``meta`` alone.
 
     Raises:
         sqlite3.Error: a statement failed (the caller rolls back).
         KeyError: an op class with no :data:`SQL` entry (a bug).
     """
-    last: PutMessage | None = None
+    top = ""  # the highest id seen in the table or stored by this batch, once it deletes
+    deleting = False
     for kind, group in groupby(ops, type):
         run = list(group)
+        if kind is DeleteMessages and not deleting:
+            deleting = True
+            top = max(top, db.execute(MAX_ID).fetchone()[0] or "")
         for w in SQL[kind]:
             db.executemany(w.sql, chain.from_iterable(map(w.rows, run)))
-        if isinstance(run[-1], PutMessage):
-            last = run[-1]
-    if last is not None:
-        db.execute(SET_LAST_ID, (last.id,))
+        last = run[-1]
+        if isinstance(last, PutMessage):
+            top = max(top, last.id)
+    if deleting and top > (db.execute(MAX_ID).fetchone()[0] or ""):
+        db.execute(SET_LAST_ID, (top,))

@@ -16,9 +16,11 @@ from typing import Final, Literal
 import msgspec
 
 from ..core.protocol import Message, SendResult
+from ..errors import StartupError
 from .base import Session, StoredMessage
 from .memory import MemoryStore
 from .ops import Purge, decode_data, write
+from .rows import row_checksum
 from .statedir import refuse
 
 # Schema migrations: MIGRATIONS[i] takes a database from version i to version i + 1.
@@ -79,8 +81,20 @@ CREATE TABLE names (
 INSERT OR IGNORE INTO names (instance_id, uid, claimed_at)
     SELECT instance_id, uid, created_at FROM sessions ORDER BY created_at
 """
+# Version 5 (issue 14): every message row carries the checksum of what a client reads
+# (store/rows.py), computed here for the rows already stored; a row that fails it at load is
+# moved to ``quarantine`` (never delivered). ``parrot_checksum`` is registered by migrate().
+_V5: Final = """
+ALTER TABLE messages ADD COLUMN checksum INTEGER;
+UPDATE messages SET checksum = parrot_checksum(id, sender, recipient, content, data, sent_at);
+CREATE TABLE quarantine (
+    id BLOB PRIMARY KEY, mailbox BLOB, sender BLOB, content BLOB, data BLOB, sent_at BLOB,
+    recipient BLOB, checksum INTEGER,
+    quarantined_at REAL NOT NULL
+) WITHOUT ROWID
+"""
 #: ``MIGRATIONS[i]``: the DDL, ``;``-separated, that takes version ``i`` to ``i + 1``.
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5)
 #: The version this broker writes (``PRAGMA user_version``).
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -96,6 +110,7 @@ def migrate(db: sqlite3.Connection) -> int:
         ValueError: the database's version is newer than this broker's.
     """
     found = int(db.execute("PRAGMA user_version").fetchone()[0])
+    db.create_function("parrot_checksum", 6, row_checksum, deterministic=True)
     if found > SCHEMA_VERSION:
         raise ValueError(f"schema version {found} is newer than this broker's ({SCHEMA_VERSION})")
     for version in range(found, SCHEMA_VERSION):
@@ -167,10 +182,13 @@ def check_integrity(db: sqlite3.Connection, path: str) -> None:
         raise refuse(f"state database {path} is corrupt (quick_check: {found}); {RESTORE_HINT}")
 
 
-def load(db: sqlite3.Connection, mirror: MemoryStore) -> str | None:
+def load(db: sqlite3.Connection, mirror: MemoryStore, bad: list[bytes]) -> str | None:
     """Load every row of ``db`` into ``mirror`` (an empty :class:`MemoryStore`), leases
     included. Returns the highest message id ever issued (messages, idempotency keys and the
-    ``meta`` row ``last_id``), or None for an empty database.
+    ``meta`` row ``last_id``, quarantined rows), or None for an empty database.
+
+    Message rows go through :func:`message_from_row`; the ids (raw bytes) of those that fail
+    their checksum are appended to ``bad`` and not loaded (:func:`quarantine` moves them).
 
     Raises:
         sqlite3.Error: a read failed.
@@ -187,23 +205,85 @@ def load(db: sqlite3.Connection, mirror: MemoryStore) -> str | None:
     for name, seen in db.execute("SELECT instance_id, last_seen FROM instances"):
         mirror.touch_instance(name, seen)
     max_id = ""
-    for mid, box, sender, content, data, sent_at, size, to, until in db.execute(
-            "SELECT id, mailbox, sender, content, data, sent_at, size_bytes, recipient, lease_until "
-            "FROM messages ORDER BY id"):
-        payload, reply_to = decode_data(data)
-        msg = Message(id=mid, from_=sender, to=to or box, content=content,
-                      data=payload, sent_at=sent_at, reply_to=reply_to)
-        mirror.restore(StoredMessage(msg, box, size, until))
-        max_id = mid
+    for row in db.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY id"):
+        item = message_from_row(*row)
+        if item is None:
+            bad.append(row[0])
+            max_id = max(max_id, bytes(row[0]).decode(errors="replace"))
+            continue
+        mirror.restore(item)
+        max_id = item.message.id
     for old, new, until in db.execute("SELECT old, new, until FROM forwards"):
         mirror.put_forward(old, new, until)
     for sender, key, mid, to, status, until in db.execute(
             "SELECT sender, key, id, recipient, status, until FROM idempotency ORDER BY until"):
         mirror.put_idempotent(sender, key, SendResult(id=mid, to=to, status=status), until)
         max_id = max(max_id, mid)
-    for (last_id,) in db.execute("SELECT value FROM meta WHERE key = 'last_id'"):
-        max_id = max(max_id, last_id)
+    for (last_id,) in db.execute("SELECT value FROM meta WHERE key = 'last_id' UNION ALL "
+                                 "SELECT CAST(max(id) AS TEXT) FROM quarantine WHERE id IS NOT NULL"):
+        max_id = max(max_id, last_id or "")
     return max_id or None
+
+
+#: The ``messages`` columns :func:`message_from_row` takes, in its argument order (a SELECT
+#: list). Text columns are read as BLOBs: a damaged byte may not be UTF-8, and must quarantine
+#: the row rather than fail the whole read.
+MESSAGE_COLUMNS: Final = ("CAST(id AS BLOB), CAST(mailbox AS BLOB), CAST(sender AS BLOB), CAST(content AS BLOB), "
+                          "data, CAST(sent_at AS BLOB), size_bytes, CAST(recipient AS BLOB), lease_until, checksum")
+
+
+def message_from_row(mid: bytes, box: bytes, sender: bytes, content: bytes, data: bytes | None,
+                     sent_at: bytes, size: int, to: bytes | None, until: float,
+                     checksum: int | None) -> StoredMessage | None:
+    """THE read check of a message row (issue 14), read with :data:`MESSAGE_COLUMNS`: its
+    stored message, or None when the row does not match its checksum
+    (:func:`parrot_ipc.store.rows.row_checksum`), has none, is not UTF-8 or has values of the
+    wrong type. None means: quarantine it, never deliver it. The checksum is checked before
+    ``data`` is decoded.
+
+    Raises:
+        msgspec.DecodeError: ``data`` matches its checksum yet is not JSON (never written so).
+    """
+    try:
+        fields = (mid.decode(), box.decode(), sender.decode(), content.decode(), sent_at.decode(),
+                  None if to is None else to.decode())
+        ok = checksum is not None and checksum == row_checksum(
+            fields[0], fields[2], fields[5], fields[3], data, fields[4])
+    except (AttributeError, TypeError, UnicodeDecodeError):
+        return None
+    if not ok:
+        return None
+    payload, reply_to = decode_data(data)
+    msg = Message(id=fields[0], from_=fields[2], to=fields[5] or fields[1], content=fields[3],
+                  data=payload, sent_at=fields[4], reply_to=reply_to)
+    return StoredMessage(msg, fields[1], size, until)
+
+
+def quarantine(db: sqlite3.Connection, ids: list[bytes], now: float) -> list[tuple[str, str]]:
+    """Move the message rows ``ids`` (raw id bytes, from :func:`load`) into the ``quarantine``
+    table, in one transaction: they are never delivered, and stay for an operator to inspect.
+    Returns ``(id, mailbox)`` of each, decoded with U+FFFD for bytes that are not UTF-8 (for
+    the ``message_quarantined`` audit event; the content is never returned).
+
+    Raises:
+        sqlite3.Error: the move failed (rolled back; the rows stay, and are not loaded).
+    """
+    out: list[tuple[str, str]] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for mid in ids:
+            for (box,) in db.execute("SELECT CAST(mailbox AS BLOB) FROM messages WHERE id = CAST(? AS TEXT)", (mid,)):
+                out.append((mid.decode(errors="replace"), bytes(box or b"").decode(errors="replace")))
+            db.execute("INSERT OR REPLACE INTO quarantine (id, mailbox, sender, content, data, sent_at, "
+                       "recipient, checksum, quarantined_at) SELECT CAST(id AS BLOB), CAST(mailbox AS BLOB), "
+                       "CAST(sender AS BLOB), CAST(content AS BLOB), data, CAST(sent_at AS BLOB), "
+                       "CAST(recipient AS BLOB), checksum, ? FROM messages WHERE id = CAST(? AS TEXT)", (now, mid))
+            db.execute("DELETE FROM messages WHERE id = CAST(? AS TEXT)", (mid,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return out
 
 
 def quick_check(path: str, timeout_s: float = 2.0) -> str | None:
@@ -229,3 +309,22 @@ def quick_check(path: str, timeout_s: float = 2.0) -> str | None:
         return str(exc)
     return None if rows == ["ok"] else f"quick_check: {'; '.join(rows[:3])}"
 
+
+def startup_error(path: str, exc: BaseException) -> BaseException:
+    """The one-line StartupError for ``exc``, which failed opening the database ``path``
+    (:meth:`parrot_ipc.store.sqlite.SqliteStore.open`); other exceptions are returned as they are."""
+    if isinstance(exc, StartupError):
+        return exc
+    if isinstance(exc, sqlite3.DatabaseError):
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            return refuse(f"state database {path} is corrupt or not a database: {exc}; {RESTORE_HINT}")
+        return refuse(f"state database {path} cannot be used: {exc}")
+    if isinstance(exc, ValueError | OSError | msgspec.MsgspecError):  # newer schema, bad rows, I/O
+        return refuse(f"state database {path}: {exc}")
+    if isinstance(exc, TypeError | KeyError | IndexError | AttributeError):
+        # A row whose values have the wrong types (a damaged page that quick_check let
+        # through): one line, never a traceback (issue 14).
+        line = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return refuse(f"state database {path} has a row this broker cannot read ({line}); {RESTORE_HINT}")
+    return exc

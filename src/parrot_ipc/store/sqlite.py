@@ -32,10 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-import msgspec
-
 from ..core.protocol import Message, SendResult
-from ..errors import StartupError
 from .base import Session, StoredMessage
 from .memory import MemoryStore
 from .ops import (
@@ -54,9 +51,10 @@ from .ops import (
     PutSession,
     SetLease,
     TouchInstances,
+    roll_back_lease,
     write,
 )
-from .schema import MIGRATIONS, RESTORE_HINT, SCHEMA_VERSION, connect, load, migrate
+from .schema import MIGRATIONS, SCHEMA_VERSION, connect, load, migrate, quarantine, startup_error
 from .statedir import (
     DB_NAME,
     LOCK_NAME,
@@ -66,7 +64,6 @@ from .statedir import (
     ensure_db_file,
     ensure_state_dir,
     lock_state,
-    refuse,
 )
 
 __all__ = ["CHECKPOINT_EVERY_COMMITS", "DB_NAME", "LOCK_NAME", "MIGRATIONS", "SCHEMA_VERSION",
@@ -74,6 +71,10 @@ __all__ = ["CHECKPOINT_EVERY_COMMITS", "DB_NAME", "LOCK_NAME", "MIGRATIONS", "SC
 
 #: Commits between WAL checkpoints (autocheckpoint is off; see :meth:`SqliteStore.checkpoint`).
 CHECKPOINT_EVERY_COMMITS = 256
+#: Seconds a stored ``last_seen`` may lag the mirror's: an instance's row is rewritten only once
+#: it is this much older (issue 14: a page less per commit of a busy sender). :meth:`SqliteStore.close`
+#: writes the exact values.
+LAST_SEEN_LAG_S = 1.0
 
 
 class SqliteStore:
@@ -94,6 +95,9 @@ class SqliteStore:
         written_seq: mutations since open (the seq :meth:`take_pending` reports).
         max_id: the highest message id found in the database at open (seed for the id
             generator), or None for a new database.
+        quarantined: ``(id, mailbox)`` of each message row that failed its checksum at open
+            and was moved to the ``quarantine`` table (never delivered; issue 14). The daemon
+            audits each as ``message_quarantined``.
     """
 
     def __init__(self, db: sqlite3.Connection, path: str, lock_fd: int | None) -> None:
@@ -104,8 +108,10 @@ class SqliteStore:
         self._mirror = MemoryStore()
         self._pending: list[Op] = []
         self._dirty_seen: dict[str, float] = {}
+        self._stored_seen: dict[str, float] = {}  # last_seen as last journaled, per instance
         self.written_seq = 0
         self.max_id: str | None = None
+        self.quarantined: list[tuple[str, str]] = []
         self._commits_since_checkpoint = 0
 
     # ------------------------------------------------------------------ open / close
@@ -118,7 +124,8 @@ class SqliteStore:
         default the effective UID), takes ``broker.lock``, sets WAL mode and ``synchronous``
         (NORMAL, or FULL for ``durability="fsync"``; https://sqlite.org/pragma.html#pragma_synchronous),
         migrates the schema, drops sessions/forwards/idempotency keys expired by ``clock()``
-        (seconds since the epoch), and loads the rest.
+        (seconds since the epoch), and loads the rest. Message rows that fail their checksum
+        are moved to the ``quarantine`` table instead (listed in :attr:`quarantined`).
 
         Raises:
             StartupError: one line, ``refusing to start: ...``, with the path and the cause:
@@ -138,11 +145,14 @@ class SqliteStore:
             finally:
                 os.umask(old_umask)
             store = cls(db, path, lock_fd)
-            store.max_id = load(db, store._mirror)
+            bad: list[bytes] = []
+            store.max_id = load(db, store._mirror, bad)
+            if bad:
+                store.quarantined = quarantine(db, bad, clock())
             return store
         except BaseException as exc:
             close_quietly(db, lock_fd)
-            err = _startup_error(path, exc)
+            err = startup_error(path, exc)
             if err is exc:
                 raise
             raise err from None
@@ -157,6 +167,10 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
+        for name in self._stored_seen:  # the exact last_seen of every instance touched
+            seen = self._mirror.last_seen(name)
+            if seen is not None and seen != self._stored_seen[name]:
+                self._dirty_seen[name] = seen
         try:
             ops, _ = self.take_pending()
             if ops:
@@ -184,9 +198,16 @@ class SqliteStore:
             self._dirty_seen = {}
         return ops, self.written_seq
 
-    def requeue(self, ops: list[Op]) -> None:
-        """Put back ops whose commit failed, ahead of newer ones, to be retried (all are idempotent)."""
-        self._pending[:0] = ops
+    def requeue(self, ops: list[Op], keep_lease: Callable[[str], bool] | None = None) -> None:
+        """Put back ops whose commit failed, ahead of newer ones, to be retried (all are idempotent).
+
+        A lease taken in the failed batch does not survive it (issue 14): the messages are ready
+        again in the mirror at once and the op becomes a :class:`~parrot_ipc.store.ops.SetLease`
+        to 0, except the ids for which ``keep_lease(id)`` is True (pushes still waiting for a
+        commit to be sent: their lease stands and is retried with them).
+        """
+        self._pending[:0] = [roll_back_lease(op, self._mirror.unlease, keep_lease)
+                             if isinstance(op, SetLease) and op.until > 0 else op for op in ops]
 
     def apply_ops(self, ops: list[Op]) -> None:
         """Write ``ops`` in one transaction and commit (:func:`parrot_ipc.store.ops.write`:
@@ -252,9 +273,12 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ instances
     def touch_instance(self, instance_id: str, now: float) -> None:
-        """Mirror; the row is written with the next batch (coalesced, no seq of its own)."""
+        """Mirror; the row is written with the next batch (coalesced, no seq of its own), and
+        only if the stored value is :data:`LAST_SEEN_LAG_S` or more older (else at close)."""
         self._mirror.touch_instance(instance_id, now)
-        self._dirty_seen[instance_id] = now
+        if now - self._stored_seen.get(instance_id, float("-inf")) >= LAST_SEEN_LAG_S:
+            self._dirty_seen[instance_id] = now
+            self._stored_seen[instance_id] = now
 
     def last_seen(self, instance_id: str) -> float | None:
         """Read from the mirror (:meth:`MemoryStore.last_seen`): seconds since the epoch."""
@@ -270,6 +294,8 @@ class SqliteStore:
         self._mirror.rename_instance(old, new, now)
         self._dirty_seen.pop(old, None)
         self._dirty_seen.pop(new, None)
+        self._stored_seen.pop(old, None)
+        self._stored_seen[new] = now
         self._journal(DeleteInstance(old))
         self._journal(TouchInstances(((new, now),)))
 
@@ -310,7 +336,7 @@ class SqliteStore:
         """Mirror, then journal :class:`~parrot_ipc.store.ops.SetLease` if anything was leased."""
         out = self._mirror.lease(mailbox, max_count, lease_until)
         if out:
-            self._journal(SetLease(lease_until, tuple(m.id for m in out)))
+            self._journal(SetLease(lease_until, tuple(m.id for m in out), mailbox))
         return out
 
     def ack(self, mailbox: str, ids: Iterable[str]) -> list[str]:
@@ -386,21 +412,3 @@ class SqliteStore:
         self._mirror.purge(now)
         self._journal(Purge(now))
 
-
-def _startup_error(path: str, exc: BaseException) -> BaseException:
-    """The one-line StartupError for a failed :meth:`SqliteStore.open` (others pass through)."""
-    if isinstance(exc, StartupError):
-        return exc
-    if isinstance(exc, sqlite3.DatabaseError):
-        text = str(exc)
-        if "not a database" in text or "malformed" in text:
-            return refuse(f"state database {path} is corrupt or not a database: {exc}; {RESTORE_HINT}")
-        return refuse(f"state database {path} cannot be used: {exc}")
-    if isinstance(exc, ValueError | OSError | msgspec.MsgspecError):  # newer schema, bad rows, I/O
-        return refuse(f"state database {path}: {exc}")
-    if isinstance(exc, TypeError | KeyError | IndexError | AttributeError):
-        # A row whose values have the wrong types (a damaged page that quick_check let
-        # through): one line, never a traceback (issue 14).
-        line = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-        return refuse(f"state database {path} has a row this broker cannot read ({line}); {RESTORE_HINT}")
-    return exc
