@@ -251,3 +251,15 @@ def test_10mb_frame_gets_32004_and_close_then_others_are_served(broker) -> None:
     assert b.proc.poll() is None
     assert _ping(b.socket_path) == "pong"
     assert '"event":"frame_too_large"' in b.log_text()
+
+
+def test_audit_lines_are_written_under_log_level_warning(broker) -> None:
+    bp = broker(None, "--log-level", "WARNING")
+    with Client(bp.socket_path) as c:
+        c.get_token("audited")
+    deadline = time.monotonic() + 10
+    while not any('"event":"token_issued"' in line for line in bp.audit_lines()):
+        assert time.monotonic() < deadline, bp.log_text()
+        time.sleep(0.05)
+    assert "INFO parrot_ipc.server" not in bp.log_text()  # the level still quiets the INFO logs
+

@@ -96,7 +96,8 @@ def serve(
     durability: Annotated[Optional[Durability], typer.Option(  # noqa: UP045
         help="normal: survives a broker crash (SQLite synchronous=NORMAL, WAL); fsync: also survives "
         "power loss (synchronous=FULL). Default: the config's, else normal.", show_default=False)] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR. The JSON audit lines are "
+                                           "always written, whatever the level.")] = "INFO",
     as_json: JsonOpt = False,
 ) -> None:
     """Run the broker in the foreground until SIGTERM or SIGINT; SIGHUP reloads the policy.
@@ -116,6 +117,7 @@ def serve(
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
+    logging.getLogger("parrot_ipc.audit").setLevel(logging.INFO)  # the audit trail ignores --log-level
     try:
         loaded = config_file.load_config(config, explicit=config is not None)
     except ConfigError as exc:
