@@ -15,7 +15,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from ..core.protocol import Message, SendResult
+from ..core.protocol import Message
 from ..errors import StartupError
 from .base import Session, StoredMessage
 from .memory import MemoryStore
@@ -184,7 +184,7 @@ def check_integrity(db: sqlite3.Connection, path: str) -> None:
 
 def load(db: sqlite3.Connection, mirror: MemoryStore, bad: list[bytes]) -> str | None:
     """Load every row of ``db`` into ``mirror`` (an empty :class:`MemoryStore`), leases
-    included. Returns the highest message id ever issued (messages, idempotency keys and the
+    included, except idempotency keys (read from the table when asked, issue 14). Returns the highest message id ever issued (messages, idempotency keys and the
     ``meta`` row ``last_id``, quarantined rows), or None for an empty database.
 
     Message rows go through :func:`message_from_row`; the ids (raw bytes) of those that fail
@@ -215,10 +215,9 @@ def load(db: sqlite3.Connection, mirror: MemoryStore, bad: list[bytes]) -> str |
         max_id = item.message.id
     for old, new, until in db.execute("SELECT old, new, until FROM forwards"):
         mirror.put_forward(old, new, until)
-    for sender, key, mid, to, status, until in db.execute(
-            "SELECT sender, key, id, recipient, status, until FROM idempotency ORDER BY until"):
-        mirror.put_idempotent(sender, key, SendResult(id=mid, to=to, status=status), until)
-        max_id = max(max_id, mid)
+    # Idempotency keys stay in the table (read by primary key: store/idempotency.py); only their ids count.
+    for (mid,) in db.execute("SELECT max(id) FROM idempotency"):
+        max_id = max(max_id, mid or "")
     for (last_id,) in db.execute("SELECT value FROM meta WHERE key = 'last_id' UNION ALL "
                                  "SELECT CAST(max(id) AS TEXT) FROM quarantine WHERE id IS NOT NULL"):
         max_id = max(max_id, last_id or "")

@@ -1,6 +1,6 @@
 """The durable store: SQLite (standard library) behind an in-memory mirror, with a write journal.
 
-Reads never touch the database. :class:`SqliteStore` *holds* a
+Reads never touch the database but for idempotency keys (:mod:`.idempotency`). It *holds* a
 :class:`~parrot_ipc.store.memory.MemoryStore` (the mirror), loaded from the database at start,
 so ``receive`` costs what it costs in memory: O(k log n) for k messages whatever the depth.
 Every mutation goes to the mirror and appends one journal op (:mod:`parrot_ipc.store.ops`),
@@ -34,6 +34,7 @@ from typing import Literal
 
 from ..core.protocol import Message, SendResult
 from .base import Session, StoredMessage
+from .idempotency import IdempotencyIndex
 from .memory import MemoryStore
 from .ops import (
     DeleteForward,
@@ -113,6 +114,7 @@ class SqliteStore:
         self.max_id: str | None = None
         self.quarantined: list[tuple[str, str]] = []
         self._commits_since_checkpoint = 0
+        self._idem = IdempotencyIndex(path)  # keys live in SQLite, not in the mirror
 
     # ------------------------------------------------------------------ open / close
     @classmethod
@@ -178,6 +180,7 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
+            self._idem.close()
             close_quietly(self._db, self._lock_fd)
             self._lock_fd = None
 
@@ -225,6 +228,7 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
+        self._idem.committed(ops)  # after COMMIT: see parrot_ipc.store.idempotency
         self._commits_since_checkpoint += 1
 
     def checkpoint_due(self) -> bool:
@@ -397,18 +401,20 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ idempotency
     def get_idempotent(self, sender: str, key: str, now: float) -> SendResult | None:
-        """Read from the mirror (:meth:`MemoryStore.get_idempotent`)."""
-        return self._mirror.get_idempotent(sender, key, now)
+        """Not from the mirror: :meth:`~parrot_ipc.store.idempotency.IdempotencyIndex.get`."""
+        return self._idem.get(sender, key, now)
 
     def put_idempotent(self, sender: str, key: str, result: SendResult, until: float) -> None:
-        """Mirror, then journal :class:`~parrot_ipc.store.ops.PutIdempotent`."""
-        self._mirror.put_idempotent(sender, key, result, until)
-        self._journal(PutIdempotent.of(sender, key, result, until))
+        """Journal :class:`~parrot_ipc.store.ops.PutIdempotent`, kept in memory only until committed."""
+        op = PutIdempotent.of(sender, key, result, until)
+        self._idem.put(op, result)
+        self._journal(op)
 
     def purge(self, now: float) -> None:
         """Mirror, then journal :class:`~parrot_ipc.store.ops.Purge`, which deletes the same
         rows by the same rule: ``until <= now`` / ``expires_at <= now`` (revoked sessions
         were deleted, journaled, when they were revoked)."""
         self._mirror.purge(now)
+        self._idem.purge(now)
         self._journal(Purge(now))
 

@@ -1,0 +1,91 @@
+"""Idempotency keys read from SQLite, not held in memory (issue 14).
+
+A durable broker used to keep every ``(sender, key)`` it had seen in the in-memory mirror for
+``idempotency_ttl_s`` (24 h by default): about 1 KB of RSS per unique key. :class:`IdempotencyIndex`
+keeps only the keys written and not yet committed (the journal ops still pending or in the
+writer thread's batch); every other lookup is one primary-key read of the ``idempotency``
+table (``PRIMARY KEY (sender, key)``: a b-tree lookup of a few microseconds, so it may run on
+the event loop). The read uses its own connection, so it never waits on the writer thread's
+transaction (WAL mode: readers do not block writers nor writers readers,
+https://sqlite.org/wal.html).
+
+Ordering: :meth:`IdempotencyIndex.committed` drops a key from the uncommitted map only after
+its ``COMMIT`` returned, and :meth:`IdempotencyIndex.get` looks in that map first and reads the
+table second, so a key is always found in one of them. Times are seconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+from ..core.protocol import SendResult
+from .ops import Op, PutIdempotent
+
+#: The lookup: the row of ``(sender, key)`` if it has not expired by ``now``.
+LOOKUP_SQL = "SELECT id, recipient, status FROM idempotency WHERE sender = ? AND key = ? AND until > ?"
+
+
+class IdempotencyIndex:
+    """The idempotency keys of a :class:`~parrot_ipc.store.sqlite.SqliteStore`: uncommitted ones
+    in a dict, committed ones in the ``idempotency`` table only.
+
+    Args:
+        path: the database file, opened here a second time, read-only (``PRAGMA query_only``),
+            for the event loop's lookups.
+
+    Raises:
+        sqlite3.Error: the database cannot be opened.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA query_only = 1")
+        self._uncommitted: dict[tuple[str, str], tuple[PutIdempotent, SendResult]] = {}
+
+    def get(self, sender: str, key: str, now: float) -> SendResult | None:
+        """The result kept for ``(sender, key)`` whose ``until`` is after ``now``, or None: the
+        uncommitted keys first, then one primary-key read.
+
+        Raises:
+            sqlite3.Error: the read failed.
+        """
+        hit = self._uncommitted.get((sender, key))
+        if hit is not None:
+            return hit[1] if hit[0].until > now else None
+        # fetchall, not fetchone: the statement runs to its end, so no read transaction stays
+        # open (it would pin an old WAL snapshot and hold back checkpoints).
+        rows = self._db.execute(LOOKUP_SQL, (sender, key, now)).fetchall()
+        if not rows:
+            return None
+        mid, to, status = rows[0]
+        return SendResult(id=mid, to=to, status=status)
+
+    def put(self, op: PutIdempotent, result: SendResult) -> None:
+        """Remember ``op`` (journaled by the caller) and its ``result`` until :meth:`committed`
+        sees it written."""
+        self._uncommitted[(op.sender, op.key)] = (op, result)
+
+    def committed(self, ops: Iterable[Op]) -> None:
+        """Forget the keys of the :class:`~parrot_ipc.store.ops.PutIdempotent` among ``ops``,
+        which were just committed (call it after ``COMMIT`` returned). A key put again since
+        (a newer op object) stays."""
+        unc = self._uncommitted
+        for op in ops:
+            hit = unc.get((op.sender, op.key)) if isinstance(op, PutIdempotent) else None
+            if hit is not None and hit[0] is op:
+                unc.pop((op.sender, op.key), None)
+
+    def purge(self, now: float) -> None:
+        """Drop the uncommitted keys whose ``until`` <= ``now`` (the journaled
+        :class:`~parrot_ipc.store.ops.Purge` deletes the table's)."""
+        for k in [k for k, hit in self._uncommitted.items() if hit[0].until <= now]:
+            del self._uncommitted[k]
+
+    def uncommitted_count(self) -> int:
+        """How many keys are held in memory (written, not yet committed)."""
+        return len(self._uncommitted)
+
+    def close(self) -> None:
+        """Close the read connection."""
+        self._db.close()
