@@ -48,7 +48,7 @@ def _snapshot(s: SqliteStore) -> dict[str, Any]:
         "boxes": {n: ([(mid, i.message, i.size_bytes, i.lease_until) for mid, i in b.msgs.items()], b.size_bytes)
                   for n, b in m._boxes.items()},
         "ready": {n: sorted(mid for mid in b.ready if not b.msgs[mid].lease_until) for n, b in m._boxes.items()},
-        "leases": sorted((u, mid) for u, mid, item in m._lease_heap if item.lease_until == u),
+        "leases": sorted((u, mid) for u, box, mid in m._lease_heap if m._leased(u, box, mid) is not None),
         "forwards": dict(m._forwards),
         "idem": dict(m._idem),
     }

@@ -20,6 +20,10 @@ if TYPE_CHECKING:  # annotations only: importing the core here would be circular
     from .base import Session, StoredMessage
 
 
+#: Stale lease-heap entries tolerated before :meth:`MemoryStore._compact_leases` may rebuild it.
+LEASE_COMPACT_MIN = 1024
+
+
 @dataclass(slots=True)
 class _Mailbox:
     """One mailbox: messages by id (kept in id order), a heap of ready ids, total bytes."""
@@ -34,7 +38,11 @@ class MemoryStore:
     """A :class:`~parrot_ipc.store.base.Store` in process memory: fast, and gone when the
     broker stops. Not journaled, and not thread-safe (the broker calls it from one thread).
 
-    Lease, ack and receive cost O(k log n) for k messages, whatever the mailbox depth.
+    Lease, ack and receive cost O(k log n) for k messages, whatever the mailbox depth. The
+    lease heap holds ``(lease_until, mailbox, id)``, not messages, so an acked message leaves
+    memory at once (issue 14); its heap entry goes stale and is skipped, and the heap is
+    rebuilt without stale entries once they are more than half of it (and over
+    :data:`LEASE_COMPACT_MIN`).
     Expired forwards, idempotency keys and sessions stay until :meth:`purge`; lookups skip
     the expired ones.
     """
@@ -45,7 +53,8 @@ class MemoryStore:
         self._last_seen: dict[str, float] = {}
         self._owners: dict[str, tuple[int, float]] = {}
         self._boxes: dict[str, _Mailbox] = {}
-        self._lease_heap: list[tuple[float, str, StoredMessage]] = []
+        self._lease_heap: list[tuple[float, str, str]] = []  # (lease_until, mailbox, id)
+        self._stale_leases = 0  # heap entries known stale (acked, unleased, moved)
         self._forwards: dict[str, tuple[str, float]] = {}
         self._idem: dict[tuple[str, str], tuple[SendResult, float]] = {}
         self._idem_order: deque[tuple[float, str, str]] = deque()
@@ -144,7 +153,7 @@ class MemoryStore:
             if item is None or item.lease_until:
                 continue  # acked, or already leased: a stale heap entry
             item.lease_until = lease_until
-            heapq.heappush(self._lease_heap, (lease_until, mid, item))
+            heapq.heappush(self._lease_heap, (lease_until, mailbox, mid))
             out.append(item.message)
         return out
 
@@ -158,26 +167,45 @@ class MemoryStore:
             item = box.msgs.pop(mid, None)
             if item is not None:
                 box.size_bytes -= item.size_bytes
-                item.lease_until = -1.0  # tombstone: its lease-heap entry is now stale
+                if item.lease_until > 0:
+                    self._stale_leases += 1  # its lease-heap entry is now stale
+                item.lease_until = -1.0
                 done.append(mid)
         if not box.msgs:
             del self._boxes[mailbox]
+        self._compact_leases()
         return done
 
     def release_expired(self, now: float) -> list[StoredMessage]:
         """:meth:`~parrot_ipc.store.base.Store.release_expired`: O(k log n) for k expired leases (stale heap entries are skipped)."""
         heap, out = self._lease_heap, []
         while heap and heap[0][0] <= now:
-            until, mid, item = heapq.heappop(heap)
-            if item.lease_until != until:
+            until, name, mid = heapq.heappop(heap)
+            item = self._leased(until, name, mid)
+            if item is None:
+                self._stale_leases = max(0, self._stale_leases - 1)
                 continue
-            box = self._boxes.get(item.mailbox)
-            if box is None or box.msgs.get(mid) is not item:
-                continue
+            box = self._boxes[name]
             item.lease_until = 0.0
             heapq.heappush(box.ready, mid)
             out.append(item)
         return out
+
+    def _leased(self, until: float, name: str, mid: str) -> StoredMessage | None:
+        """The message a lease-heap entry stands for, or None if the entry is stale."""
+        box = self._boxes.get(name)
+        item = box.msgs.get(mid) if box is not None else None
+        return item if item is not None and item.lease_until == until else None
+
+    def _compact_leases(self) -> None:
+        """Rebuild the lease heap without its stale entries once they are over half of it and
+        over :data:`LEASE_COMPACT_MIN`: O(n), amortised O(1) per ack."""
+        heap = self._lease_heap
+        if self._stale_leases < LEASE_COMPACT_MIN or 2 * self._stale_leases < len(heap):
+            return
+        heap[:] = [e for e in heap if self._leased(*e) is not None]
+        heapq.heapify(heap)
+        self._stale_leases = 0
 
     def unlease(self, mailbox: str, ids: list[str], until: float) -> list[str]:
         """Make the messages ``ids`` of ``mailbox`` ready again if they are still leased until
@@ -193,6 +221,7 @@ class MemoryStore:
                 item.lease_until = 0.0
                 heapq.heappush(box.ready, mid)
                 done.append(mid)
+        self._stale_leases += len(done)
         return done
 
     def next_lease_expiry(self) -> float | None:
@@ -213,6 +242,9 @@ class MemoryStore:
             dst.msgs[mid] = item
             if not item.lease_until:
                 heapq.heappush(dst.ready, mid)
+            else:  # the entry under ``old`` goes stale
+                heapq.heappush(self._lease_heap, (item.lease_until, new, mid))
+                self._stale_leases += 1
         dst.size_bytes += src.size_bytes
         if merged:  # keep ``msgs`` in id (arrival) order: expire_mail relies on it
             dst.msgs = dict(sorted(dst.msgs.items()))
@@ -253,7 +285,7 @@ class MemoryStore:
         self.enqueue(item)
         if until > 0:
             item.lease_until = until
-            heapq.heappush(self._lease_heap, (until, item.message.id, item))
+            heapq.heappush(self._lease_heap, (until, item.mailbox, item.message.id))
 
     # forwards ---------------------------------------------------------------
     def put_forward(self, old: str, new: str, until: float) -> None:
