@@ -6,10 +6,10 @@ thousands fit in a CI run.
 
 - Idempotency keys live in SQLite, not in the broker's memory: 50,000 sends with unique keys
   (each acked by id at once, so no mail piles up) grow RSS by less than 8 MiB after a warm-up.
-  Before the change each key cost about 400 B of RSS for ``idempotency_ttl_s``: about 20 MiB.
+  Before the change each key stayed in memory for ``idempotency_ttl_s``: 28 MiB measured.
 - Leases hold ids, not messages: three rounds of "send 20,000, receive and ack them all" under a
   600 s lease end at the RSS of the first round (+ 4 MiB). Before the change the lease heap
-  kept each acked message until its lease ran out: about 13 MiB more per round.
+  kept each acked message until its lease ran out: about 12 MiB more per round measured.
 """
 
 from __future__ import annotations
