@@ -9,6 +9,8 @@ the event loop). The read uses its own connection, so it never waits on the writ
 transaction (WAL mode: readers do not block writers nor writers readers,
 https://sqlite.org/wal.html).
 
+Threads: :meth:`IdempotencyIndex.committed` runs in the writer thread, the rest on the event
+loop; the map's writes take a lock (a dict ``get`` needs none under the GIL).
 Ordering: :meth:`IdempotencyIndex.committed` drops a key from the uncommitted map only after
 its ``COMMIT`` returned, and :meth:`IdempotencyIndex.get` looks in that map first and reads the
 table second, so a key is always found in one of them. Times are seconds since the epoch.
@@ -17,6 +19,7 @@ table second, so a key is always found in one of them. Times are seconds since t
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable
 
 from ..core.protocol import SendResult
@@ -42,6 +45,8 @@ class IdempotencyIndex:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA query_only = 1")
         self._uncommitted: dict[tuple[str, str], tuple[PutIdempotent, SendResult]] = {}
+        # committed() runs in the writer thread; put() and purge() on the event loop.
+        self._lock = threading.Lock()
 
     def get(self, sender: str, key: str, now: float) -> SendResult | None:
         """The result kept for ``(sender, key)`` whose ``until`` is after ``now``, or None: the
@@ -64,23 +69,26 @@ class IdempotencyIndex:
     def put(self, op: PutIdempotent, result: SendResult) -> None:
         """Remember ``op`` (journaled by the caller) and its ``result`` until :meth:`committed`
         sees it written."""
-        self._uncommitted[(op.sender, op.key)] = (op, result)
+        with self._lock:
+            self._uncommitted[(op.sender, op.key)] = (op, result)
 
     def committed(self, ops: Iterable[Op]) -> None:
         """Forget the keys of the :class:`~parrot_ipc.store.ops.PutIdempotent` among ``ops``,
         which were just committed (call it after ``COMMIT`` returned). A key put again since
         (a newer op object) stays."""
         unc = self._uncommitted
-        for op in ops:
-            hit = unc.get((op.sender, op.key)) if isinstance(op, PutIdempotent) else None
-            if hit is not None and hit[0] is op:
-                unc.pop((op.sender, op.key), None)
+        with self._lock:
+            for op in ops:
+                hit = unc.get((op.sender, op.key)) if isinstance(op, PutIdempotent) else None
+                if hit is not None and hit[0] is op:
+                    del unc[(op.sender, op.key)]
 
     def purge(self, now: float) -> None:
         """Drop the uncommitted keys whose ``until`` <= ``now`` (the journaled
         :class:`~parrot_ipc.store.ops.Purge` deletes the table's)."""
-        for k in [k for k, hit in self._uncommitted.items() if hit[0].until <= now]:
-            del self._uncommitted[k]
+        with self._lock:
+            for k in [k for k, hit in self._uncommitted.items() if hit[0].until <= now]:
+                del self._uncommitted[k]
 
     def uncommitted_count(self) -> int:
         """How many keys are held in memory (written, not yet committed)."""
