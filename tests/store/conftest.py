@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from parrot_ipc import BrokerUnavailable, Client
+from parrot_ipc.store.schema import MIGRATIONS
 
 
 @dataclass
@@ -70,3 +72,16 @@ def broker_proc(tmp_path: Path) -> Iterator[BrokerProcess]:
     if bp.proc is not None and bp.proc.poll() is None:
         bp.proc.kill()
         bp.proc.wait()
+
+
+def database_at_version(path: Path, version: int) -> sqlite3.Connection:
+    """A database at schema ``version`` (the first ``version`` migrations applied, with their
+    ``user_version``), for a test of the next migration. Autocommit; the caller closes it."""
+    db = sqlite3.connect(str(path), isolation_level=None)
+    for number, ddl in enumerate(MIGRATIONS[:version], start=1):
+        for stmt in ddl.split(";"):
+            if stmt.strip():
+                db.execute(stmt)
+        db.execute(f"PRAGMA user_version = {number}")
+    return db
+

@@ -3,10 +3,11 @@ before issue 13 gives each stored session's name to its UID."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
-from parrot_ipc.store.sqlite import MIGRATIONS, SqliteStore, migrate
+from parrot_ipc.store.sqlite import SqliteStore, migrate
+
+from .conftest import database_at_version
 
 NOW = 1_800_000_000.0
 
@@ -28,12 +29,7 @@ def test_name_owners_survive_a_restart_and_a_release_too(tmp_path: Path) -> None
 
 
 def test_migration_to_v4_gives_each_stored_sessions_name_to_its_uid(tmp_path: Path) -> None:
-    db = sqlite3.connect(str(tmp_path / "old.db"), isolation_level=None)
-    for version, ddl in enumerate(MIGRATIONS[:3]):
-        for stmt in ddl.split(";"):
-            if stmt.strip():
-                db.execute(stmt)
-        db.execute(f"PRAGMA user_version = {version + 1}")
+    db = database_at_version(tmp_path / "old.db", 3)
     db.execute("INSERT INTO sessions (token_hash, instance_id, uid, gid, pid, scopes, created_at, expires_at) "
                "VALUES (x'01', 'eve-b', 1000, 1000, 1, '[]', 1.0, 2.0)")
     assert migrate(db) == 3

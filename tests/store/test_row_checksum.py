@@ -15,10 +15,10 @@ from pathlib import Path
 
 from parrot_ipc import Client
 from parrot_ipc.store.rows import row_checksum
-from parrot_ipc.store.schema import MIGRATIONS, migrate
+from parrot_ipc.store.schema import migrate
 from parrot_ipc.store.sqlite import DB_NAME, SqliteStore
 
-from .conftest import BrokerProcess
+from .conftest import BrokerProcess, database_at_version
 
 
 def _flip_one_byte(db_path: Path, needle: bytes) -> None:
@@ -83,12 +83,7 @@ def test_a_byte_that_is_no_longer_utf8_is_quarantined_not_a_refusal(tmp_path: Pa
 
 def test_migration_to_v5_computes_the_checksum_of_every_stored_row(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    db = sqlite3.connect(str(path), isolation_level=None)
-    for version, ddl in enumerate(MIGRATIONS[:4]):
-        for stmt in ddl.split(";"):
-            if stmt.strip():
-                db.execute(stmt)
-        db.execute(f"PRAGMA user_version = {version + 1}")
+    db = database_at_version(path, 4)
     db.execute("INSERT INTO messages (id, mailbox, sender, content, data, sent_at, size_bytes, recipient) "
                "VALUES ('000000000001000000', 'bob', 'alice', 'hi', ?, '2027-01-15T08:00:00.000Z', 2, NULL)",
                (b'{"k":1}',))
