@@ -72,6 +72,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 # --------------------------------------------------------------------------- throwaway accounts
+def _pids_of(uid: int) -> list[int]:
+    """The processes whose real UID is ``uid`` (proc(5), the ``Uid:`` line of /proc/<pid>/status)."""
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            uids = next(line for line in status.read_text().splitlines() if line.startswith("Uid:"))
+        except (OSError, StopIteration):
+            continue  # gone meanwhile
+        if int(uids.split()[1]) == uid:
+            pids.append(int(status.parent.name))
+    return pids
+
+
+def _wait_until_no_process_of(uid: int, timeout_s: float = 10.0) -> None:
+    """Before userdel: a test's processes of ``uid`` may still be dying (SIGKILL is delivered
+    asynchronously, and a child of runuser is reaped by init after runuser exits). Poll /proc
+    until none is left, killing stragglers."""
+    deadline = time.monotonic() + timeout_s
+    while pids := _pids_of(uid):
+        assert time.monotonic() < deadline, f"processes of uid {uid} still running: {pids}"
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+
+
 class UnixAccounts:
     """Throwaway system users and groups (useradd(8), groupadd(8)) and world-readable work dirs,
     each a context manager that removes what it made. Root-marked tests only."""
@@ -97,11 +123,12 @@ class UnixAccounts:
         name = f"{prefix}-{secrets.token_hex(3)}"
         extra = ["-G", ",".join(groups)] if groups else []
         self._run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", *extra, name)
+        pw = pwd.getpwnam(name)
         try:
-            pw = pwd.getpwnam(name)
             assert pw.pw_uid != 0
             yield pw
         finally:
+            _wait_until_no_process_of(pw.pw_uid)  # else userdel refuses: "currently used by process"
             self._run("userdel", name)
             with pytest.raises(KeyError):
                 pwd.getpwnam(name)

@@ -87,7 +87,8 @@ def fake(accounts) -> Iterator[Fake]:
             yield Fake(sock, log, mallory, proc)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)  # runuser and the script it forked
-            proc.wait()
+            proc.wait()  # accounts.user() waits for the forked script before userdel
+
 
 
 def _session(tmp: Path) -> Path:
