@@ -7,20 +7,13 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
+
+from tests.store.conftest import vm_rss_bytes
 
 from parrot_ipc import Client
 
 MAX_FRAME_BYTES = 65536
 MiB = 1024 * 1024
-
-
-def vm_rss_bytes(pid: int) -> int:
-    """Resident set size of ``pid`` in bytes (``VmRSS`` of /proc/<pid>/status, proc(5))."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 class RssSampler(threading.Thread):

@@ -85,3 +85,11 @@ def database_at_version(path: Path, version: int) -> sqlite3.Connection:
         db.execute(f"PRAGMA user_version = {number}")
     return db
 
+
+def vm_rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes (``VmRSS`` of /proc/<pid>/status, proc(5))."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+

@@ -18,18 +18,10 @@ import json
 import socket
 from pathlib import Path
 
-from .conftest import BrokerProcess
+from .conftest import BrokerProcess, vm_rss_bytes
 
 BATCH = 500
 MIB = 1 << 20
-
-
-def _rss(pid: int) -> int:
-    """VmRSS of ``pid`` in bytes (proc(5), /proc/<pid>/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 class _Conn:
@@ -84,9 +76,9 @@ def test_unique_idempotency_keys_do_not_grow_rss(tmp_path: Path) -> None:
         assert bp.proc is not None
         snd, rcv = _Conn(bp.socket, "s"), _Conn(bp.socket, "r")
         _keyed_sends(snd, rcv, "warm", 5_000)
-        before = _rss(bp.proc.pid)
+        before = vm_rss_bytes(bp.proc.pid)
         _keyed_sends(snd, rcv, "k", 50_000)
-        growth = _rss(bp.proc.pid) - before
+        growth = vm_rss_bytes(bp.proc.pid) - before
         # A resend of a key from long ago is still answered from SQLite: same id, nothing queued.
         again = snd.call([("send", {"to": "r", "content": "x" * 100, "idempotency_key": "k7"})] * 2)
         assert again[0]["id"] == again[1]["id"]
@@ -119,7 +111,7 @@ def test_acked_messages_leave_memory_before_their_lease_ends(tmp_path: Path) -> 
         rss = []
         for _ in range(3):
             _fill_and_drain(snd, rcv, 20_000)
-            rss.append(_rss(bp.proc.pid))
+            rss.append(vm_rss_bytes(bp.proc.pid))
         print("RSS after each fill-and-drain of 20,000:", [f"{r / MIB:.1f} MiB" for r in rss])
         assert rss[2] - rss[0] < 4 * MIB
         snd.close()

@@ -133,6 +133,8 @@ class Broker:
         #: Mail delivery, and the effects queue.
         self.delivery = Delivery(store=store, config=config, clock=clock, bindings=self.bindings,
                                  ids=self.ids, audit=audit, quota=self.quota)
+        #: Federation (issue 18): remote node -> [last seen (epoch s), delivered, refused], since start.
+        self.remote_nodes: dict[str, list[float]] = {}
         self._limits = ConnectionLimits(config)
         self._conns: set[Connection] = set()
         self._next_conn_id = 1

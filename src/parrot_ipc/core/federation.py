@@ -18,15 +18,13 @@ Source: ``docs/federation.md`` (issue 18). A broker has a ``node`` name (``[serv
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Final
 
 from ..errors import ErrorCode, RpcError
 from . import protocol as p
 from .connection import Connection
 from .delivery import OUTBOX
-from .policy import SCOPE_REMOTE_SEND, remote_rules_of
-from .schema import RELAY_SCOPE
+from .policy import SCOPE_RELAY, SCOPE_REMOTE_SEND, remote_rules_of
 from .timefmt import rfc3339
 
 if TYPE_CHECKING:
@@ -38,12 +36,8 @@ __all__ = ["OUTBOX", "POSTMASTER", "list_nodes", "relay_ack", "relay_deliver", "
 POSTMASTER: Final = "postmaster"
 
 
-#: Per broker: remote node -> [last seen (epoch s), delivered, refused]; in memory, since start.
-_SEEN: weakref.WeakKeyDictionary[Broker, dict[str, list[float]]] = weakref.WeakKeyDictionary()
-
-
 def _seen(b: Broker, node: str, now: float, delivered: bool) -> None:
-    row = _SEEN.setdefault(b, {}).setdefault(node, [now, 0, 0])
+    row = b.remote_nodes.setdefault(node, [now, 0, 0])
     row[0] = now
     row[1 if delivered else 2] += 1
 
@@ -51,7 +45,7 @@ def _seen(b: Broker, node: str, now: float, delivered: bool) -> None:
 def list_nodes(b: Broker, conn: Connection, _: p.NoParams, rid: p.RequestId) -> p.ListNodesResult:
     """``list_nodes`` (scope ``list``): the remote nodes this broker had mail from since it
     started (what the relay delivered or had refused), most recent first."""
-    rows = sorted(_SEEN.get(b, {}).items(), key=lambda kv: -kv[1][0])
+    rows = sorted(b.remote_nodes.items(), key=lambda kv: -kv[1][0])
     return p.ListNodesResult(nodes=[p.NodeInfo(node=n, last_seen=rfc3339(r[0]), delivered=int(r[1]),
                                                refused=int(r[2])) for n, r in rows])
 
@@ -105,11 +99,11 @@ def send_remote(b: Broker, conn: Connection, sender: str, prm: p.SendParams, now
 def _require_relay(b: Broker, conn: Connection, method: str) -> None:
     """Raises -32002 ``scope_missing`` (audited ``scope_denied``) unless the connection's
     admission grants the ``relay`` scope."""
-    if RELAY_SCOPE not in conn.admission.scopes:
+    if SCOPE_RELAY not in conn.admission.scopes:
         b.audit("scope_denied", {"conn": conn.conn_id, "uid": conn.peer.uid, "method": method,
-                                 "scope": RELAY_SCOPE})
+                                 "scope": SCOPE_RELAY})
         raise RpcError(ErrorCode.FORBIDDEN, "scope_missing", f"{method} needs the scope 'relay'.",
-                       scope=RELAY_SCOPE)
+                       scope=SCOPE_RELAY)
 
 
 def relay_take(b: Broker, conn: Connection, prm: p.RelayTakeParams, rid: p.RequestId) -> p.ReceiveResult:

@@ -17,7 +17,6 @@ from .policy import (
     SCOPE_BROADCAST,
     SCOPE_LIST,
     SCOPE_RECEIVE,
-    SCOPE_RELAY,
     SCOPE_RENAME,
     SCOPE_SEND,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "METHOD_NEEDS",
     "NODE_PATTERN",
     "PUBLIC",
-    "RELAY_SCOPE",
     "RESOURCE_NAME_PATTERN",
     "SESSION",
     "AckParams",
@@ -356,5 +354,3 @@ METHOD_NEEDS: Final[dict[str, str]] = {
     "relay_ack": PUBLIC,
     "relay_deliver": PUBLIC,
 }
-#: The scope the relay's methods check on the connection's admission (they take no session).
-RELAY_SCOPE: Final = SCOPE_RELAY
