@@ -15,6 +15,7 @@ from typing import Any, cast
 from parrot_ipc.core.protocol import SendResult
 from parrot_ipc.store import MemoryStore, Store
 from parrot_ipc.store import ops as journal
+from parrot_ipc.store.mailboxes import DiskMailboxes
 from parrot_ipc.store.sqlite import DB_NAME, SqliteStore
 
 from .test_sqlite_store import NOW, _commit, _msg, _open, _session, _snapshot
@@ -73,17 +74,20 @@ def test_after_expired_reads_the_mirror_and_the_database_agree_through_a_restart
 
 def test_every_op_class_has_an_sql_entry() -> None:
     kinds = set(journal.Op.__subclasses__())
-    assert len(kinds) == 14
+    assert len(kinds) == 15
     assert kinds == set(journal.SQL)
 
 
 def test_sqlite_store_implements_every_store_method_itself() -> None:
-    """It wraps a MemoryStore: a Store method it did not define would be missing, not
-    silently inherited unjournaled."""
+    """It wraps a MemoryStore (sessions, names, forwards) and is a DiskMailboxes (messages):
+    a Store method neither defined would be missing, not silently inherited unjournaled."""
     assert not issubclass(SqliteStore, MemoryStore)
     names = {n for n, _ in inspect.getmembers(Store, inspect.isfunction) if not n.startswith("_")}
-    assert len(names) == 30  # 29 + queued (issue 14)
-    assert names <= set(vars(SqliteStore))
+    assert len(names) == 31  # 29 + queued, sender_usage (issue 14)
+    assert names <= set(vars(SqliteStore)) | set(vars(DiskMailboxes))
+    mail = {"enqueue", "mailbox_usage", "sender_usage", "lease", "ack", "release_expired", "next_lease_expiry",
+            "move_mailbox", "mailbox_names", "queued", "expire_mail"}
+    assert mail <= set(vars(DiskMailboxes)) and not mail & set(vars(SqliteStore))
 
 
 class _Recorder:

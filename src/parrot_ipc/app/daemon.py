@@ -87,8 +87,9 @@ def _fit_nofile_limit(max_connections: int) -> None:
 def open_store(kind: Literal["sqlite", "memory"], state_dir: str | None, config: BrokerConfig) -> Store:
     """The broker's store: a :class:`~parrot_ipc.store.sqlite.SqliteStore` in ``state_dir``
     (default :func:`parrot_ipc.store.sqlite.default_state_dir`), or a throwaway
-    :class:`~parrot_ipc.store.MemoryStore`. Each message the SQLite store quarantined at
-    open (a row that failed its checksum) is audited as ``message_quarantined`` (id, mailbox).
+    :class:`~parrot_ipc.store.MemoryStore`. Each message the SQLite store quarantines when it
+    reads it (a row that failed its checksum) is audited as ``message_quarantined`` (id,
+    mailbox). ``config.store_cache_bytes`` bounds its message body cache.
 
     Raises:
         StartupError: the state directory or database cannot be used (one line).
@@ -98,10 +99,15 @@ def open_store(kind: Literal["sqlite", "memory"], state_dir: str | None, config:
     from ..store.sqlite import SqliteStore, default_state_dir
 
     path = state_dir or default_state_dir()
-    store = SqliteStore.open(path, durability=config.durability)
-    log.info("state: %s (durability %s)", store.path, config.durability)
-    for mid, mailbox in store.quarantined:  # never the content (issue 14)
+    store = SqliteStore.open(path, durability=config.durability, cache_bytes=config.store_cache_bytes)
+    log.info("state: %s (durability %s, body cache %d bytes)", store.path, config.durability,
+             config.store_cache_bytes)
+
+    def quarantined(mid: str, mailbox: str) -> None:  # never the content (issue 14)
+        log.warning("message %s of mailbox %s failed its checksum: quarantined, not delivered", mid, mailbox)
         audit_sink("message_quarantined", {"id": mid, "mailbox": mailbox})
+
+    store.on_quarantine = quarantined
     return store
 
 

@@ -124,12 +124,11 @@ class Broker:
         #: Session rules (tokens, scopes, rename, revoke).
         self.sessions = Sessions(store=store, config=config, clock=clock, token_bytes=token_bytes,
                                  bindings=self.bindings, audit=audit, shared_secret=shared_secret)
-        #: Per-sender-UID charges of queued mail (issue 14), rebuilt from the store.
-        self.quota = SenderQuota(config, audit)
-        self.quota.rebuild(store)
+        #: The sender quota (issue 14), over the store's per-UID sums.
+        self.quota = SenderQuota(config, audit, store)
         #: Name ownership (issue 13): who owns which instance name.
         self.names = Names(store=store, config=config, clock=clock, bindings=self.bindings, audit=audit,
-                           kill=self.sessions.kill, dropped=self.quota.uncharge)
+                           kill=self.sessions.kill)
         #: Mail delivery, and the effects queue.
         self.delivery = Delivery(store=store, config=config, clock=clock, bindings=self.bindings,
                                  ids=self.ids, audit=audit, quota=self.quota)

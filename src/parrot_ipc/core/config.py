@@ -46,6 +46,9 @@ class BrokerConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     #: "normal": SQLite synchronous=NORMAL in WAL mode (survives a broker crash);
     #: "fsync": synchronous=FULL (also survives power loss). See docs/durability.md.
     durability: Literal["normal", "fsync"] = "normal"
+    #: Bytes of message bodies the SQLite store keeps cached in memory (issue 14: every
+    #: message lives in SQLite; this cache only saves reads). 0 caches nothing.
+    store_cache_bytes: Annotated[int, Meta(ge=0)] = 8 * 1024 * 1024
     #: Responses (and pushes) queued for one connection before the broker stops reading it.
     max_pending_responses: PositiveInt = 256
     #: Unsent output bytes queued for one connection before the broker stops reading it; a

@@ -41,7 +41,7 @@ class Delivery:
         bindings: which connections act as which instance (and their push windows).
         ids: the message id generator (ids sort by arrival).
         audit: the audit sink (``mail_expired``).
-        quota: the sender quota (issue 14); default a fresh one with ``config``'s bounds.
+        quota: the sender quota (issue 14); default one over ``store`` with ``config``'s bounds.
     """
 
     __slots__ = ("_audit", "_bindings", "_clock", "_config", "_effects", "_ids", "_store", "quota")
@@ -53,7 +53,7 @@ class Delivery:
         self._bindings, self._ids, self._audit = bindings, ids, audit
         self._effects: list[Effect] = []
         #: The per-sender-UID charges of queued mail (issue 14).
-        self.quota = quota if quota is not None else SenderQuota(config, audit)
+        self.quota = quota if quota is not None else SenderQuota(config, audit, store)
 
     # ------------------------------------------------------------------ effects
     def emit(self, effect: Effect) -> None:
@@ -95,7 +95,7 @@ class Delivery:
         :meth:`deliver`), answering message ``reply_to`` if given. Returns the stored message,
         with a fresh id and ``sent_at``; its ``to`` is ``to`` if given (a ``name@node`` queued
         in the outbox), else ``target``. With ``sender_uid``, mail to another name is charged
-        to that UID (:class:`SenderQuota`).
+        to that UID (:class:`SenderQuota`: the stored message names it as its payer).
 
         Raises:
             RpcError: -32007 ``sender_quota_exceeded`` past ``max_sender_queued_messages`` or
@@ -115,9 +115,7 @@ class Delivery:
         msg = p.Message(id=self._ids.next(now), from_=sender, to=to or target, content=content,
                         data=UNSET if data is None else data, sent_at=rfc3339(now),
                         reply_to=UNSET if reply_to is None else reply_to)
-        self._store.enqueue(StoredMessage(msg, target, size))
-        if payer is not None:
-            self.quota.charge(payer, msg.id, size)
+        self._store.enqueue(StoredMessage(msg, target, size, payer=payer))
         return msg
 
     def _unclaimed(self, now: float) -> int:
@@ -160,7 +158,6 @@ class Delivery:
         """Delete the messages ``ids`` leased to ``instance_id``; push more into the freed
         window. Returns how many were deleted."""
         done = self._store.ack(instance_id, ids)
-        self.quota.uncharge(done)
         self._bindings.settle(done)
         self.deliver(instance_id, wake=False)
         return len(done)
@@ -170,9 +167,9 @@ class Delivery:
         """Put mail whose lease ran out by ``now`` back in its mailbox, and deliver it again."""
         names: set[str] = set()
         released = self._store.release_expired(now)
-        self._bindings.settle(item.message.id for item in released)
-        for item in released:
-            names.add(item.mailbox)
+        self._bindings.settle(mid for _, mid in released)
+        for box, _ in released:
+            names.add(box)
         for name in names:
             self.deliver(name)
 
@@ -185,7 +182,6 @@ class Delivery:
             if self.held(name, now):
                 continue
             gone = self._store.expire_mail(name, before)
-            self.quota.uncharge(gone)
             self._bindings.settle(gone)
             if gone:
                 self._audit("mail_expired", {"instance": name, "count": len(gone)})

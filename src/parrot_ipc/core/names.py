@@ -46,16 +46,12 @@ class Names:
         audit: the audit sink (``name_claimed``, ``token_refused``, ``name_refused``,
             ``name_released``, ``instance_suffixed``).
         kill: ends a session (:meth:`parrot_ipc.core.sessions.Sessions.kill`).
-        dropped: told the ids of mail a ``release`` deleted (the sender quota gives back
-            their charges, issue 14); None: nobody.
     """
 
     def __init__(self, *, store: Store, config: BrokerConfig, clock: Callable[[], float],
-                 bindings: Bindings, audit: AuditSink, kill: Callable[[Session, str], None],
-                 dropped: Callable[[list[str]], None] | None = None) -> None:
+                 bindings: Bindings, audit: AuditSink, kill: Callable[[Session, str], None]) -> None:
         self._store, self._config, self._clock = store, config, clock
         self._bindings, self._audit, self._kill = bindings, audit, kill
-        self._dropped = dropped
 
     # ------------------------------------------------------------------ claiming
     def check(self, conn: Connection, name: str, method: str) -> None:
@@ -158,8 +154,6 @@ class Names:
             self._kill(holder, why)
         store.delete_forward(name)
         gone = store.expire_mail(name, _AFTER_EVERY_ID)
-        if self._dropped is not None:
-            self._dropped(gone)
         self._bindings.settle(gone)
         store.delete_name_owner(name)
         return len(gone)

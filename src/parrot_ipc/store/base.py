@@ -74,12 +74,15 @@ class StoredMessage:
         size_bytes: its size as counted against the mailbox's byte limit.
         lease_until: 0 while the message is ready for delivery, else the second since the epoch
             at which an un-acked lease runs out (the message is then ready again).
+        payer: the UID its ``size_bytes`` are charged to (the sender quota, issue 14), or None
+            when it is not charged (mail a UID sends to its own name, the postmaster's).
     """
 
     message: Message
     mailbox: str
     size_bytes: int
     lease_until: float = 0.0
+    payer: int | None = None
 
 
 class Store(Protocol):
@@ -174,9 +177,9 @@ class Store(Protocol):
         that were there (unknown ids are skipped)."""
         ...
 
-    def release_expired(self, now: float) -> list[StoredMessage]:
+    def release_expired(self, now: float) -> list[tuple[str, str]]:
         """Make every message whose lease ran out by ``now`` (seconds) ready again. Returns
-        them, in lease-expiry order."""
+        ``(mailbox, id)`` of each, in lease-expiry order (ids only: a lease holds no message)."""
         ...
 
     def next_lease_expiry(self) -> float | None:
@@ -186,6 +189,11 @@ class Store(Protocol):
 
     def move_mailbox(self, old: str, new: str) -> None:
         """Move every message of ``old`` (leases kept) into ``new``, merged in id order."""
+        ...
+
+    def sender_usage(self, uid: int) -> tuple[int, int]:
+        """``(message count, total size in bytes)`` of the queued messages charged to ``uid``
+        (:attr:`StoredMessage.payer`): the sender quota's measure (issue 14). O(1)."""
         ...
 
     def mailbox_names(self) -> Iterable[str]:

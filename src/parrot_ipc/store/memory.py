@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .charges import Charges
+
 if TYPE_CHECKING:  # annotations only: importing the core here would be circular (core imports store)
     from ..core.protocol import Message, SendResult
     from .base import Session, StoredMessage
@@ -58,6 +60,7 @@ class MemoryStore:
         self._forwards: dict[str, tuple[str, float]] = {}
         self._idem: dict[tuple[str, str], tuple[SendResult, float]] = {}
         self._idem_order: deque[tuple[float, str, str]] = deque()
+        self._charges = Charges()
 
     # sessions ---------------------------------------------------------------
     def put_session(self, session: Session) -> None:
@@ -134,6 +137,11 @@ class MemoryStore:
         box.msgs[item.message.id] = item
         box.size_bytes += item.size_bytes
         heapq.heappush(box.ready, item.message.id)
+        self._charges.add(item.payer, item.size_bytes)
+
+    def sender_usage(self, uid: int) -> tuple[int, int]:
+        """:meth:`~parrot_ipc.store.base.Store.sender_usage`: ``(count, bytes)``, O(1)."""
+        return self._charges.usage(uid)
 
     def mailbox_usage(self, mailbox: str) -> tuple[int, int]:
         """:meth:`~parrot_ipc.store.base.Store.mailbox_usage`: ``(count, bytes)``, O(1)."""
@@ -167,6 +175,7 @@ class MemoryStore:
             item = box.msgs.pop(mid, None)
             if item is not None:
                 box.size_bytes -= item.size_bytes
+                self._charges.remove(item.payer, item.size_bytes)
                 if item.lease_until > 0:
                     self._stale_leases += 1  # its lease-heap entry is now stale
                 item.lease_until = -1.0
@@ -176,9 +185,10 @@ class MemoryStore:
         self._compact_leases()
         return done
 
-    def release_expired(self, now: float) -> list[StoredMessage]:
+    def release_expired(self, now: float) -> list[tuple[str, str]]:
         """:meth:`~parrot_ipc.store.base.Store.release_expired`: O(k log n) for k expired leases (stale heap entries are skipped)."""
-        heap, out = self._lease_heap, []
+        heap: list[tuple[float, str, str]] = self._lease_heap
+        out: list[tuple[str, str]] = []
         while heap and heap[0][0] <= now:
             until, name, mid = heapq.heappop(heap)
             item = self._leased(until, name, mid)
@@ -188,7 +198,7 @@ class MemoryStore:
             box = self._boxes[name]
             item.lease_until = 0.0
             heapq.heappush(box.ready, mid)
-            out.append(item)
+            out.append((name, mid))
         return out
 
     def _leased(self, until: float, name: str, mid: str) -> StoredMessage | None:

@@ -50,7 +50,8 @@ class PutMessage(Op, frozen=True, gc=False):
     ``data`` is the message's ``data`` column (:func:`encode_data`: its ``data`` object as JSON
     bytes, or None when it has none, or a JSON array when it carries a ``reply_to``);
     ``recipient`` is the name it was sent to (``Message.to``); ``size_bytes`` its counted size;
-``checksum`` the row's (:func:`parrot_ipc.store.rows.row_checksum`, schema version 5).
+``checksum`` the row's (:func:`parrot_ipc.store.rows.row_checksum`, schema version 5);
+    ``payer`` the UID charged for it (schema version 6), or None.
     """
 
     id: str
@@ -62,6 +63,7 @@ class PutMessage(Op, frozen=True, gc=False):
     size_bytes: int
     recipient: str
     checksum: int
+    payer: int | None = None
 
     @classmethod
     def of(cls, item: StoredMessage) -> PutMessage:
@@ -70,7 +72,7 @@ class PutMessage(Op, frozen=True, gc=False):
         m = item.message
         data = encode_data(m.data, m.reply_to)
         return cls(m.id, item.mailbox, m.from_, m.content, data, m.sent_at, item.size_bytes, m.to,
-                   row_checksum(m.id, m.from_, m.to, m.content, data, m.sent_at))
+                   row_checksum(m.id, m.from_, m.to, m.content, data, m.sent_at), item.payer)
 
 
 def encode_data(data: Any, reply_to: Any) -> bytes | None:
@@ -112,6 +114,17 @@ class DeleteMessages(Op, frozen=True, gc=False):
     """Delete the messages ``ids`` (acked or expired)."""
 
     ids: tuple[str, ...]
+
+
+class QuarantineMessages(Op, frozen=True, gc=False):
+    """Move the message rows ``ids`` (raw id bytes: a damaged id may not be UTF-8) into the
+    ``quarantine`` table: they failed their checksum when read (issue 14)."""
+
+    ids: tuple[bytes, ...]
+
+    def text_ids(self) -> tuple[str, ...]:
+        """The ids as text, bytes that are not UTF-8 shown as U+FFFD (as the store names them)."""
+        return tuple(mid.decode(errors="replace") for mid in self.ids)
 
 
 class MoveMailbox(Op, frozen=True, gc=False):
@@ -243,6 +256,10 @@ def _lease_rows(op: SetLease) -> Iterator[tuple[float, str]]:
     return ((op.until, mid) for mid in op.ids)
 
 
+def _raw_id_rows(op: QuarantineMessages) -> Iterator[tuple[bytes]]:
+    return ((mid,) for mid in op.ids)
+
+
 def _id_rows(op: DeleteMessages) -> Iterator[tuple[str]]:
     return ((mid,) for mid in op.ids)
 
@@ -259,13 +276,22 @@ class Write:
     rows: Rows = fields
 
 
+#: Copies one message row (its raw id) into ``quarantine``, stamped now (seconds since the epoch).
+QUARANTINE_SQL: Final = (
+    "INSERT OR REPLACE INTO quarantine (id, mailbox, sender, content, data, sent_at, recipient, checksum, "
+    "quarantined_at) SELECT CAST(id AS BLOB), CAST(mailbox AS BLOB), CAST(sender AS BLOB), CAST(content AS BLOB), "
+    "data, CAST(sent_at AS BLOB), CAST(recipient AS BLOB), checksum, (julianday('now') - 2440587.5) * 86400.0 "
+    "FROM messages WHERE id = CAST(? AS TEXT)")
+
 #: THE op -> SQL table. Each class maps to its statements; :func:`write` runs each statement
 #: once per run of consecutive ops of that class (``executemany`` over every op's rows). The
 #: statements of one entry touch different tables, so running them statement by statement
 #: keeps the order that matters.
 SQL: Final[Mapping[type[Op], tuple[Write, ...]]] = {
     PutMessage: (Write("INSERT OR REPLACE INTO messages (id, mailbox, sender, content, data, sent_at, "
-                       "size_bytes, recipient, checksum, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"),),
+                       "size_bytes, recipient, checksum, payer, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"),),
+    QuarantineMessages: (Write(QUARANTINE_SQL, _raw_id_rows),
+                         Write("DELETE FROM messages WHERE id = CAST(? AS TEXT)", _raw_id_rows)),
     SetLease: (Write("UPDATE messages SET lease_until = ? WHERE id = ?", _lease_rows),),
     DeleteMessages: (Write("DELETE FROM messages WHERE id = ?", _id_rows),),
     MoveMailbox: (Write("UPDATE messages SET mailbox = ?2 WHERE mailbox = ?1"),),

@@ -93,8 +93,23 @@ CREATE TABLE quarantine (
     quarantined_at REAL NOT NULL
 ) WITHOUT ROWID
 """
+# Version 6 (issue 14): SQLite is the source of truth for messages. Each row names the UID
+# charged for it (the sender quota; for older rows the sender name's owner, else the UID of the
+# session holding it, never for mail to the sender's own name); the mailbox index covers what a
+# start needs (counts, bytes, payers: no message body is read), and a partial index finds the
+# leased rows.
+_V6: Final = """
+ALTER TABLE messages ADD COLUMN payer INTEGER;
+UPDATE messages SET payer = COALESCE(
+    (SELECT uid FROM names WHERE names.instance_id = messages.sender),
+    (SELECT uid FROM sessions WHERE sessions.instance_id = messages.sender ORDER BY created_at DESC LIMIT 1))
+    WHERE sender != mailbox;
+DROP INDEX messages_by_mailbox;
+CREATE INDEX messages_by_mailbox ON messages (mailbox, id, size_bytes, payer);
+CREATE INDEX messages_leased ON messages (lease_until) WHERE lease_until > 0
+"""
 #: ``MIGRATIONS[i]``: the DDL, ``;``-separated, that takes version ``i`` to ``i + 1``.
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6)
 #: The version this broker writes (``PRAGMA user_version``).
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -182,17 +197,16 @@ def check_integrity(db: sqlite3.Connection, path: str) -> None:
         raise refuse(f"state database {path} is corrupt (quick_check: {found}); {RESTORE_HINT}")
 
 
-def load(db: sqlite3.Connection, mirror: MemoryStore, bad: list[bytes]) -> str | None:
-    """Load every row of ``db`` into ``mirror`` (an empty :class:`MemoryStore`), leases
-    included, except idempotency keys (read from the table when asked, issue 14). Returns the highest message id ever issued (messages, idempotency keys and the
-    ``meta`` row ``last_id``, quarantined rows), or None for an empty database.
-
-    Message rows go through :func:`message_from_row`; the ids (raw bytes) of those that fail
-    their checksum are appended to ``bad`` and not loaded (:func:`quarantine` moves them).
+def load(db: sqlite3.Connection, mirror: MemoryStore) -> str | None:
+    """Load sessions, name owners, last-seen times and forwards into ``mirror`` (an empty
+    :class:`MemoryStore`). Messages stay in the table (:mod:`parrot_ipc.store.mailboxes` reads
+    their counts from an index) and so do idempotency keys (:mod:`parrot_ipc.store.idempotency`).
+    Returns the highest message id ever issued (messages, idempotency keys, quarantined rows and
+    the ``meta`` row ``last_id``: each a b-tree end, O(log n)), or None for an empty database.
 
     Raises:
         sqlite3.Error: a read failed.
-        msgspec.MsgspecError: a stored JSON value (scopes, data) does not decode.
+        msgspec.MsgspecError: a stored JSON value (scopes) does not decode.
     """
     for row in db.execute("SELECT token_hash, instance_id, uid, gid, pid, scopes, created_at, "
                           "expires_at, last_rename_at, bound_pid, bound_start_time "
@@ -204,23 +218,13 @@ def load(db: sqlite3.Connection, mirror: MemoryStore, bad: list[bytes]) -> str |
         mirror.put_name_owner(name, uid, claimed_at)
     for name, seen in db.execute("SELECT instance_id, last_seen FROM instances"):
         mirror.touch_instance(name, seen)
-    max_id = ""
-    for row in db.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY id"):
-        item = message_from_row(*row)
-        if item is None:
-            bad.append(row[0])
-            max_id = max(max_id, bytes(row[0]).decode(errors="replace"))
-            continue
-        mirror.restore(item)
-        max_id = item.message.id
     for old, new, until in db.execute("SELECT old, new, until FROM forwards"):
         mirror.put_forward(old, new, until)
-    # Idempotency keys stay in the table (read by primary key: store/idempotency.py); only their ids count.
-    for (mid,) in db.execute("SELECT max(id) FROM idempotency"):
-        max_id = max(max_id, mid or "")
-    for (last_id,) in db.execute("SELECT value FROM meta WHERE key = 'last_id' UNION ALL "
-                                 "SELECT CAST(max(id) AS TEXT) FROM quarantine WHERE id IS NOT NULL"):
-        max_id = max(max_id, last_id or "")
+    max_id = ""
+    for (top,) in db.execute("SELECT max(id) FROM messages UNION ALL SELECT max(id) FROM idempotency "
+                             "UNION ALL SELECT value FROM meta WHERE key = 'last_id' UNION ALL "
+                             "SELECT CAST(max(id) AS TEXT) FROM quarantine WHERE id IS NOT NULL"):
+        max_id = max(max_id, top or "")
     return max_id or None
 
 
@@ -250,39 +254,12 @@ def message_from_row(mid: bytes, box: bytes, sender: bytes, content: bytes, data
             fields[0], fields[2], fields[5], fields[3], data, fields[4])
     except (AttributeError, TypeError, UnicodeDecodeError):
         return None
-    if not ok:
+    if not ok or type(size) is not int:
         return None
     payload, reply_to = decode_data(data)
     msg = Message(id=fields[0], from_=fields[2], to=fields[5] or fields[1], content=fields[3],
                   data=payload, sent_at=fields[4], reply_to=reply_to)
     return StoredMessage(msg, fields[1], size, until)
-
-
-def quarantine(db: sqlite3.Connection, ids: list[bytes], now: float) -> list[tuple[str, str]]:
-    """Move the message rows ``ids`` (raw id bytes, from :func:`load`) into the ``quarantine``
-    table, in one transaction: they are never delivered, and stay for an operator to inspect.
-    Returns ``(id, mailbox)`` of each, decoded with U+FFFD for bytes that are not UTF-8 (for
-    the ``message_quarantined`` audit event; the content is never returned).
-
-    Raises:
-        sqlite3.Error: the move failed (rolled back; the rows stay, and are not loaded).
-    """
-    out: list[tuple[str, str]] = []
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for mid in ids:
-            for (box,) in db.execute("SELECT CAST(mailbox AS BLOB) FROM messages WHERE id = CAST(? AS TEXT)", (mid,)):
-                out.append((mid.decode(errors="replace"), bytes(box or b"").decode(errors="replace")))
-            db.execute("INSERT OR REPLACE INTO quarantine (id, mailbox, sender, content, data, sent_at, "
-                       "recipient, checksum, quarantined_at) SELECT CAST(id AS BLOB), CAST(mailbox AS BLOB), "
-                       "CAST(sender AS BLOB), CAST(content AS BLOB), data, CAST(sent_at AS BLOB), "
-                       "CAST(recipient AS BLOB), checksum, ? FROM messages WHERE id = CAST(? AS TEXT)", (now, mid))
-            db.execute("DELETE FROM messages WHERE id = CAST(? AS TEXT)", (mid,))
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    return out
 
 
 def quick_check(path: str, timeout_s: float = 2.0) -> str | None:

@@ -1,9 +1,13 @@
-"""The durable store: SQLite (standard library) behind an in-memory mirror, with a write journal.
+"""The durable store: SQLite (standard library) as the source of truth for messages, with a
+write journal.
 
-Reads never touch the database but for idempotency keys (:mod:`.idempotency`). It *holds* a
-:class:`~parrot_ipc.store.memory.MemoryStore` (the mirror), loaded from the database at start,
-so ``receive`` costs what it costs in memory: O(k log n) for k messages whatever the depth.
-Every mutation goes to the mirror and appends one journal op (:mod:`parrot_ipc.store.ops`),
+Messages live in the ``messages`` table: the store *is* a
+:class:`~parrot_ipc.store.mailboxes.DiskMailboxes`, which holds each mailbox's counts and the
+ids a live connection needs, reads pages of a mailbox through an index, and caches bodies
+within ``store_cache_bytes`` (issue 14). Idempotency keys are read from their table
+(:mod:`.idempotency`). Sessions, name owners, last-seen times and forwards are few and small:
+they are served from a :class:`~parrot_ipc.store.memory.MemoryStore` (the mirror), loaded at
+start. Every mutation appends one journal op (:mod:`parrot_ipc.store.ops`),
 raising ``written_seq``. The trio shell's committer takes the pending ops
 (:meth:`SqliteStore.take_pending`) and writes them in one transaction in a worker thread
 (:meth:`SqliteStore.apply_ops`); no response that saw a mutation is sent before that
@@ -32,22 +36,20 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-from ..core.protocol import Message, SendResult
-from .base import Session, StoredMessage
+from ..core.protocol import SendResult
+from .base import Session
 from .idempotency import IdempotencyIndex
+from .mailboxes import DiskMailboxes
 from .memory import MemoryStore
 from .ops import (
     DeleteForward,
     DeleteInstance,
-    DeleteMessages,
     DeleteNameOwner,
     DeleteSession,
-    MoveMailbox,
     Op,
     Purge,
     PutForward,
     PutIdempotent,
-    PutMessage,
     PutNameOwner,
     PutSession,
     SetLease,
@@ -55,7 +57,7 @@ from .ops import (
     roll_back_lease,
     write,
 )
-from .schema import MIGRATIONS, SCHEMA_VERSION, connect, load, migrate, quarantine, startup_error
+from .schema import MIGRATIONS, SCHEMA_VERSION, connect, load, migrate, startup_error
 from .statedir import (
     DB_NAME,
     LOCK_NAME,
@@ -70,6 +72,8 @@ from .statedir import (
 __all__ = ["CHECKPOINT_EVERY_COMMITS", "DB_NAME", "LOCK_NAME", "MIGRATIONS", "SCHEMA_VERSION",
            "SYSTEM_STATE_DIR", "SqliteStore", "default_state_dir", "migrate"]
 
+#: The default bound of the message body cache, in bytes (config ``store_cache_bytes``).
+DEFAULT_CACHE_BYTES = 8 * 1024 * 1024
 #: Commits between WAL checkpoints (autocheckpoint is off; see :meth:`SqliteStore.checkpoint`).
 CHECKPOINT_EVERY_COMMITS = 256
 #: Seconds a stored ``last_seen`` may lag the mirror's: an instance's row is rewritten only once
@@ -78,7 +82,7 @@ CHECKPOINT_EVERY_COMMITS = 256
 LAST_SEEN_LAG_S = 1.0
 
 
-class SqliteStore:
+class SqliteStore(DiskMailboxes):
     """A durable :class:`~parrot_ipc.store.base.Store` and
     :class:`~parrot_ipc.store.base.Journaled`: a memory mirror plus an SQLite journal.
 
@@ -101,7 +105,11 @@ class SqliteStore:
             audits each as ``message_quarantined``.
     """
 
-    def __init__(self, db: sqlite3.Connection, path: str, lock_fd: int | None) -> None:
+    def __init__(self, db: sqlite3.Connection, path: str, lock_fd: int | None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        read = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        read.execute("PRAGMA query_only = 1")
+        super().__init__(read, cache_bytes)
         self.path = path
         self._db = db
         self._lock_fd = lock_fd
@@ -112,22 +120,23 @@ class SqliteStore:
         self._stored_seen: dict[str, float] = {}  # last_seen as last journaled, per instance
         self.written_seq = 0
         self.max_id: str | None = None
-        self.quarantined: list[tuple[str, str]] = []
         self._commits_since_checkpoint = 0
         self._idem = IdempotencyIndex(path)  # keys live in SQLite, not in the mirror
 
     # ------------------------------------------------------------------ open / close
     @classmethod
     def open(cls, state_dir: str, *, durability: Literal["normal", "fsync"] = "normal",
-             clock: Callable[[], float] = time.time, euid: int | None = None) -> SqliteStore:
-        """Open (creating if needed) the store in ``state_dir`` and load it into the mirror.
+             clock: Callable[[], float] = time.time, euid: int | None = None,
+             cache_bytes: int = DEFAULT_CACHE_BYTES) -> SqliteStore:
+        """Open (creating if needed) the store in ``state_dir``: load sessions, names and
+        forwards into the mirror, and each mailbox's counts (never a message body).
 
         Creates the directory 0700 and ``parrot.db`` 0600 (both must be owned by ``euid``,
         default the effective UID), takes ``broker.lock``, sets WAL mode and ``synchronous``
         (NORMAL, or FULL for ``durability="fsync"``; https://sqlite.org/pragma.html#pragma_synchronous),
         migrates the schema, drops sessions/forwards/idempotency keys expired by ``clock()``
-        (seconds since the epoch), and loads the rest. Message rows that fail their checksum
-        are moved to the ``quarantine`` table instead (listed in :attr:`quarantined`).
+        (seconds since the epoch), and loads the rest. ``cache_bytes`` bounds the message body
+        cache (bytes). Message rows are checked when read (:mod:`parrot_ipc.store.mailboxes`).
 
         Raises:
             StartupError: one line, ``refusing to start: ...``, with the path and the cause:
@@ -146,11 +155,9 @@ class SqliteStore:
                 db = connect(path, durability, clock())
             finally:
                 os.umask(old_umask)
-            store = cls(db, path, lock_fd)
-            bad: list[bytes] = []
-            store.max_id = load(db, store._mirror, bad)
-            if bad:
-                store.quarantined = quarantine(db, bad, clock())
+            store = cls(db, path, lock_fd, cache_bytes)
+            store.max_id = load(db, store._mirror)
+            store.load_mailboxes(db, clock())
             return store
         except BaseException as exc:
             close_quietly(db, lock_fd)
@@ -181,6 +188,7 @@ class SqliteStore:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._idem.close()
+            self._read.close()
             close_quietly(self._db, self._lock_fd)
             self._lock_fd = None
 
@@ -209,7 +217,7 @@ class SqliteStore:
         to 0, except the ids for which ``keep_lease(id)`` is True (pushes still waiting for a
         commit to be sent: their lease stands and is retried with them).
         """
-        self._pending[:0] = [roll_back_lease(op, self._mirror.unlease, keep_lease)
+        self._pending[:0] = [roll_back_lease(op, self.unlease, keep_lease)
                              if isinstance(op, SetLease) and op.until > 0 else op for op in ops]
 
     def apply_ops(self, ops: list[Op]) -> None:
@@ -229,6 +237,7 @@ class SqliteStore:
                 db.execute("ROLLBACK")
             raise
         self._idem.committed(ops)  # after COMMIT: see parrot_ipc.store.idempotency
+        self.committed(ops)  # after COMMIT: see parrot_ipc.store.mailboxes
         self._commits_since_checkpoint += 1
 
     def checkpoint_due(self) -> bool:
@@ -325,61 +334,6 @@ class SqliteStore:
     def name_owners(self) -> Iterable[tuple[str, int]]:
         """Read from the mirror (:meth:`MemoryStore.name_owners`)."""
         return self._mirror.name_owners()
-
-    # ------------------------------------------------------------------ mailboxes
-    def enqueue(self, item: StoredMessage) -> None:
-        """Mirror, then journal :class:`~parrot_ipc.store.ops.PutMessage`."""
-        self._mirror.enqueue(item)
-        self._journal(PutMessage.of(item))
-
-    def mailbox_usage(self, mailbox: str) -> tuple[int, int]:
-        """Read from the mirror (:meth:`MemoryStore.mailbox_usage`): ``(count, bytes)``."""
-        return self._mirror.mailbox_usage(mailbox)
-
-    def lease(self, mailbox: str, max_count: int, lease_until: float) -> list[Message]:
-        """Mirror, then journal :class:`~parrot_ipc.store.ops.SetLease` if anything was leased."""
-        out = self._mirror.lease(mailbox, max_count, lease_until)
-        if out:
-            self._journal(SetLease(lease_until, tuple(m.id for m in out), mailbox))
-        return out
-
-    def ack(self, mailbox: str, ids: Iterable[str]) -> list[str]:
-        """Mirror, then journal :class:`~parrot_ipc.store.ops.DeleteMessages` for the ids found."""
-        done = self._mirror.ack(mailbox, ids)
-        if done:
-            self._journal(DeleteMessages(tuple(done)))
-        return done
-
-    def release_expired(self, now: float) -> list[StoredMessage]:
-        """Mirror, then journal :class:`~parrot_ipc.store.ops.SetLease` to 0 for those released."""
-        out = self._mirror.release_expired(now)
-        if out:
-            self._journal(SetLease(0.0, tuple(item.message.id for item in out)))
-        return out
-
-    def next_lease_expiry(self) -> float | None:
-        """Read from the mirror (:meth:`MemoryStore.next_lease_expiry`): seconds, or None."""
-        return self._mirror.next_lease_expiry()
-
-    def move_mailbox(self, old: str, new: str) -> None:
-        """Mirror, then journal :class:`~parrot_ipc.store.ops.MoveMailbox`."""
-        self._mirror.move_mailbox(old, new)
-        self._journal(MoveMailbox(old, new))
-
-    def mailbox_names(self) -> Iterable[str]:
-        """Read from the mirror (:meth:`MemoryStore.mailbox_names`)."""
-        return self._mirror.mailbox_names()
-
-    def queued(self, mailbox: str) -> list[StoredMessage]:
-        """Read from the mirror (:meth:`MemoryStore.queued`)."""
-        return self._mirror.queued(mailbox)
-
-    def expire_mail(self, mailbox: str, before_id: str) -> list[str]:
-        """Mirror, then journal :class:`~parrot_ipc.store.ops.DeleteMessages` for those deleted."""
-        gone = self._mirror.expire_mail(mailbox, before_id)
-        if gone:
-            self._journal(DeleteMessages(tuple(gone)))
-        return gone
 
     # ------------------------------------------------------------------ forwards
     def put_forward(self, old: str, new: str, until: float) -> None:

@@ -1,0 +1,135 @@
+"""What :mod:`parrot_ipc.store.mailboxes` holds in memory per mailbox and per live id, and the
+SQL it reads pages with (issue 14). Ids are 18 lowercase hex digits (``core/timefmt.py``) and
+compare as strings; times are seconds since the epoch; sizes are bytes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import sqlite3
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from .schema import MESSAGE_COLUMNS
+
+if TYPE_CHECKING:
+    from .ops import MoveMailbox
+
+#: An id above every message id (ids are 18 lowercase hex digits): the floor of a mailbox
+#: with no committed row yet.
+TOP: Final = "~"
+#: Rows read at least per page (a page brings ids and bodies into memory).
+PAGE_MIN: Final = 16
+#: Stale lease-heap entries tolerated before the heap is rebuilt (as in MemoryStore).
+LEASE_COMPACT_MIN: Final = 1024
+
+#: Entry states: ready in the heap, queued and not yet committed, leased.
+READY, PENDING, LEASED = 0, 1, 2
+
+PAGE_SQL: Final = (f"SELECT {MESSAGE_COLUMNS}, payer FROM messages WHERE mailbox = ? AND id > ? AND id >= ? "
+                    "AND id <= ? ORDER BY id LIMIT ?")
+ROWS_SQL: Final = f"SELECT {MESSAGE_COLUMNS}, payer FROM messages WHERE id IN (%s)"
+META_SQL: Final = "SELECT id, mailbox, size_bytes, payer FROM messages WHERE id IN (%s)"
+
+
+class Entry:
+    """A message id held in memory: its mailbox, size (bytes), payer (UID or None), state
+    (:data:`READY`, :data:`PENDING` or :data:`LEASED`) and lease deadline (0 unless leased)."""
+
+    __slots__ = ("box", "payer", "size", "state", "until")
+
+    def __init__(self, box: str, size: int, payer: int | None, state: int, until: float = 0.0) -> None:
+        self.box, self.size, self.payer, self.state, self.until = box, size, payer, state, until
+
+
+@dataclass(slots=True)
+class Box:
+    """One mailbox: counts, ready ids in memory (a heap), ids not yet committed (in id order),
+    its disk range ``(after, hi]`` with ``floor``, ranges moved in and waiting for their commit,
+    and the set of its ids held in memory."""
+
+    name: str
+    count: int = 0
+    size_bytes: int = 0
+    ready: list[str] = field(default_factory=list)
+    pending: deque[str] = field(default_factory=deque)
+    after: str = ""
+    hi: str = ""
+    floor: str = TOP
+    waiting: list[tuple[str, str, str]] = field(default_factory=list)  # (after, hi, floor)
+    moved_by: MoveMailbox | None = None
+    mem: set[str] = field(default_factory=set)
+
+    def disk(self) -> bool:
+        """True while the disk range may still hold ready rows."""
+        return self.after < self.hi
+
+    def open_waiting(self) -> None:
+        """The rename that moved the waiting ranges in is committed (every row now carries
+        this box's name): they join the disk range."""
+        for after, hi, floor in self.waiting:
+            self.after = min(self.after, after) if self.disk() else after
+            self.hi = max(self.hi, hi)
+            self.floor = min(self.floor, floor)
+        self.waiting.clear()
+        self.moved_by = None
+
+    def merge(self, src: Box, mem: dict[str, Entry]) -> None:
+        """Take in every message of ``src`` (renamed into this box; ``mem`` entries already
+        name this box): counts and ids in memory at once. Ids not yet committed, of both, join
+        the ready heap (in id order there; they stay in memory until leased: a rename is rare
+        and the commit window short). ``src``'s disk range waits in :attr:`waiting`."""
+        self.mem |= src.mem
+        self.count += src.count
+        self.size_bytes += src.size_bytes
+        self.ready.extend(src.ready)
+        for mid in (*src.pending, *self.pending):
+            e = mem.get(mid)
+            if e is not None and e.state == PENDING and e.box == self.name:
+                e.state = READY
+                self.ready.append(mid)
+        self.pending.clear()
+        heapq.heapify(self.ready)
+        self.waiting += src.waiting
+        if src.disk():
+            self.waiting.append((src.after, src.hi, src.floor))
+
+
+def read_boxes(db: sqlite3.Connection, now: float, boxes: dict[str, Box], mem: dict[str, Entry],
+               lease_heap: list[tuple[float, str]]) -> Iterator[tuple[int | None, int, int]]:
+    """Fill ``boxes`` (counts, bytes, disk range: every row) from the covering index
+    ``messages_by_mailbox``, and ``mem`` and ``lease_heap`` with the leases still running at
+    ``now`` (the partial index ``messages_leased``); no message body is read. Yields
+    ``(payer, bytes, messages)`` per paying UID and mailbox, for the charges.
+
+    Raises:
+        sqlite3.Error: a read failed.
+        TypeError: a row's size or payer is not an integer (a damaged row ``quick_check`` let
+            through; the caller refuses to start in one line).
+    """
+    for name, payer, count, size, top, bad in db.execute(
+            "SELECT mailbox, payer, count(*), sum(size_bytes), max(id), sum(typeof(size_bytes) != 'integer' "
+            "OR typeof(payer) NOT IN ('integer', 'null')) FROM messages GROUP BY mailbox, payer"):
+        if bad or not isinstance(name, str):
+            raise TypeError(f"{bad} row(s) of mailbox {name!r} have a size or payer that is not an integer")
+        box = boxes.get(name) or boxes.setdefault(name, Box(name, floor=""))
+        box.count += count
+        box.size_bytes += size
+        box.hi = max(box.hi, top)
+        yield payer, size, count
+    for mid, name, size, payer, until in db.execute(
+            "SELECT id, mailbox, size_bytes, payer, lease_until FROM messages "
+            "WHERE lease_until > 0 AND lease_until > ?", (now,)):
+        mem[mid] = Entry(name, size, payer, LEASED, until)
+        boxes[name].mem.add(mid)
+        lease_heap.append((until, mid))
+    heapq.heapify(lease_heap)
+
+
+def compact_leases(heap: list[tuple[float, str]], mem: dict[str, Entry]) -> None:
+    """Rebuild the lease heap ``(until, id)`` without its stale entries (acked, released or
+    re-leased since): O(n), run once stale entries are over half of it."""
+    heap[:] = [(u, mid) for u, mid in heap if (e := mem.get(mid)) is not None and e.state == LEASED and e.until == u]
+    heapq.heapify(heap)
