@@ -28,8 +28,13 @@ LEASE_COMPACT_MIN: Final = 1024
 #: Entry states: ready in the heap, queued and not yet committed, leased.
 READY, PENDING, LEASED = 0, 1, 2
 
-PAGE_SQL: Final = (f"SELECT {MESSAGE_COLUMNS}, payer FROM messages WHERE mailbox = ? AND id > ? AND id >= ? "
-                    "AND id <= ? ORDER BY id LIMIT ?")
+#: A page of a mailbox's disk range: ids (raw bytes), sizes and payers only, from the covering
+#: index ``messages_by_mailbox`` (no table access); bodies are read when leased (:data:`ROWS_SQL`).
+PAGE_SQL: Final = ("SELECT CAST(id AS BLOB), size_bytes, payer FROM messages WHERE mailbox = ? AND id > ? "
+                   "AND id >= ? AND id <= ? ORDER BY id LIMIT ?")
+#: Every row of a mailbox's disk range, bodies included (``queued``: tests and tools).
+RANGE_SQL: Final = (f"SELECT {MESSAGE_COLUMNS}, payer FROM messages WHERE mailbox = ? AND id > ? AND id >= ? "
+                    "AND id <= ? ORDER BY id")
 ROWS_SQL: Final = f"SELECT {MESSAGE_COLUMNS}, payer FROM messages WHERE id IN (%s)"
 META_SQL: Final = "SELECT id, mailbox, size_bytes, payer FROM messages WHERE id IN (%s)"
 

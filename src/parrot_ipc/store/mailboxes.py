@@ -44,6 +44,7 @@ from .boxes import (
     PAGE_MIN,
     PAGE_SQL,
     PENDING,
+    RANGE_SQL,
     READY,
     ROWS_SQL,
     Box,
@@ -91,8 +92,8 @@ class DiskMailboxes:
         self.quarantined: list[tuple[str, str]] = []
         self.on_quarantine: Callable[[str, str], None] | None = None
 
-    def _journal(self, op: Op) -> None:
-        raise NotImplementedError  # SqliteStore journals
+    def _journal(self, op: Op) -> None:  # SqliteStore journals
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ open / commit
     def load_mailboxes(self, db: sqlite3.Connection, now: float) -> None:
@@ -151,8 +152,7 @@ class DiskMailboxes:
 
     def _moved(self, op: MoveMailbox) -> None:
         """The rename ``op`` is committed: its box's waiting ranges join its disk range."""
-        name = self._moves.pop(id(op), None)
-        box = self._boxes.get(name) if name is not None else None
+        box = self._boxes.get(self._moves.pop(id(op), ""))
         if box is not None and box.moved_by is op:
             box.open_waiting()
 
@@ -230,22 +230,22 @@ class DiskMailboxes:
         return (e := self._mem.get(mid)) is not None and e.state == state and e.box == name
 
     def _page_in(self, box: Box, limit: int) -> None:
-        """Read the next ``limit`` rows of ``box``'s disk range into memory (ready ids, bodies
-        cached); ``after`` moves past them, or to ``hi`` when the range is done."""
+        """Read the next ``limit`` ids of ``box``'s disk range into memory (ready; from the
+        covering index, bodies are read when leased); ``after`` moves past them, or to ``hi``
+        when the range is done. An id that is not UTF-8 any more is quarantined."""
         rows = self._read.execute(PAGE_SQL, (box.name, box.after, box.floor, box.hi, limit)).fetchall()
         box.after = bytes(rows[-1][0]).decode(errors="replace") if len(rows) == limit else box.hi
-        for row in rows:
-            mid = bytes(row[0]).decode(errors="replace")
+        for raw, size, payer in rows:
+            try:
+                mid = bytes(raw).decode()
+            except UnicodeDecodeError:
+                self._quarantine(box, raw, size, payer)
+                continue
             if mid in self._mem or mid in self._gone:
                 continue
-            item = message_from_row(*row[:10])
-            if item is None:
-                self._quarantine(box, row[0], row[6], row[10])
-                continue
-            self._mem[mid] = Entry(box.name, item.size_bytes, row[10], READY)
+            self._mem[mid] = Entry(box.name, size, payer, READY)
             box.mem.add(mid)
             heapq.heappush(box.ready, mid)
-            self._bodies.put(mid, item.message, item.size_bytes)
 
     def _messages(self, box: Box, ids: list[str]) -> list[Message]:
         """The bodies of ``ids`` (leased in ``box``), in order: from memory, else one primary-key
@@ -407,7 +407,7 @@ class DiskMailboxes:
             return []
         out: dict[str, StoredMessage] = {}
         if box.disk():
-            for row in self._read.execute(PAGE_SQL, (mailbox, box.after, box.floor, box.hi, -1)):
+            for row in self._read.execute(RANGE_SQL, (mailbox, box.after, box.floor, box.hi)):
                 item = message_from_row(*row[:10])
                 if item is not None and item.message.id not in self._gone and item.message.id not in self._mem:
                     item.payer = row[10]
