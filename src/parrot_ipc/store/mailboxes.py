@@ -95,7 +95,6 @@ class DiskMailboxes:
     def _journal(self, op: Op) -> None:  # SqliteStore journals
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ open / commit
     def load_mailboxes(self, db: sqlite3.Connection, now: float) -> None:
         """Read each mailbox's counts, bytes and payers, and the leases still running at
         ``now``, from the covering and partial indexes (:func:`parrot_ipc.store.boxes.read_boxes`).
@@ -115,17 +114,19 @@ class DiskMailboxes:
     def _drain(self) -> None:
         """Take in the batches committed since the last call: forget committed deletes, let
         committed ready messages leave memory, and open ranges moved by committed renames."""
+        unflushed, mem, top = self._unflushed, self._mem, self._committed_top
         while self._done:
             for op in self._done.popleft():
                 if isinstance(op, PutMessage):
-                    self._committed_top = max(self._committed_top, op.id)
-                    body = self._unflushed.pop(op.id, None)
-                    if body is not None:
+                    top = op.id if op.id > top else top
+                    body = unflushed.pop(op.id, None)
+                    if body is not None and (e := mem.get(op.id)) is not None and e.state == PENDING:
                         self._bodies.put(op.id, body, op.size_bytes)
                 elif isinstance(op, DeleteMessages | QuarantineMessages):
                     self._gone.difference_update(op.ids if isinstance(op, DeleteMessages) else op.text_ids())
                 elif isinstance(op, MoveMailbox):
                     self._moved(op)
+            self._committed_top = top
             for name in list(self._pending_boxes):
                 self._spill(name)
 
@@ -176,8 +177,7 @@ class DiskMailboxes:
 
     def mailbox_usage(self, mailbox: str) -> tuple[int, int]:
         """:meth:`~parrot_ipc.store.base.Store.mailbox_usage`: ``(count, bytes)``, O(1)."""
-        box = self._boxes.get(mailbox)
-        return (box.count, box.size_bytes) if box else (0, 0)
+        return (box.count, box.size_bytes) if (box := self._boxes.get(mailbox)) else (0, 0)
 
     def sender_usage(self, uid: int) -> tuple[int, int]:
         """:meth:`~parrot_ipc.store.base.Store.sender_usage`: ``(count, bytes)``, O(1)."""
