@@ -5,7 +5,7 @@ A durable broker used to keep every ``(sender, key)`` it had seen in the in-memo
 keeps only the keys written and not yet committed (the journal ops still pending or in the
 writer thread's batch); every other lookup is one primary-key read of the ``idempotency``
 table (``PRIMARY KEY (sender, key)``: a b-tree lookup of a few microseconds, so it may run on
-the event loop). The read uses its own connection, so it never waits on the writer thread's
+the event loop). The read uses the store's read-only connection, so it never waits on the writer thread's
 transaction (WAL mode: readers do not block writers nor writers readers,
 https://sqlite.org/wal.html).
 
@@ -34,16 +34,13 @@ class IdempotencyIndex:
     in a dict, committed ones in the ``idempotency`` table only.
 
     Args:
-        path: the database file, opened here a second time, read-only (``PRAGMA query_only``),
-            for the event loop's lookups.
-
-    Raises:
-        sqlite3.Error: the database cannot be opened.
+        read_db: the store's read-only connection for the event loop's lookups (the one
+            :class:`~parrot_ipc.store.mailboxes.DiskMailboxes` reads pages with; its owner
+            closes it).
     """
 
-    def __init__(self, path: str) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA query_only = 1")
+    def __init__(self, read_db: sqlite3.Connection) -> None:
+        self._db = read_db
         self._uncommitted: dict[tuple[str, str], tuple[PutIdempotent, SendResult]] = {}
         # committed() runs in the writer thread; put() and purge() on the event loop.
         self._lock = threading.Lock()
@@ -93,7 +90,3 @@ class IdempotencyIndex:
     def uncommitted_count(self) -> int:
         """How many keys are held in memory (written, not yet committed)."""
         return len(self._uncommitted)
-
-    def close(self) -> None:
-        """Close the read connection."""
-        self._db.close()

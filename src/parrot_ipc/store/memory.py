@@ -217,23 +217,6 @@ class MemoryStore:
         heapq.heapify(heap)
         self._stale_leases = 0
 
-    def unlease(self, mailbox: str, ids: list[str], until: float) -> list[str]:
-        """Make the messages ``ids`` of ``mailbox`` ready again if they are still leased until
-        ``until`` (a lease whose commit failed, issue 14); their lease-heap entries go stale.
-        Not a :class:`~parrot_ipc.store.base.Store` method. Returns the ids made ready; O(k log n)."""
-        box = self._boxes.get(mailbox)
-        if box is None:
-            return []
-        done = []
-        for mid in ids:
-            item = box.msgs.get(mid)
-            if item is not None and item.lease_until == until:
-                item.lease_until = 0.0
-                heapq.heappush(box.ready, mid)
-                done.append(mid)
-        self._stale_leases += len(done)
-        return done
-
     def next_lease_expiry(self) -> float | None:
         """:meth:`~parrot_ipc.store.base.Store.next_lease_expiry`: seconds since the epoch, or None; O(1)."""
         return self._lease_heap[0][0] if self._lease_heap else None
@@ -285,17 +268,6 @@ class MemoryStore:
                 break
             old.append(mid)
         return self.ack(mailbox, old) if old else []
-
-    def restore(self, item: StoredMessage) -> None:
-        """Put back a message read from a durable store, with its lease: ``item.lease_until``
-        is 0 (ready) or the lease deadline in seconds since the epoch. Not a
-        :class:`~parrot_ipc.store.base.Store` method: loading is not a mutation to journal."""
-        until = item.lease_until
-        item.lease_until = 0.0
-        self.enqueue(item)
-        if until > 0:
-            item.lease_until = until
-            heapq.heappush(self._lease_heap, (until, item.mailbox, item.message.id))
 
     # forwards ---------------------------------------------------------------
     def put_forward(self, old: str, new: str, until: float) -> None:

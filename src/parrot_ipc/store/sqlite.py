@@ -121,7 +121,7 @@ class SqliteStore(DiskMailboxes):
         self.written_seq = 0
         self.max_id: str | None = None
         self._commits_since_checkpoint = 0
-        self._idem = IdempotencyIndex(path)  # keys live in SQLite, not in the mirror
+        self._idem = IdempotencyIndex(read)  # keys live in SQLite, not in the mirror
 
     # ------------------------------------------------------------------ open / close
     @classmethod
@@ -148,6 +148,7 @@ class SqliteStore(DiskMailboxes):
         lock_fd = lock_state(state_dir, euid)
         path = os.path.join(state_dir, DB_NAME)
         db: sqlite3.Connection | None = None
+        store: SqliteStore | None = None
         try:
             ensure_db_file(path, euid)
             old_umask = os.umask(0o077)  # the -wal and -shm files too
@@ -160,6 +161,8 @@ class SqliteStore(DiskMailboxes):
             store.load_mailboxes(db, clock())
             return store
         except BaseException as exc:
+            if store is not None:
+                store._read.close()
             close_quietly(db, lock_fd)
             err = startup_error(path, exc)
             if err is exc:
@@ -187,7 +190,6 @@ class SqliteStore(DiskMailboxes):
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
-            self._idem.close()
             self._read.close()
             close_quietly(self._db, self._lock_fd)
             self._lock_fd = None
