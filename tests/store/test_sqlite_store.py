@@ -14,6 +14,7 @@ from msgspec import UNSET
 from parrot_ipc.core.protocol import Message, SendResult
 from parrot_ipc.errors import StartupError
 from parrot_ipc.store import Session, StoredMessage
+from parrot_ipc.store.boxes import LEASED
 from parrot_ipc.store.sqlite import DB_NAME, MIGRATIONS, SCHEMA_VERSION, SqliteStore, migrate
 
 NOW = 1_800_000_000.0
@@ -35,7 +36,8 @@ def _msg(mid: str, to: str, content: str = "hi", data: dict[str, Any] | None = N
 
 
 def _snapshot(s: SqliteStore) -> dict[str, Any]:
-    """The mirror's whole state, in comparable form."""
+    """The store's whole state, in comparable form: the mirror (sessions, names, forwards) and
+    every queued message (read back from SQLite, issue 14) with its lease and payer."""
     m = s._mirror
 
     def sess(x: Session) -> tuple[Any, ...]:
@@ -45,10 +47,9 @@ def _snapshot(s: SqliteStore) -> dict[str, Any]:
         "sessions": {h: sess(x) for h, x in m._sessions.items()},
         "by_instance": {n: x.token_hash for n, x in m._by_instance.items()},
         "last_seen": dict(m._last_seen),
-        "boxes": {n: ([(mid, i.message, i.size_bytes, i.lease_until) for mid, i in b.msgs.items()], b.size_bytes)
-                  for n, b in m._boxes.items()},
-        "ready": {n: sorted(mid for mid in b.ready if not b.msgs[mid].lease_until) for n, b in m._boxes.items()},
-        "leases": sorted((u, mid) for u, box, mid in m._lease_heap if m._leased(u, box, mid) is not None),
+        "boxes": {n: ([(i.message.id, i.message, i.size_bytes, i.lease_until, i.payer) for i in s.queued(n)],
+                      s.mailbox_usage(n)) for n in sorted(s.mailbox_names())},
+        "leases": sorted((e.until, mid) for mid, e in s._mem.items() if e.state == LEASED),
         "forwards": dict(m._forwards),
         "idem": dict(m._idem),
     }

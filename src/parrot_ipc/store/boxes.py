@@ -106,7 +106,7 @@ def read_boxes(db: sqlite3.Connection, now: float, boxes: dict[str, Box], mem: d
                lease_heap: list[tuple[float, str]]) -> Iterator[tuple[int | None, int, int]]:
     """Fill ``boxes`` (counts, bytes, disk range: every row) from the covering index
     ``messages_by_mailbox``, and ``mem`` and ``lease_heap`` with the leases still running at
-    ``now`` (the partial index ``messages_leased``); no message body is read. Yields
+    ``now`` (a second scan of the same covering index); no message body is read. Yields
     ``(payer, bytes, messages)`` per paying UID and mailbox, for the charges.
 
     Raises:
@@ -125,8 +125,8 @@ def read_boxes(db: sqlite3.Connection, now: float, boxes: dict[str, Box], mem: d
         box.hi = max(box.hi, top)
         yield payer, size, count
     for mid, name, size, payer, until in db.execute(
-            "SELECT id, mailbox, size_bytes, payer, lease_until FROM messages "
-            "WHERE lease_until > 0 AND lease_until > ?", (now,)):
+            "SELECT id, mailbox, size_bytes, payer, lease_until FROM messages INDEXED BY messages_by_mailbox "
+            "WHERE lease_until > ?", (now,)):
         mem[mid] = Entry(name, size, payer, LEASED, until)
         boxes[name].mem.add(mid)
         lease_heap.append((until, mid))

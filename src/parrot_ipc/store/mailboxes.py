@@ -97,7 +97,7 @@ class DiskMailboxes:
 
     def load_mailboxes(self, db: sqlite3.Connection, now: float) -> None:
         """Read each mailbox's counts, bytes and payers, and the leases still running at
-        ``now``, from the covering and partial indexes (:func:`parrot_ipc.store.boxes.read_boxes`).
+        ``now``, from the covering index (:func:`parrot_ipc.store.boxes.read_boxes`).
 
         Raises:
             sqlite3.Error: a read failed.

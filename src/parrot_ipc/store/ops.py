@@ -101,7 +101,8 @@ def decode_data(blob: bytes | None) -> tuple[Any, Any]:
 
 
 class SetLease(Op, frozen=True, gc=False):
-    """Set ``lease_until`` (seconds since the epoch; 0 = ready again) on the messages ``ids``;
+    """Lease the messages ``ids`` until ``until`` (seconds since the epoch; 0 = ready again), in
+    the ``leases`` table;
     ``mailbox`` is the mailbox a lease (``until`` > 0) was taken in, so a failed commit can
     roll the lease back in memory (``""`` when releasing: not written to the database)."""
 
@@ -292,6 +293,9 @@ SQL: Final[Mapping[type[Op], tuple[Write, ...]]] = {
                        "size_bytes, recipient, checksum, payer, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"),),
     QuarantineMessages: (Write(QUARANTINE_SQL, _raw_id_rows),
                          Write("DELETE FROM messages WHERE id = CAST(? AS TEXT)", _raw_id_rows)),
+    # A lease is a row of ``leases`` (schema version 6: the message row is not rewritten); a
+    # release sets it to 0, and the row goes with its message. One statement, so the order of
+    # the ops in a run holds.
     SetLease: (Write("UPDATE messages SET lease_until = ? WHERE id = ?", _lease_rows),),
     DeleteMessages: (Write("DELETE FROM messages WHERE id = ?", _id_rows),),
     MoveMailbox: (Write("UPDATE messages SET mailbox = ?2 WHERE mailbox = ?1"),),
