@@ -99,7 +99,8 @@ def open_store(kind: Literal["sqlite", "memory"], state_dir: str | None, config:
     from ..store.sqlite import SqliteStore, default_state_dir
 
     path = state_dir or default_state_dir()
-    store = SqliteStore.open(path, durability=config.durability, cache_bytes=config.store_cache_bytes)
+    store = SqliteStore.open(path, durability=config.durability, cache_bytes=config.store_cache_bytes,
+                             defer_mail=True)  # quick_check and mailboxes: _serve's opening
     log.info("state: %s (durability %s, body cache %d bytes)", store.path, config.durability,
              config.store_cache_bytes)
 
@@ -221,8 +222,10 @@ def _serve(socket_path: str, loaded: LoadedConfig, st: Store, config_path: str |
         release()
         supervisor.stopping()
 
+    open_mail = getattr(st, "open_mail", None)  # the SQLite store's deferred half (issue 14)
     server = BrokerServer(broker, socket_listener(listener), identify=identify_socket_stream, clock=clock,
-                          on_listener_closed=on_listener_closed)
+                          on_listener_closed=on_listener_closed,
+                          opening=None if open_mail is None else lambda: open_mail(time.time()))
     log.info("parrot-ipc broker listening on %s (uid %d, pid %d, policy %s)", where, os.geteuid(),
              os.getpid(),
              "default" if loaded.rules is None else f"{len(loaded.rules)} rule(s) from {loaded.path}")
@@ -232,3 +235,5 @@ def _serve(socket_path: str, loaded: LoadedConfig, st: Store, config_path: str |
         release()
         listener.close()
         supervisor.notifier.close()
+    if server.open_error is not None:  # the store failed its quick_check or its mailboxes' read
+        raise server.open_error

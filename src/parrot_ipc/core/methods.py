@@ -360,3 +360,24 @@ METHOD_TABLE: Final[dict[str, MethodSpec]] = {m.name: m for m in (
 
 #: The method names of protocol v1 this broker serves, in table order.
 METHODS: Final = tuple(METHOD_TABLE)
+
+#: What the broker answers while its store is still opening (issue 14: the mailboxes of a large
+#: store are read in a worker thread; ``get_token`` needs only sessions and names, read first).
+OPENING_METHODS: Final = frozenset({"ping", "get_token"})
+
+
+class _MethodOnly(msgspec.Struct):
+    method: str
+
+
+_method_only = msgspec.json.Decoder(_MethodOnly)
+
+
+def answers_while_opening(frame: bytes) -> bool:
+    """True if ``frame`` (one NDJSON frame) is a request for one of :data:`OPENING_METHODS`;
+    False for anything else (other methods, batches, frames that are not JSON-RPC), which the
+    shell holds until the store is open."""
+    try:
+        return _method_only.decode(frame).method in OPENING_METHODS
+    except msgspec.MsgspecError:
+        return False

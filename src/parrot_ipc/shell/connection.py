@@ -22,6 +22,7 @@ from ..core import Broker, BrokerConfig, FrameBuffer
 from ..core import protocol as p
 from ..core.batch import BatchReply, each_failed, is_batch
 from ..core.broker import Connection, WaitForMail
+from ..core.methods import answers_while_opening
 from ..errors import ErrorCode, FrameTooLarge, SlowReader
 from .commit import GroupCommit
 from .phase import READING as _READING
@@ -46,6 +47,15 @@ class LinkHost(Protocol):
     @property
     def closing(self) -> bool:
         """True once the server is shutting down: stop reading after the current chunk."""
+        ...
+
+    @property
+    def opened(self) -> bool:
+        """True once the store is open; before, only ``answers_while_opening`` frames run."""
+        ...
+
+    async def wait_opened(self) -> bool:
+        """Wait until the store's opening is over: True if open, False if it failed."""
         ...
 
     def apply_effects(self) -> None:
@@ -303,6 +313,11 @@ class PeerLink:
         made; with a journaled one the chunk's responses leave together after the commit they
         need (pushes to this peer are held meanwhile)."""
         host, conn, group = self._host, self.conn, self._host.group
+        # Frames other than ping/get_token are held until the store is open (issue 14); if it
+        # failed to open, the broker is stopping: they are not answered, the connection closes.
+        if not host.opened and not all(map(answers_while_opening, frames)) and not await host.wait_opened():
+            self.on(LinkEvent.DROP)
+            return
         pending: list[tuple[bytes, bytes]] = []  # (request frame, response frame), journaled only
         since = 0 if group is None else group.written_seq
         self.on(LinkEvent.ANSWER if group is None else LinkEvent.HOLD)

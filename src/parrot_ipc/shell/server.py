@@ -78,14 +78,23 @@ class BrokerServer:
             in the daemon), which the ticker compares ``Broker.next_deadline()`` with.
         on_listener_closed: called once the listener is closed at shutdown (unlink the socket,
             tell the service manager ``STOPPING=1``).
+        opening: the rest of the store's opening, blocking (run in a worker thread while
+            ``ping`` and ``get_token`` are already answered; issue 14): returns the function
+            that adopts what it read, called on the event loop. If it raises, the broker stops
+            and :attr:`open_error` holds the exception. None: the store is open already.
 
     Use :meth:`serve` inside a nursery (``await nursery.start(server.serve)``) and
     :meth:`shutdown` to stop it.
     """
 
     def __init__(self, broker: Broker, listener: trio.abc.Listener[trio.abc.Stream], *, identify: Identify,
-                 clock: Callable[[], float], on_listener_closed: Callable[[], None] | None = None) -> None:
+                 clock: Callable[[], float], on_listener_closed: Callable[[], None] | None = None,
+                 opening: Callable[[], Callable[[], None]] | None = None) -> None:
         self.broker = broker
+        self._opening = opening
+        self._open_done = trio.Event()
+        #: Why the store's opening failed (the broker then stops), or None.
+        self.open_error: BaseException | None = None
         self.config: BrokerConfig = broker.config
         self._listener = listener
         self._identify = identify
@@ -133,6 +142,7 @@ class BrokerServer:
             async with trio.open_nursery() as conns:
                 async with trio.open_nursery() as accepting:
                     accepting.start_soon(self._accept_loop, conns)
+                    accepting.start_soon(self._open_store)
                     accepting.start_soon(self._ticker)
                     task_status.started()
                     await self._shutdown.wait()
@@ -144,6 +154,32 @@ class BrokerServer:
                 self._begin_drain()
                 conns.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace_s
             committing.cancel_scope.cancel()  # what is still pending is written by the store's close()
+
+    @property
+    def opened(self) -> bool:
+        """True once the store is open (at once without ``opening``)."""
+        return self._open_done.is_set() and self.open_error is None
+
+    async def wait_opened(self) -> bool:
+        """Wait until the store's opening is over: True if it is open, False if it failed."""
+        await self._open_done.wait()
+        return self.open_error is None
+
+    async def _open_store(self) -> None:
+        """Run ``opening`` in a worker thread, adopt its result here, and let held frames go."""
+        if self._opening is not None:
+            t0 = trio.current_time()
+            try:
+                adopt = await trio.to_thread.run_sync(self._opening)
+            except Exception as exc:  # StartupError, one line: the daemon raises it after the drain
+                self.open_error = exc
+                self._open_done.set()
+                self.shutdown()
+                return
+            adopt()
+            log.info("store open: mailboxes read in %.3f s", trio.current_time() - t0)
+            self.apply_effects()
+        self._open_done.set()
 
     def _begin_drain(self) -> None:
         self._closing = True
@@ -186,6 +222,8 @@ class BrokerServer:
         """Run the core's time-driven work (lease expiry, purges) when it is due, by the
         broker's clock."""
         broker = self.broker
+        if not await self.wait_opened():
+            return
         while True:
             delay = max(0.0, min(_TICK_MAX_S, broker.next_deadline() - self._clock()))
             await trio.sleep(delay)

@@ -79,6 +79,13 @@ async def notify_loop(broker: Broker, sup: Supervisor) -> None:
             sup.notifier.notify(*out)
 
 
+async def _notify_once_open(server: BrokerServer, sup: Supervisor) -> None:
+    """:func:`notify_loop` once the store is open (``READY=1`` then, not before); nothing if it
+    failed to open (the broker is stopping)."""
+    if await server.wait_opened():
+        await notify_loop(server.broker, sup)
+
+
 async def _watch_signals(server: BrokerServer, reload: Callable[[], None] | None,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -106,7 +113,7 @@ async def serve_until_signal(server: BrokerServer, sup: Supervisor, reload: Call
     async with trio.open_nursery() as nursery:
         await nursery.start(_watch_signals, server, reload)
         if sup.notifier.enabled:
-            nursery.start_soon(notify_loop, server.broker, sup)
+            nursery.start_soon(_notify_once_open, server, sup)
         await server.serve()  # returns once shut down and drained
         nursery.cancel_scope.cancel()
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import heapq
 import sqlite3
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from .charges import Charges
 from .schema import MESSAGE_COLUMNS
 
 if TYPE_CHECKING:
@@ -102,18 +102,30 @@ class Box:
             self.waiting.append((src.after, src.hi, src.floor))
 
 
-def read_boxes(db: sqlite3.Connection, now: float, boxes: dict[str, Box], mem: dict[str, Entry],
-               lease_heap: list[tuple[float, str]]) -> Iterator[tuple[int | None, int, int]]:
-    """Fill ``boxes`` (counts, bytes, disk range: every row) from the covering index
-    ``messages_by_mailbox``, and ``mem`` and ``lease_heap`` with the leases still running at
-    ``now`` (a second scan of the same covering index); no message body is read. Yields
-    ``(payer, bytes, messages)`` per paying UID and mailbox, for the charges.
+@dataclass(slots=True)
+class Loaded:
+    """What a start reads of the messages (:func:`read_boxes`): every mailbox, the leases still
+    running (ids in ``mem``, ``lease_heap`` of ``(until, id)``) and the charges per UID."""
+
+    boxes: dict[str, Box] = field(default_factory=dict)
+    mem: dict[str, Entry] = field(default_factory=dict)
+    lease_heap: list[tuple[float, str]] = field(default_factory=list)
+    charges: Charges = field(default_factory=Charges)
+
+
+def read_boxes(db: sqlite3.Connection, now: float) -> Loaded:
+    """Read every mailbox (counts, bytes, disk range: every row) from the covering index
+    ``messages_by_mailbox``, the leases still running at ``now`` (a second scan of the same
+    index) and the charges per paying UID; no message body is read. Safe in a worker thread
+    (it touches nothing but ``db`` and what it returns).
 
     Raises:
         sqlite3.Error: a read failed.
         TypeError: a row's size or payer is not an integer (a damaged row ``quick_check`` let
             through; the caller refuses to start in one line).
     """
+    out = Loaded()
+    boxes, mem = out.boxes, out.mem
     for name, payer, count, size, top, bad in db.execute(
             "SELECT mailbox, payer, count(*), sum(size_bytes), max(id), sum(typeof(size_bytes) != 'integer' "
             "OR typeof(payer) NOT IN ('integer', 'null')) FROM messages GROUP BY mailbox, payer"):
@@ -123,14 +135,15 @@ def read_boxes(db: sqlite3.Connection, now: float, boxes: dict[str, Box], mem: d
         box.count += count
         box.size_bytes += size
         box.hi = max(box.hi, top)
-        yield payer, size, count
+        out.charges.add(payer, size, count)
     for mid, name, size, payer, until in db.execute(
             "SELECT id, mailbox, size_bytes, payer, lease_until FROM messages INDEXED BY messages_by_mailbox "
             "WHERE lease_until > ?", (now,)):
         mem[mid] = Entry(name, size, payer, LEASED, until)
         boxes[name].mem.add(mid)
-        lease_heap.append((until, mid))
-    heapq.heapify(lease_heap)
+        out.lease_heap.append((until, mid))
+    heapq.heapify(out.lease_heap)
+    return out
 
 
 def compact_leases(heap: list[tuple[float, str]], mem: dict[str, Entry]) -> None:

@@ -49,8 +49,8 @@ from .boxes import (
     ROWS_SQL,
     Box,
     Entry,
+    Loaded,
     compact_leases,
-    read_boxes,
 )
 from .charges import Charges
 from .ops import DeleteMessages, MoveMailbox, Op, PutMessage, QuarantineMessages, SetLease
@@ -95,16 +95,11 @@ class DiskMailboxes:
     def _journal(self, op: Op) -> None:  # SqliteStore journals
         raise NotImplementedError
 
-    def load_mailboxes(self, db: sqlite3.Connection, now: float) -> None:
-        """Read each mailbox's counts, bytes and payers, and the leases still running at
-        ``now``, from the covering index (:func:`parrot_ipc.store.boxes.read_boxes`).
-
-        Raises:
-            sqlite3.Error: a read failed.
-            TypeError: a damaged row (the caller refuses to start in one line).
-        """
-        for payer, size, count in read_boxes(db, now, self._boxes, self._mem, self._lease_heap):
-            self._charges.add(payer, size, count)
+    def adopt(self, loaded: Loaded) -> None:
+        """Take the mailboxes, leases and charges a start read (:func:`~parrot_ipc.store.boxes.read_boxes`,
+        maybe in a worker thread); call it on the event loop before any mailbox call."""
+        self._boxes, self._mem, self._lease_heap = loaded.boxes, loaded.mem, loaded.lease_heap
+        self._charges = loaded.charges
 
     def committed(self, ops: list[Op]) -> None:
         """Called by the writer thread after ``ops`` were committed: queue them for the event

@@ -145,8 +145,9 @@ def migrate(db: sqlite3.Connection) -> int:
 def connect(path: str, durability: Literal["normal", "fsync"], now: float) -> sqlite3.Connection:
     """Connect to ``path`` in autocommit mode (``isolation_level=None``), usable from the
     writer thread too, and make it ready: ``busy_timeout`` 0, WAL mode, ``synchronous``
-    NORMAL (FULL for ``durability="fsync"``), no autocheckpoint, :func:`migrate`, then purge
-    what expired by ``now`` (seconds since the epoch). Pragmas: https://sqlite.org/pragma.html.
+    NORMAL (FULL for ``durability="fsync"``), no autocheckpoint, :func:`check_integrity`,
+    :func:`migrate`, then purge what expired by ``now`` (seconds since the epoch). Pragmas:
+    https://sqlite.org/pragma.html.
 
     Raises:
         StartupError: the database cannot use WAL mode, or fails :func:`check_integrity`.

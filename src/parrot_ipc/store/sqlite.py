@@ -38,6 +38,7 @@ from typing import Literal
 
 from ..core.protocol import SendResult
 from .base import Session
+from .boxes import read_boxes
 from .idempotency import IdempotencyIndex
 from .mailboxes import DiskMailboxes
 from .memory import MemoryStore
@@ -127,9 +128,13 @@ class SqliteStore(DiskMailboxes):
     @classmethod
     def open(cls, state_dir: str, *, durability: Literal["normal", "fsync"] = "normal",
              clock: Callable[[], float] = time.time, euid: int | None = None,
-             cache_bytes: int = DEFAULT_CACHE_BYTES) -> SqliteStore:
+             cache_bytes: int = DEFAULT_CACHE_BYTES, defer_mail: bool = False) -> SqliteStore:
         """Open (creating if needed) the store in ``state_dir``: load sessions, names and
         forwards into the mirror, and each mailbox's counts (never a message body).
+        With ``defer_mail`` the mailboxes are left for :meth:`open_mail` (the daemon runs it in
+        a worker thread while it already answers ``ping`` and ``get_token``, issue 14); no
+        mailbox method may be called before. ``quick_check`` always runs here, so a corrupt
+        file is refused before anything is served.
 
         Creates the directory 0700 and ``parrot.db`` 0600 (both must be owned by ``euid``,
         default the effective UID), takes ``broker.lock``, sets WAL mode and ``synchronous``
@@ -158,7 +163,8 @@ class SqliteStore(DiskMailboxes):
                 os.umask(old_umask)
             store = cls(db, path, lock_fd, cache_bytes)
             store.max_id = load(db, store._mirror)
-            store.load_mailboxes(db, clock())
+            if not defer_mail:
+                store.adopt(read_boxes(db, clock()))
             return store
         except BaseException as exc:
             if store is not None:
@@ -168,6 +174,29 @@ class SqliteStore(DiskMailboxes):
             if err is exc:
                 raise
             raise err from None
+
+    def open_mail(self, now: float) -> Callable[[], None]:
+        """The deferred half of :meth:`open` (``defer_mail=True``): the mailboxes' counts and
+        running leases at ``now`` (seconds since the epoch), read from the covering index on a
+        connection of its own. Blocks: run it in a worker thread. Returns the function that
+        adopts them (:meth:`~parrot_ipc.store.mailboxes.DiskMailboxes.adopt`); call that on
+        the event loop.
+
+        Raises:
+            StartupError: one line: a row this broker cannot read (as :meth:`open` would have
+                refused).
+        """
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            loaded = read_boxes(db, now)
+        except BaseException as exc:
+            err = startup_error(self.path, exc)
+            if err is exc:
+                raise
+            raise err from None
+        finally:
+            db.close()
+        return lambda: self.adopt(loaded)
 
     def close(self) -> None:
         """Write the pending ops (and coalesced ``last_seen``), checkpoint (TRUNCATE), close the
