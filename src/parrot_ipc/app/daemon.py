@@ -191,7 +191,10 @@ def run_broker(socket_path: str, config: BrokerConfig | LoadedConfig | None = No
 
     Raises:
         StartupError: the directory or socket path is unsafe, a broker already answers
-            there, or the state database is locked, corrupt or not writable.
+            there, or the state database is locked, corrupt or not writable. A row that only
+            the mailboxes' read finds (it runs after the broker answers ``ping`` and
+            ``get_token``: :meth:`parrot_ipc.store.sqlite.SqliteStore.open_mail`) stops the
+            broker and raises it then.
     """
     loaded = _load(config)
     st = open_store(store, state_dir, loaded.server)
