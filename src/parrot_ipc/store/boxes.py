@@ -8,13 +8,16 @@ from __future__ import annotations
 import heapq
 import sqlite3
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from .charges import Charges
-from .schema import MESSAGE_COLUMNS
+from .schema import MESSAGE_COLUMNS, message_from_row
 
 if TYPE_CHECKING:
+    from ..core.protocol import Message
+    from .base import StoredMessage
     from .ops import MoveMailbox
 
 #: An id above every message id (ids are 18 lowercase hex digits): the floor of a mailbox
@@ -41,12 +44,15 @@ META_SQL: Final = "SELECT id, mailbox, size_bytes, payer FROM messages WHERE id 
 
 class Entry:
     """A message id held in memory: its mailbox, size (bytes), payer (UID or None), state
-    (:data:`READY`, :data:`PENDING` or :data:`LEASED`) and lease deadline (0 unless leased)."""
+    (:data:`READY`, :data:`PENDING` or :data:`LEASED`), lease deadline (0 unless leased), and
+    its body while its ``send`` is not committed (None after: it is in SQLite then)."""
 
-    __slots__ = ("box", "payer", "size", "state", "until")
+    __slots__ = ("body", "box", "payer", "size", "state", "until")
 
-    def __init__(self, box: str, size: int, payer: int | None, state: int, until: float = 0.0) -> None:
+    def __init__(self, box: str, size: int, payer: int | None, state: int, until: float = 0.0,
+                 body: Message | None = None) -> None:
         self.box, self.size, self.payer, self.state, self.until = box, size, payer, state, until
+        self.body = body
 
 
 @dataclass(slots=True)
@@ -151,3 +157,15 @@ def compact_leases(heap: list[tuple[float, str]], mem: dict[str, Entry]) -> None
     re-leased since): O(n), run once stale entries are over half of it."""
     heap[:] = [(u, mid) for u, mid in heap if (e := mem.get(mid)) is not None and e.state == LEASED and e.until == u]
     heapq.heapify(heap)
+
+
+def disk_rows(read: sqlite3.Connection, box: Box) -> Iterator[StoredMessage]:
+    """Every row of ``box``'s disk range that passes its check, with its payer (``queued``:
+    tests and tools). Rows also held in memory are included; the caller prefers memory's."""
+    if not box.disk():
+        return
+    for row in read.execute(RANGE_SQL, (box.name, box.after, box.floor, box.hi)):
+        item = message_from_row(*row[:10])
+        if item is not None:
+            item.payer = row[10]
+            yield item

@@ -44,13 +44,13 @@ from .boxes import (
     PAGE_MIN,
     PAGE_SQL,
     PENDING,
-    RANGE_SQL,
     READY,
     ROWS_SQL,
     Box,
     Entry,
     Loaded,
     compact_leases,
+    disk_rows,
 )
 from .charges import Charges
 from .ops import DeleteMessages, MoveMailbox, Op, PutMessage, QuarantineMessages, SetLease
@@ -80,7 +80,6 @@ class DiskMailboxes:
         self._boxes: dict[str, Box] = {}
         self._mem: dict[str, Entry] = {}
         self._gone: set[str] = set()  # deleted, delete not committed yet
-        self._unflushed: dict[str, Message] = {}  # bodies not committed yet
         self._bodies = BodyCache(cache_bytes)
         self._charges = Charges()
         self._lease_heap: list[tuple[float, str]] = []
@@ -109,21 +108,29 @@ class DiskMailboxes:
     def _drain(self) -> None:
         """Take in the batches committed since the last call: forget committed deletes, let
         committed ready messages leave memory, and open ranges moved by committed renames."""
-        unflushed, mem, top = self._unflushed, self._mem, self._committed_top
+        top, gone = self._committed_top, self._gone
         while self._done:
             for op in self._done.popleft():
-                if isinstance(op, PutMessage):
+                if type(op) is PutMessage:  # type(), not isinstance: this runs for every message
                     top = op.id if op.id > top else top
-                    body = unflushed.pop(op.id, None)
-                    if body is not None and (e := mem.get(op.id)) is not None and e.state == PENDING:
-                        self._bodies.put(op.id, body, op.size_bytes)
-                elif isinstance(op, DeleteMessages | QuarantineMessages):
-                    self._gone.difference_update(op.ids if isinstance(op, DeleteMessages) else op.text_ids())
+                    self._stored(op)
+                elif type(op) is DeleteMessages:
+                    gone.difference_update(op.ids)
+                elif isinstance(op, QuarantineMessages):
+                    gone.difference_update(op.text_ids())
                 elif isinstance(op, MoveMailbox):
                     self._moved(op)
+        if top != self._committed_top:
             self._committed_top = top
             for name in list(self._pending_boxes):
                 self._spill(name)
+
+    def _stored(self, op: PutMessage) -> None:
+        """``op``'s message is committed: SQLite has its body; cache it if not sent yet."""
+        if (e := self._mem.get(op.id)) is not None and (body := e.body) is not None:
+            e.body = None
+            if e.state == PENDING:
+                self._bodies.put(op.id, body, op.size_bytes)
 
     def _spill(self, name: str) -> None:
         """Let the committed ready messages of ``name`` not yet leased leave memory."""
@@ -165,8 +172,7 @@ class DiskMailboxes:
         box.pending.append(m.id)
         box.mem.add(m.id)
         self._pending_boxes.add(item.mailbox)
-        self._mem[m.id] = Entry(item.mailbox, item.size_bytes, item.payer, PENDING)
-        self._unflushed[m.id] = m
+        self._mem[m.id] = Entry(item.mailbox, item.size_bytes, item.payer, PENDING, body=m)
         self._charges.add(item.payer, item.size_bytes)
         self._journal(PutMessage.of(item))
 
@@ -248,7 +254,8 @@ class DiskMailboxes:
         found: dict[str, Message] = {}
         missing = []
         for mid in ids:
-            m = self._unflushed.get(mid) or self._bodies.get(mid)
+            e = self._mem.get(mid)
+            m = e.body if e is not None and e.body is not None else self._bodies.get(mid)
             if m is None:
                 missing.append(mid)
             else:
@@ -280,9 +287,9 @@ class DiskMailboxes:
         box.mem.discard(mid)
         box.count -= 1
         box.size_bytes -= size
-        self._charges.remove(payer, size)
+        if payer is not None:
+            self._charges.remove(payer, size)
         self._gone.add(mid)
-        self._unflushed.pop(mid, None)
         self._bodies.pop(mid)
         if box.count <= 0:
             del self._boxes[box.name]
@@ -298,25 +305,31 @@ class DiskMailboxes:
         want = list(dict.fromkeys(ids))
         done: set[str] = set()
         disk = []
+        mem = self._mem
         for mid in want:
-            e = self._mem.get(mid)
-            if e is not None:
+            if (e := mem.get(mid)) is not None:
                 if e.box == mailbox:
                     self._forget(box, mid, e.size, e.payer)
                     done.add(mid)
             elif mid not in self._gone:
                 disk.append(mid)
         if disk and box.disk():
-            for mid, label, size, payer in self._read.execute(META_SQL % ",".join("?" * len(disk)), disk):
-                if (label == mailbox and box.after < mid <= box.hi and mid >= box.floor
-                        and mid not in self._gone and mailbox in self._boxes):
-                    self._forget(box, mid, size, payer)
-                    done.add(mid)
+            self._ack_on_disk(box, disk, done)
         out = [mid for mid in want if mid in done]
         if out:
             self._journal(DeleteMessages(tuple(out)))
-        self._compact_leases()
+        if self._stale_leases >= LEASE_COMPACT_MIN:
+            self._compact_leases()
         return out
+
+    def _ack_on_disk(self, box: Box, ids: list[str], done: set[str]) -> None:
+        """Delete those of ``ids`` (held nowhere in memory) that are rows of ``box``'s disk
+        range: one primary-key read. Adds them to ``done``."""
+        for mid, label, size, payer in self._read.execute(META_SQL % ",".join("?" * len(ids)), ids):
+            if (label == box.name and box.after < mid <= box.hi and mid >= box.floor
+                    and mid not in self._gone and box.name in self._boxes):
+                self._forget(box, mid, size, payer)
+                done.add(mid)
 
     def expire_mail(self, mailbox: str, before_id: str) -> list[str]:
         """:meth:`~parrot_ipc.store.base.Store.expire_mail`: ids in memory, then the disk
@@ -367,7 +380,7 @@ class DiskMailboxes:
         return self._lease_heap[0][0] if self._lease_heap else None
 
     def _compact_leases(self) -> None:
-        if self._stale_leases >= LEASE_COMPACT_MIN and 2 * self._stale_leases >= len(self._lease_heap):
+        if 2 * self._stale_leases >= len(self._lease_heap):
             compact_leases(self._lease_heap, self._mem)
             self._stale_leases = 0
 
@@ -397,19 +410,11 @@ class DiskMailboxes:
         """:meth:`~parrot_ipc.store.base.Store.queued`: every message of ``mailbox``, leases
         included, in id order. Reads the whole mailbox: for tests and tools, not requests."""
         self._drain()
-        box = self._boxes.get(mailbox)
-        if box is None:
+        if (box := self._boxes.get(mailbox)) is None:
             return []
-        out: dict[str, StoredMessage] = {}
-        if box.disk():
-            for row in self._read.execute(RANGE_SQL, (mailbox, box.after, box.floor, box.hi)):
-                item = message_from_row(*row[:10])
-                if item is not None and item.message.id not in self._gone and item.message.id not in self._mem:
-                    item.payer = row[10]
-                    out[item.message.id] = item
-        for mid in box.mem:
+        out = {i.message.id: i for i in disk_rows(self._read, box) if i.message.id not in self._gone}
+        for mid in box.mem:  # these win over their rows: leases and uncommitted state live here
             e = self._mem[mid]
-            msgs = self._messages(box, [mid])
-            if msgs:
-                out[mid] = StoredMessage(msgs[0], mailbox, e.size, e.until if e.state == LEASED else 0.0, e.payer)
+            for m in self._messages(box, [mid]):
+                out[mid] = StoredMessage(m, mailbox, e.size, e.until if e.state == LEASED else 0.0, e.payer)
         return [out[k] for k in sorted(out)]
