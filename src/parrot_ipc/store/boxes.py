@@ -43,15 +43,15 @@ META_SQL: Final = "SELECT id, mailbox, size_bytes, payer FROM messages WHERE id 
 
 
 class Entry:
-    """A message id held in memory: its mailbox, size (bytes), payer (UID or None), state
+    """A message id held in memory (``id``): its mailbox, size (bytes), payer (UID or None), state
     (:data:`READY`, :data:`PENDING` or :data:`LEASED`), lease deadline (0 unless leased), and
     its body while its ``send`` is not committed (None after: it is in SQLite then)."""
 
-    __slots__ = ("body", "box", "payer", "size", "state", "until")
+    __slots__ = ("body", "box", "id", "payer", "size", "state", "until")
 
-    def __init__(self, box: str, size: int, payer: int | None, state: int, until: float = 0.0,
+    def __init__(self, mid: str, box: str, size: int, payer: int | None, state: int, until: float = 0.0,
                  body: Message | None = None) -> None:
-        self.box, self.size, self.payer, self.state, self.until = box, size, payer, state, until
+        self.id, self.box, self.size, self.payer, self.state, self.until = mid, box, size, payer, state, until
         self.body = body
 
 
@@ -145,7 +145,7 @@ def read_boxes(db: sqlite3.Connection, now: float) -> Loaded:
     for mid, name, size, payer, until in db.execute(
             "SELECT id, mailbox, size_bytes, payer, lease_until FROM messages INDEXED BY messages_by_mailbox "
             "WHERE lease_until > ?", (now,)):
-        mem[mid] = Entry(name, size, payer, LEASED, until)
+        mem[mid] = Entry(mid, name, size, payer, LEASED, until)
         boxes[name].mem.add(mid)
         out.lease_heap.append((until, mid))
     heapq.heapify(out.lease_heap)

@@ -172,7 +172,7 @@ class DiskMailboxes:
         box.pending.append(m.id)
         box.mem.add(m.id)
         self._pending_boxes.add(item.mailbox)
-        self._mem[m.id] = Entry(item.mailbox, item.size_bytes, item.payer, PENDING, body=m)
+        self._mem[m.id] = Entry(m.id, item.mailbox, item.size_bytes, item.payer, PENDING, body=m)
         self._charges.add(item.payer, item.size_bytes)
         self._journal(PutMessage.of(item))
 
@@ -197,38 +197,36 @@ class DiskMailboxes:
         if box is None:
             return []
         ids: list[str] = []
-        while len(ids) < max_count:
-            mid = self._next_ready(box, max_count - len(ids))
-            if mid is None:
-                break
-            e = self._mem[mid]
+        out: list[Message] = []  # the bodies at hand, while every one is (the usual case)
+        while len(ids) < max_count and (e := self._next_ready(box, max_count - len(ids))) is not None:
             e.state, e.until = LEASED, lease_until
+            ids.append(mid := e.id)
             heapq.heappush(self._lease_heap, (lease_until, mid))
-            ids.append(mid)
-        out = self._messages(box, ids)
+            if len(out) == len(ids) - 1 and (m := e.body or self._bodies.get(mid)) is not None:
+                out.append(m)
+        if len(out) < len(ids):
+            out = self._messages(box, ids)
         if out:
             self._journal(SetLease(lease_until, tuple(m.id for m in out), mailbox))
         return out
 
-    def _next_ready(self, box: Box, want: int) -> str | None:
-        """The smallest ready id of ``box``, now held in memory, or None."""
+    def _next_ready(self, box: Box, want: int) -> Entry | None:
+        """The entry of the smallest ready id of ``box``, now held in memory, or None."""
+        mem, name = self._mem, box.name
         while True:
-            ready = box.ready
-            if ready and (not box.disk() or ready[0] <= box.after):
-                mid = heapq.heappop(ready)
-                if self._is(mid, box.name, READY):
-                    return mid
-            elif box.disk():
+            ready, disk = box.ready, box.after < box.hi
+            if ready and (not disk or ready[0] <= box.after):
+                e = mem.get(heapq.heappop(ready))
+                if e is not None and e.state == READY and e.box == name:
+                    return e
+            elif disk:
                 self._page_in(box, max(want, PAGE_MIN))
             elif box.pending:
-                mid = box.pending.popleft()
-                if self._is(mid, box.name, PENDING):
-                    return mid
+                e = mem.get(box.pending.popleft())
+                if e is not None and e.state == PENDING and e.box == name:
+                    return e
             else:
                 return None
-
-    def _is(self, mid: str, name: str, state: int) -> bool:
-        return (e := self._mem.get(mid)) is not None and e.state == state and e.box == name
 
     def _page_in(self, box: Box, limit: int) -> None:
         """Read the next ``limit`` ids of ``box``'s disk range into memory (ready; from the
@@ -244,7 +242,7 @@ class DiskMailboxes:
                 continue
             if mid in self._mem or mid in self._gone:
                 continue
-            self._mem[mid] = Entry(box.name, size, payer, READY)
+            self._mem[mid] = Entry(mid, box.name, size, payer, READY)
             box.mem.add(mid)
             heapq.heappush(box.ready, mid)
 
