@@ -142,3 +142,18 @@ def test_a_batch_is_one_transaction(tmp_path: Path) -> None:
     _commit(s)
     assert _rows(d, "SELECT id FROM messages") == [("000000000001000000",)]
     s.close()
+
+
+def test_a_lease_of_a_message_inserted_by_the_same_batch_rides_on_its_insert() -> None:
+    """A pushed message is inserted and leased before one commit: no UPDATE for it, the last
+    lease of the batch wins, other ids keep their SetLease, and the ops given are not changed
+    (a failed batch is requeued as it was)."""
+    put = journal.PutMessage.of(_msg("000000000001000000", "bob"))
+    batch: list[journal.Op] = [put, journal.SetLease(NOW + 60, ("000000000001000000", "0000000000000000aa"), "bob"),
+                               journal.SetLease(NOW + 90, ("000000000001000000",), "bob")]
+    rec = _Recorder()
+    journal.write(cast(sqlite3.Connection, rec), batch)
+    (_, insert, rows), (_, update, leases) = rec.calls
+    assert insert.startswith("INSERT") and rows[0][-1] == NOW + 90  # lease_until, the last one
+    assert update.startswith("UPDATE") and leases == [(NOW + 60, "0000000000000000aa")]
+    assert batch[0] is put and put.lease_until == 0.0 and len(batch) == 3
