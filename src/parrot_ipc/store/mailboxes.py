@@ -162,7 +162,8 @@ class DiskMailboxes:
     # ------------------------------------------------------------------ queue
     def enqueue(self, item: StoredMessage) -> None:
         """:meth:`~parrot_ipc.store.base.Store.enqueue`: held in memory until committed."""
-        self._drain()
+        if self._done:  # the hottest call: no drain call when nothing was committed since
+            self._drain()
         m = item.message
         box = self._boxes.get(item.mailbox)
         if box is None:
