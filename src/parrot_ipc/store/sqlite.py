@@ -160,6 +160,7 @@ class SqliteStore(DiskMailboxes, DiskRecords):
                 os.umask(old_umask)
             store = cls(db, path, lock_fd, cache_bytes)
             store.max_id = load(db, store._mirror)
+            store.load_names(db)
             if not defer_mail:
                 store.adopt(read_boxes(db, clock()))
             return store
