@@ -22,7 +22,6 @@ Times are seconds since the epoch.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import threading
 import weakref
@@ -59,9 +58,9 @@ def _forget_committed(table: dict[K, tuple[Op, V]], done: set[int]) -> None:
 class NameFilter:
     """A Bloom filter of names (https://en.wikipedia.org/wiki/Bloom_filter): ``name in f`` is
     False only for a name never added; a false "maybe" costs one read. Fixed size: 2**21 bits
-    (256 KiB), 3 probes from one BLAKE2b digest; about 1% false positives at 200,000 names,
-    more beyond (reads, never wrong answers). Names are never removed (a freed name stays a
-    "maybe")."""
+    (256 KiB), 3 probes from the string's own ``hash()`` (salted per process, which is fine:
+    the filter is filled at each open); about 1% false positives at 200,000 names, more beyond
+    (reads, never wrong answers). Names are never removed (a freed name stays a "maybe")."""
 
     __slots__ = ("_bits",)
     _MASK: Final = (1 << 21) - 1
@@ -70,8 +69,8 @@ class NameFilter:
         self._bits = bytearray(1 << 18)
 
     def _probes(self, name: str) -> tuple[int, int, int]:
-        d = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=9).digest(), "little")
-        return d & self._MASK, (d >> 24) & self._MASK, (d >> 48) & self._MASK
+        d = hash(name) & 0xFFFFFFFFFFFFFFFF
+        return d & self._MASK, (d >> 21) & self._MASK, (d >> 42) & self._MASK
 
     def add(self, name: str) -> None:
         """Add ``name``."""
@@ -82,12 +81,12 @@ class NameFilter:
         return isinstance(name, str) and all(self._bits[p >> 3] >> (p & 7) & 1 for p in self._probes(name))
 
 
-def _remember(cache: OrderedDict[str, V], key: str, value: V) -> None:
-    """Put ``key`` last in the bounded ``cache`` (at most :data:`NO_SESSION_NAMES` entries)."""
+def _remember(cache: dict[str, V], key: str, value: V) -> None:
+    """Set ``key`` in the bounded ``cache`` (at most :data:`NO_SESSION_NAMES` entries; the
+    oldest insertion goes first: a dict keeps insertion order)."""
     cache[key] = value
-    cache.move_to_end(key)
     if len(cache) > NO_SESSION_NAMES:
-        cache.popitem(last=False)
+        del cache[next(iter(cache))]
 
 
 class DiskRecords:
@@ -108,8 +107,8 @@ class DiskRecords:
         self._unsaved: dict[bytes, tuple[Op, Session | None]] = {}  # token hash -> (op, session; None: deleted)
         self._unsaved_name: dict[str, tuple[Op, bytes | None]] = {}  # name -> (op, holder's token hash)
         self._unsaved_owner: dict[str, tuple[Op, int | None]] = {}  # name -> (op, owner UID)
-        self._no_session: OrderedDict[str, None] = OrderedDict()
-        self._owners: OrderedDict[str, int | None] = OrderedDict()  # owner by name, as last read or written
+        self._no_session: dict[str, None] = {}
+        self._owners: dict[str, int | None] = {}  # owner by name, as last read or written
         self._lock = threading.Lock()  # records_committed() runs in the writer thread
         #: Every name a session or an owner row may have (filled at open, then by each write).
         self.names_seen = NameFilter()
@@ -138,14 +137,16 @@ class DiskRecords:
                 _forget_committed(self._unsaved_owner, done)
 
     # ------------------------------------------------------------------ sessions
-    def _known(self, s: Session) -> Session:
-        """Register ``s`` as the one object of its session (and recently used)."""
+    def _known(self, s: Session, recent: bool = True) -> Session:
+        """Register ``s`` as the one object of its session (and, if ``recent``, recently used:
+        kept even when nothing else holds it)."""
         self._live[s.token_hash] = s
         self._by_name[s.instance_id] = s
-        self._recent[s.token_hash] = s
-        self._recent.move_to_end(s.token_hash)
-        if len(self._recent) > RECENT_SESSIONS:
-            self._recent.popitem(last=False)
+        if recent:
+            self._recent[s.token_hash] = s
+            self._recent.move_to_end(s.token_hash)
+            if len(self._recent) > RECENT_SESSIONS:
+                self._recent.popitem(last=False)
         return s
 
     def _write(self, s: Session | None, h: bytes, op: Op, names: dict[str, bytes | None]) -> None:
@@ -161,7 +162,7 @@ class DiskRecords:
     def put_session(self, session: Session) -> None:
         """:meth:`~parrot_ipc.store.base.Store.put_session`: journal
         :class:`~parrot_ipc.store.ops.PutSession`; ``session`` is the one object from now on."""
-        self._known(session)
+        self._known(session, recent=False)  # its connection holds it
         self._write(session, session.token_hash, PutSession.of(session), {session.instance_id: session.token_hash})
 
     def get_session(self, token_hash: bytes) -> Session | None:

@@ -232,6 +232,7 @@ class SqliteStore(DiskMailboxes, DiskRecords):
         Returns ``(ops, seq)``: once :meth:`apply_ops` has committed ``ops``, the store is
         durable up to ``seq`` (a count of mutations since open).
         """
+        self._drain()  # take in what was committed since: keeps the hand-over short (mailboxes.py)
         ops, self._pending = self._pending, []
         if self._dirty_seen:
             ops.append(TouchInstances(tuple(self._dirty_seen.items())))
