@@ -27,7 +27,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Final, TypeVar
+from typing import Final, Generic, TypeVar
 
 import msgspec
 
@@ -68,17 +68,43 @@ class NameFilter:
     def __init__(self) -> None:
         self._bits = bytearray(1 << 18)
 
-    def _probes(self, name: str) -> tuple[int, int, int]:
-        d = hash(name) & 0xFFFFFFFFFFFFFFFF
-        return d & self._MASK, (d >> 21) & self._MASK, (d >> 42) & self._MASK
-
     def add(self, name: str) -> None:
         """Add ``name``."""
-        for p in self._probes(name):
-            self._bits[p >> 3] |= 1 << (p & 7)
+        d, bits, m = hash(name), self._bits, self._MASK
+        for p in (d & m, (d >> 21) & m, (d >> 42) & m):
+            bits[p >> 3] |= 1 << (p & 7)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and all(self._bits[p >> 3] >> (p & 7) & 1 for p in self._probes(name))
+        d, bits, m = hash(name), self._bits, self._MASK  # three probes, inline: this runs per lookup
+        p, q, r = d & m, (d >> 21) & m, (d >> 42) & m
+        return bool(bits[p >> 3] >> (p & 7) & bits[q >> 3] >> (q & 7) & bits[r >> 3] >> (r & 7) & 1)
+
+
+class _Weak(Generic[K]):
+    """Sessions by key, held weakly (``weakref.ref`` in a plain dict: cheaper to fill than a
+    ``WeakValueDictionary``); dead entries go at each :meth:`sweep` (the purge, every
+    ``PURGE_INTERVAL_S``)."""
+
+    __slots__ = ("_refs",)
+
+    def __init__(self) -> None:
+        self._refs: dict[K, weakref.ref[Session]] = {}
+
+    def get(self, key: K) -> Session | None:
+        r = self._refs.get(key)
+        return None if r is None else r()
+
+    def __setitem__(self, key: K, s: Session) -> None:
+        self._refs[key] = weakref.ref(s)
+
+    def pop(self, key: K) -> None:
+        self._refs.pop(key, None)
+
+    def values(self) -> list[Session]:
+        return [s for r in list(self._refs.values()) if (s := r()) is not None]
+
+    def sweep(self) -> None:
+        self._refs = {k: r for k, r in self._refs.items() if r() is not None}
 
 
 def _remember(cache: dict[str, V], key: str, value: V) -> None:
@@ -101,8 +127,8 @@ class DiskRecords:
 
     def __init__(self, read_db: sqlite3.Connection) -> None:
         self._rdb = read_db
-        self._live: weakref.WeakValueDictionary[bytes, Session] = weakref.WeakValueDictionary()
-        self._by_name: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
+        self._live: _Weak[bytes] = _Weak()
+        self._by_name: _Weak[str] = _Weak()
         self._recent: OrderedDict[bytes, Session] = OrderedDict()
         self._unsaved: dict[bytes, tuple[Op, Session | None]] = {}  # token hash -> (op, session; None: deleted)
         self._unsaved_name: dict[str, tuple[Op, bytes | None]] = {}  # name -> (op, holder's token hash)
@@ -241,10 +267,10 @@ class DiskRecords:
         names: dict[str, bytes | None] = {}
         if self.session_of(session.instance_id) is session:
             names[session.instance_id] = None
-        self._live.pop(session.token_hash, None)
+        self._live.pop(session.token_hash)
         self._recent.pop(session.token_hash, None)
         if self._by_name.get(session.instance_id) is session:
-            del self._by_name[session.instance_id]
+            self._by_name.pop(session.instance_id)
         self._write(None, session.token_hash, DeleteSession(session.token_hash), names)
 
     def sessions(self) -> Iterable[Session]:
@@ -273,14 +299,16 @@ class DiskRecords:
     def forget_expired_sessions(self, now: float, purge: Op) -> None:
         """The journaled ``purge`` deletes the rows of sessions not live at ``now``: until it is
         committed, the ones in memory already read as gone (as after a restart)."""
-        expired = [s for s in list(self._live.values()) if not s.live(now)]
+        self._live.sweep()
+        self._by_name.sweep()
+        expired = [s for s in self._live.values() if not s.live(now)]
         expired += [s for _, s in list(self._unsaved.values()) if s is not None and not s.live(now)]
         with self._lock:
             for s in expired:
                 self._unsaved[s.token_hash] = (purge, None)
                 self._unsaved_name[s.instance_id] = (purge, None)  # not deleted: it holds its name
         for s in expired:
-            self._live.pop(s.token_hash, None)
+            self._live.pop(s.token_hash)
             self._recent.pop(s.token_hash, None)
 
     # ------------------------------------------------------------------ name owners
