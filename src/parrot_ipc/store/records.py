@@ -85,26 +85,27 @@ class _Weak(Generic[K]):
     ``WeakValueDictionary``); dead entries go at each :meth:`sweep` (the purge, every
     ``PURGE_INTERVAL_S``)."""
 
-    __slots__ = ("_refs",)
+    __slots__ = ("refs",)
 
     def __init__(self) -> None:
-        self._refs: dict[K, weakref.ref[Session]] = {}
+        #: The weak references by key (read directly on hot paths).
+        self.refs: dict[K, weakref.ref[Session]] = {}
 
     def get(self, key: K) -> Session | None:
-        r = self._refs.get(key)
+        r = self.refs.get(key)
         return None if r is None else r()
 
     def __setitem__(self, key: K, s: Session) -> None:
-        self._refs[key] = weakref.ref(s)
+        self.refs[key] = weakref.ref(s)
 
     def pop(self, key: K) -> None:
-        self._refs.pop(key, None)
+        self.refs.pop(key, None)
 
     def values(self) -> list[Session]:
-        return [s for r in list(self._refs.values()) if (s := r()) is not None]
+        return [s for r in list(self.refs.values()) if (s := r()) is not None]
 
     def sweep(self) -> None:
-        self._refs = {k: r for k, r in self._refs.items() if r() is not None}
+        self.refs = {k: r for k, r in self.refs.items() if r() is not None}
 
 
 def _remember(cache: dict[str, V], key: str, value: V) -> None:
@@ -222,9 +223,12 @@ class DiskRecords:
         hit = self._unsaved_name.get(instance_id)
         if hit is not None:
             return None if hit[1] is None else self.get_session(hit[1])
-        s = self._by_name.get(instance_id)
-        if s is not None and s.instance_id == instance_id and self.get_session(s.token_hash) is s:
-            return s
+        ref = self._by_name.refs.get(instance_id)  # the hot path (every send): no method call
+        s = None if ref is None else ref()
+        if s is not None and s.instance_id == instance_id:
+            mine = self._unsaved.get(s.token_hash)
+            if mine is None or mine[1] is s:  # not deleted since (get_session(hash) is s)
+                return s
         if instance_id in self._no_session:
             return None
         h = self._read_name(instance_id)
@@ -307,8 +311,10 @@ class DiskRecords:
             for s in expired:
                 self._unsaved[s.token_hash] = (purge, None)
                 self._unsaved_name[s.instance_id] = (purge, None)  # not deleted: it holds its name
-        for s in expired:
+        for s in expired:  # _by_name maps only to sessions in _live (session_of's fast path)
             self._live.pop(s.token_hash)
+            if self._by_name.get(s.instance_id) is s:
+                self._by_name.pop(s.instance_id)
             self._recent.pop(s.token_hash, None)
 
     # ------------------------------------------------------------------ name owners
