@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from parrot_ipc.core.protocol import Message
-from parrot_ipc.store import MemoryStore, StoredMessage
+from parrot_ipc.store import MemoryStore, StoredMessage, mailboxes
+from parrot_ipc.store.boxes import KEEP_IDS
 from parrot_ipc.store.ops import Op
 from parrot_ipc.store.sqlite import SqliteStore
 
@@ -41,10 +42,12 @@ class SameAsMemory(RuleBasedStateMachine):
         self.now = NOW
         self.leased: list[tuple[str, str]] = []
         self.in_flight: list[Op] | None = None  # taken by the "writer thread", not yet applied
+        setattr(mailboxes, "KEEP_IDS", 2)  # noqa: B010 - a short backlog: pages are read all the time
 
     def teardown(self) -> None:
         self.write_taken()
         self.disk.close()
+        setattr(mailboxes, "KEEP_IDS", KEEP_IDS)  # noqa: B010
         shutil.rmtree(self.dir, ignore_errors=True)
 
     @rule(box=st.sampled_from(BOXES), payer=st.sampled_from([None, 1000, 1001]), k=st.integers(1, 30))
@@ -139,10 +142,11 @@ def test_a_deep_committed_mailbox_holds_no_message_and_no_id_in_memory(tmp_path:
     _commit(s)
     s.enqueue(_item(5001, "bob", 1000))  # its commit has not been taken in yet: still in memory
     assert s.mailbox_usage("bob")[0] == 5001 and s.sender_usage(1000)[0] == 5001
-    assert len(s._mem) == 1 and _messages_alive() - base <= 1
+    # only the newest KEEP_IDS committed ids and the uncommitted one; no body (cache 0) but that one
+    assert len(s._mem) == KEEP_IDS + 1 and _messages_alive() - base <= 1
     got = s.lease("bob", 10, NOW + 60)  # one page from the index, oldest first
     assert [m.content for m in got] == [f"m{i}" for i in range(1, 11)]
-    assert len(s._mem) <= 1 + 16  # the leased ten, the rest of the page, the uncommitted one
+    assert len(s._mem) <= KEEP_IDS + 1 + 16  # and the leased ten, the rest of their page
     s.close()
     s2 = _open(tmp_path / "state", cache_bytes=0)
     assert s2.mailbox_usage("bob")[0] == 5001 and s2.sender_usage(1000) == s.sender_usage(1000)
@@ -166,13 +170,15 @@ def test_an_ack_before_its_delete_is_committed_is_never_delivered_again(tmp_path
 
 def test_a_renamed_mailbox_is_served_in_id_order_once_its_move_is_committed(tmp_path: Path) -> None:
     s = _open(tmp_path / "state", cache_bytes=0)
-    for i in range(1, 11):
+    n = 2 * (KEEP_IDS + 5)  # each mailbox: 5 committed ids leave memory, KEEP_IDS stay
+    for i in range(1, n + 1):
         s.enqueue(_item(i, "old" if i % 2 else "new", None))
     _commit(s)
     s.move_mailbox("old", "new")
-    assert s.mailbox_usage("new")[0] == 10 and s.mailbox_usage("old") == (0, 0)
-    waiting = [m.content for m in s.lease("new", 100, NOW + 60)]
-    assert waiting == ["m2", "m4", "m6", "m8", "m10"]  # the moved rows wait for the commit
-    _commit(s)
-    assert [m.content for m in s.lease("new", 100, NOW + 60)] == ["m1", "m3", "m5", "m7", "m9"]
+    assert s.mailbox_usage("new")[0] == n and s.mailbox_usage("old") == (0, 0)
+    on_disk_of_old = [f"m{i}" for i in range(1, 10, 2)]  # old's 5 oldest
+    waiting = [m.content for m in s.lease("new", n, NOW + 60)]
+    assert waiting == [f"m{i}" for i in range(1, n + 1) if f"m{i}" not in on_disk_of_old]  # in id order
+    _commit(s)  # the moved rows join once the move is committed
+    assert [m.content for m in s.lease("new", n, NOW + 60)] == on_disk_of_old
     s.close()

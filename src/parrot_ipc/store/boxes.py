@@ -28,6 +28,9 @@ PAGE_MIN: Final = 16
 #: Stale lease-heap entries tolerated before the heap is rebuilt (as in MemoryStore).
 LEASE_COMPACT_MIN: Final = 1024
 
+#: Ready ids a mailbox keeps in memory after their commit (the newest; older ones leave): a
+#: short backlog is served without a page read, and memory stays bounded per mailbox.
+KEEP_IDS: Final = 128
 #: Entry states: ready in the heap, queued and not yet committed, leased.
 READY, PENDING, LEASED = 0, 1, 2
 

@@ -13,18 +13,17 @@ name whose id is in the range, at least ``floor``, and neither in memory nor del
 yet-committed, is a ready message of that mailbox. ``receive`` serves ids in order: the
 smallest ready id held in memory when it sorts at or before ``after``, else a page read from
 the range (one index range scan, ``LIMIT`` the count asked; ``after`` moves past it), else the
-newest messages not yet committed. Once a message is committed (the writer thread says so,
-:meth:`DiskMailboxes.committed`), a ready one leaves memory: ``hi`` moves past it. A lookup a
-response waits for is one index range or primary-key read (microseconds, issue 14: it may run
-on the event loop).
+newest messages held in memory. Once a message is committed (the writer thread says so,
+:meth:`DiskMailboxes.committed`), a ready one leaves memory (``hi`` moves past it) unless it is
+among its mailbox's newest ``KEEP_IDS``. A lookup a response waits for is one index range or
+primary-key read (microseconds, issue 14: it may run on the event loop).
 
 Renames. ``move_mailbox`` merges the counts and the ids in memory at once; the moved range is
 held aside until the ``MoveMailbox`` op is committed (then every row carries the new label),
 and joins the range then. Until that commit, a few milliseconds, those messages wait.
 
 Threads: :meth:`DiskMailboxes.committed` runs in the writer thread and only appends to a deque;
-everything else runs on the event loop, which takes the deque's batches first
-(:meth:`DiskMailboxes._drain`). Times are seconds since the epoch; sizes are bytes.
+the event loop takes its batches in (:meth:`DiskMailboxes._drain`). Seconds since the epoch; bytes.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from ..core.protocol import Message
 from .base import StoredMessage
 from .bodies import BodyCache
 from .boxes import (
+    KEEP_IDS,
     LEASE_COMPACT_MIN,
     LEASED,
     META_SQL,
@@ -133,13 +133,13 @@ class DiskMailboxes:
                 self._bodies.put(op.id, body, op.size_bytes)
 
     def _spill(self, name: str) -> None:
-        """Let the committed ready messages of ``name`` not yet leased leave memory."""
+        """Committed ready messages of ``name`` leave memory, but the newest ``KEEP_IDS``."""
         box = self._boxes.get(name)
         if box is None:
             self._pending_boxes.discard(name)
             return
         top, pending = self._committed_top, box.pending
-        while pending and pending[0] <= top:
+        while len(pending) > KEEP_IDS and pending[0] <= top:
             mid = pending.popleft()
             e = self._mem.get(mid)
             if e is None or e.state != PENDING or e.box != name:
@@ -150,7 +150,7 @@ class DiskMailboxes:
                 box.after = box.hi  # an empty range starts past every id already served
             box.hi = max(box.hi, mid)
             box.floor = min(box.floor, mid)
-        if not pending:
+        if len(pending) <= KEEP_IDS:
             self._pending_boxes.discard(name)
 
     def _moved(self, op: MoveMailbox) -> None:
@@ -172,7 +172,8 @@ class DiskMailboxes:
         box.size_bytes += item.size_bytes
         box.pending.append(m.id)
         box.mem.add(m.id)
-        self._pending_boxes.add(item.mailbox)
+        if len(box.pending) > KEEP_IDS:
+            self._pending_boxes.add(item.mailbox)
         self._mem[m.id] = Entry(m.id, item.mailbox, item.size_bytes, item.payer, PENDING, body=m)
         self._charges.add(item.payer, item.size_bytes)
         self._journal(PutMessage.of(item))
