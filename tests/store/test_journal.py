@@ -16,7 +16,6 @@ from parrot_ipc.core.protocol import SendResult
 from parrot_ipc.store import MemoryStore, Store
 from parrot_ipc.store import ops as journal
 from parrot_ipc.store.mailboxes import DiskMailboxes
-from parrot_ipc.store.records import DiskRecords
 from parrot_ipc.store.sqlite import DB_NAME, SqliteStore
 
 from .test_sqlite_store import NOW, _commit, _msg, _open, _session, _snapshot
@@ -80,16 +79,12 @@ def test_every_op_class_has_an_sql_entry() -> None:
 
 
 def test_sqlite_store_implements_every_store_method_itself() -> None:
-    """It wraps a MemoryStore (last-seen times, forwards), is a DiskMailboxes (messages) and a
-    DiskRecords (sessions, name owners): a Store method none defined would be missing, not
-    silently inherited unjournaled."""
+    """It wraps a MemoryStore (sessions, names, forwards) and is a DiskMailboxes (messages):
+    a Store method neither defined would be missing, not silently inherited unjournaled."""
     assert not issubclass(SqliteStore, MemoryStore)
     names = {n for n, _ in inspect.getmembers(Store, inspect.isfunction) if not n.startswith("_")}
     assert len(names) == 31  # 29 + queued, sender_usage (issue 14)
-    assert names <= set(vars(SqliteStore)) | set(vars(DiskMailboxes)) | set(vars(DiskRecords))
-    records = {"put_session", "get_session", "session_of", "update_session", "delete_session", "sessions",
-               "name_owner", "put_name_owner", "delete_name_owner", "name_owners"}
-    assert records <= set(vars(DiskRecords)) and not records & set(vars(SqliteStore))
+    assert names <= set(vars(SqliteStore)) | set(vars(DiskMailboxes))
     mail = {"enqueue", "mailbox_usage", "sender_usage", "lease", "ack", "release_expired", "next_lease_expiry",
             "move_mailbox", "mailbox_names", "queued", "expire_mail"}
     assert mail <= set(vars(DiskMailboxes)) and not mail & set(vars(SqliteStore))

@@ -36,18 +36,16 @@ def _msg(mid: str, to: str, content: str = "hi", data: dict[str, Any] | None = N
 
 
 def _snapshot(s: SqliteStore) -> dict[str, Any]:
-    """The store's whole state, in comparable form: sessions and name owners and every queued
-    message with its lease and payer (read back from SQLite, issue 14), and the mirror's
-    last-seen times and forwards."""
+    """The store's whole state, in comparable form: the mirror (sessions, names, forwards) and
+    every queued message (read back from SQLite, issue 14) with its lease and payer."""
     m = s._mirror
 
     def sess(x: Session) -> tuple[Any, ...]:
         return (x.token_hash, x.instance_id, x.uid, x.gid, x.pid, x.scopes, x.created_at, x.expires_at,
                 x.last_rename_at, x.revoked)
     return {
-        "sessions": sorted(sess(x) for x in s.sessions()),
-        "by_instance": {x.instance_id: x.token_hash for x in s.sessions()},
-        "owners": sorted(s.name_owners()),
+        "sessions": {h: sess(x) for h, x in m._sessions.items()},
+        "by_instance": {n: x.token_hash for n, x in m._by_instance.items()},
         "last_seen": dict(m._last_seen),
         "boxes": {n: ([(i.message.id, i.message, i.size_bytes, i.lease_until, i.payer) for i in s.queued(n)],
                       s.mailbox_usage(n)) for n in sorted(s.mailbox_names())},

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # annotations only: importing the core here would be circular
     from .ops import Op
 
 
-@dataclass(slots=True, weakref_slot=True)  # the SQLite store keeps live ones by weak reference
+@dataclass(slots=True)
 class Session:
     """One instance's session. Only ``token_hash`` (SHA-256 of the token, 32 bytes) is stored.
 

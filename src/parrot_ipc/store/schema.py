@@ -17,7 +17,7 @@ import msgspec
 
 from ..core.protocol import Message
 from ..errors import StartupError
-from .base import StoredMessage
+from .base import Session, StoredMessage
 from .memory import MemoryStore
 from .ops import Purge, decode_data, write
 from .rows import row_checksum
@@ -99,7 +99,6 @@ CREATE TABLE quarantine (
 # start needs (counts, bytes, payers and running leases: no message body is read). A lease
 # updates the index entry on the leaf page its message's insert already wrote (measured: a
 # partial index on lease_until, or a table of leases, cost 8 us more per delivered message).
-# Sessions are read by name through an index (store/records.py: they are not loaded any more).
 _V6: Final = """
 ALTER TABLE messages ADD COLUMN payer INTEGER;
 UPDATE messages SET payer = COALESCE(
@@ -107,8 +106,7 @@ UPDATE messages SET payer = COALESCE(
     (SELECT uid FROM sessions WHERE sessions.instance_id = messages.sender ORDER BY created_at DESC LIMIT 1))
     WHERE sender != mailbox;
 DROP INDEX messages_by_mailbox;
-CREATE INDEX messages_by_mailbox ON messages (mailbox, id, size_bytes, payer, lease_until);
-CREATE INDEX sessions_by_instance ON sessions (instance_id)
+CREATE INDEX messages_by_mailbox ON messages (mailbox, id, size_bytes, payer, lease_until)
 """
 #: ``MIGRATIONS[i]``: the DDL, ``;``-separated, that takes version ``i`` to ``i + 1``.
 MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6)
@@ -201,16 +199,24 @@ def check_integrity(db: sqlite3.Connection, path: str) -> None:
 
 
 def load(db: sqlite3.Connection, mirror: MemoryStore) -> str | None:
-    """Load last-seen times and forwards into ``mirror`` (an empty :class:`MemoryStore`).
-    Messages stay in their table (:mod:`parrot_ipc.store.mailboxes` reads their counts from an
-    index), and so do sessions and name owners (:mod:`parrot_ipc.store.records`) and
-    idempotency keys (:mod:`parrot_ipc.store.idempotency`).
+    """Load sessions, name owners, last-seen times and forwards into ``mirror`` (an empty
+    :class:`MemoryStore`). Messages stay in the table (:mod:`parrot_ipc.store.mailboxes` reads
+    their counts from an index) and so do idempotency keys (:mod:`parrot_ipc.store.idempotency`).
     Returns the highest message id ever issued (messages, idempotency keys, quarantined rows and
     the ``meta`` row ``last_id``: each a b-tree end, O(log n)), or None for an empty database.
 
     Raises:
         sqlite3.Error: a read failed.
+        msgspec.MsgspecError: a stored JSON value (scopes) does not decode.
     """
+    for row in db.execute("SELECT token_hash, instance_id, uid, gid, pid, scopes, created_at, "
+                          "expires_at, last_rename_at, bound_pid, bound_start_time "
+                          "FROM sessions ORDER BY created_at"):
+        scopes = frozenset(msgspec.json.decode(row[5], type=list[str]))
+        mirror.put_session(Session(bytes(row[0]), row[1], row[2], row[3], row[4], scopes, row[6], row[7],
+                                   row[8], bound_pid=row[9], bound_start_time=row[10]))
+    for name, uid, claimed_at in db.execute("SELECT instance_id, uid, claimed_at FROM names"):
+        mirror.put_name_owner(name, uid, claimed_at)
     for name, seen in db.execute("SELECT instance_id, last_seen FROM instances"):
         mirror.touch_instance(name, seen)
     for old, new, until in db.execute("SELECT old, new, until FROM forwards"):

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 from ..core.protocol import SendResult
+from .base import Session
 from .boxes import read_boxes
 from .idempotency import IdempotencyIndex
 from .mailboxes import DiskMailboxes
@@ -44,16 +45,19 @@ from .memory import MemoryStore
 from .ops import (
     DeleteForward,
     DeleteInstance,
+    DeleteNameOwner,
+    DeleteSession,
     Op,
     Purge,
     PutForward,
     PutIdempotent,
+    PutNameOwner,
+    PutSession,
     SetLease,
     TouchInstances,
     roll_back_lease,
     write,
 )
-from .records import DiskRecords
 from .schema import MIGRATIONS, SCHEMA_VERSION, connect, load, migrate, startup_error
 from .statedir import (
     DB_NAME,
@@ -79,7 +83,7 @@ CHECKPOINT_EVERY_COMMITS = 256
 LAST_SEEN_LAG_S = 1.0
 
 
-class SqliteStore(DiskMailboxes, DiskRecords):
+class SqliteStore(DiskMailboxes):
     """A durable :class:`~parrot_ipc.store.base.Store` and
     :class:`~parrot_ipc.store.base.Journaled`: a memory mirror plus an SQLite journal.
 
@@ -106,8 +110,7 @@ class SqliteStore(DiskMailboxes, DiskRecords):
                  cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         read = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         read.execute("PRAGMA query_only = 1")
-        DiskMailboxes.__init__(self, read, cache_bytes)
-        DiskRecords.__init__(self, read)
+        super().__init__(read, cache_bytes)
         self.path = path
         self._db = db
         self._lock_fd = lock_fd
@@ -160,7 +163,6 @@ class SqliteStore(DiskMailboxes, DiskRecords):
                 os.umask(old_umask)
             store = cls(db, path, lock_fd, cache_bytes)
             store.max_id = load(db, store._mirror)
-            store.load_names(db)
             if not defer_mail:
                 store.adopt(read_boxes(db, clock()))
             return store
@@ -268,7 +270,6 @@ class SqliteStore(DiskMailboxes, DiskRecords):
             raise
         self._idem.committed(ops)  # after COMMIT: see parrot_ipc.store.idempotency
         self.committed(ops)  # after COMMIT: see parrot_ipc.store.mailboxes
-        self.records_committed(ops)  # and parrot_ipc.store.records
         self._commits_since_checkpoint += 1
 
     def checkpoint_due(self) -> bool:
@@ -286,6 +287,34 @@ class SqliteStore(DiskMailboxes, DiskRecords):
         """
         self._commits_since_checkpoint = 0
         self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    # ------------------------------------------------------------------ sessions
+    def put_session(self, session: Session) -> None:
+        """Mirror, then journal :class:`~parrot_ipc.store.ops.PutSession`."""
+        self._mirror.put_session(session)
+        self._journal(PutSession.of(session))
+
+    def get_session(self, token_hash: bytes) -> Session | None:
+        """Read from the mirror (:meth:`MemoryStore.get_session`)."""
+        return self._mirror.get_session(token_hash)
+
+    def session_of(self, instance_id: str) -> Session | None:
+        """Read from the mirror (:meth:`MemoryStore.session_of`)."""
+        return self._mirror.session_of(instance_id)
+
+    def update_session(self, session: Session, previous_instance_id: str | None = None) -> None:
+        """Mirror, then journal :class:`~parrot_ipc.store.ops.PutSession` (the whole row)."""
+        self._mirror.update_session(session, previous_instance_id)
+        self._journal(PutSession.of(session))
+
+    def delete_session(self, session: Session) -> None:
+        """Mirror, then journal :class:`~parrot_ipc.store.ops.DeleteSession`."""
+        self._mirror.delete_session(session)
+        self._journal(DeleteSession(session.token_hash))
+
+    def sessions(self) -> Iterable[Session]:
+        """Read from the mirror (:meth:`MemoryStore.sessions`)."""
+        return self._mirror.sessions()
 
     # ------------------------------------------------------------------ instances
     def touch_instance(self, instance_id: str, now: float) -> None:
@@ -314,6 +343,29 @@ class SqliteStore(DiskMailboxes, DiskRecords):
         self._stored_seen[new] = now
         self._journal(DeleteInstance(old))
         self._journal(TouchInstances(((new, now),)))
+
+    # ------------------------------------------------------------------ name owners
+    def name_owner(self, instance_id: str) -> int | None:
+        """Read from the mirror (:meth:`MemoryStore.name_owner`)."""
+        return self._mirror.name_owner(instance_id)
+
+    def put_name_owner(self, instance_id: str, uid: int, now: float) -> None:
+        """Mirror, then journal :class:`~parrot_ipc.store.ops.PutNameOwner`."""
+        self._mirror.put_name_owner(instance_id, uid, now)
+        self._journal(PutNameOwner(instance_id, uid, now))
+
+    def delete_name_owner(self, instance_id: str) -> None:
+        """Mirror, then journal :class:`~parrot_ipc.store.ops.DeleteNameOwner` (with the owner
+        it frees; nothing is journaled when nobody owns the name)."""
+        owner = self._mirror.name_owner(instance_id)
+        if owner is None:
+            return
+        self._mirror.delete_name_owner(instance_id)
+        self._journal(DeleteNameOwner(instance_id, owner))
+
+    def name_owners(self) -> Iterable[tuple[str, int]]:
+        """Read from the mirror (:meth:`MemoryStore.name_owners`)."""
+        return self._mirror.name_owners()
 
     # ------------------------------------------------------------------ forwards
     def put_forward(self, old: str, new: str, until: float) -> None:
@@ -348,9 +400,7 @@ class SqliteStore(DiskMailboxes, DiskRecords):
         """Mirror, then journal :class:`~parrot_ipc.store.ops.Purge`, which deletes the same
         rows by the same rule: ``until <= now`` / ``expires_at <= now`` (revoked sessions
         were deleted, journaled, when they were revoked)."""
-        op = Purge(now)
         self._mirror.purge(now)
         self._idem.purge(now)
-        self.forget_expired_sessions(now, op)
-        self._journal(op)
+        self._journal(Purge(now))
 
